@@ -1,0 +1,128 @@
+"""Pure policy values: what the optimizer, planner, executor and service read.
+
+Built from policy files by :mod:`policies.loader`; never parsed here. No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Automation(StrEnum):
+    MANUAL = "manual"  # recommend only
+    PARTIAL = "partial"  # execute mandatory moves only (maintenance, quarantine, rule repair)
+    FULL = "full"  # execute everything
+
+
+class Goal(StrEnum):
+    BALANCE = "balance"
+    CONSOLIDATE = "consolidate"
+
+
+class RuleKind(StrEnum):
+    AFFINITY = "affinity"
+    ANTI_AFFINITY = "anti_affinity"
+    VM_HOST = "vm_host"
+
+
+class RuleMode(StrEnum):
+    MUST = "must"
+    SHOULD = "should"
+    MUST_NOT = "must_not"
+    SHOULD_NOT = "should_not"
+
+    @property
+    def hard(self) -> bool:
+        return self in (RuleMode.MUST, RuleMode.MUST_NOT)
+
+    @property
+    def positive(self) -> bool:
+        return self in (RuleMode.MUST, RuleMode.SHOULD)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Selector:
+    """Selects VMs or hosts by name or by labels (all given labels must match)."""
+
+    names: frozenset[str] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, name: str, labels: Mapping[str, str]) -> bool:
+        if name in self.names:
+            return True
+        if self.labels:
+            return all(labels.get(k) == v for k, v in self.labels.items())
+        return False
+
+    def describe(self) -> str:
+        parts = sorted(self.names)
+        if self.labels:
+            parts.append("labels " + ",".join(f"{k}={v}" for k, v in sorted(self.labels.items())))
+        return " | ".join(parts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    name: str
+    kind: RuleKind
+    vms: Selector
+    hosts: Selector = field(default_factory=Selector)
+    mode: RuleMode = RuleMode.MUST
+    #: where it was written, for messages: "policies/web.yaml:12"
+    origin: str = ""
+
+    @property
+    def hard(self) -> bool:
+        # affinity / anti-affinity groups are hard; vm_host rules follow their mode
+        return self.kind is not RuleKind.VM_HOST or self.mode.hard
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resources:
+    cpu: float
+    memory: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    moves_per_cycle: int = 32
+    concurrent_per_host: int = 2
+    concurrent_total: int = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationSettings:
+    bandwidth_mib_s: int = 0  # 0 = unlimited
+    max_downtime_ms: int = 300
+    auto_converge: bool = True
+    post_copy: bool = False
+    allow_storage_copy: bool = False
+    stall_timeout_s: float = 60.0
+    time_limit_s: float = 1800.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Policy:
+    automation: Automation = Automation.FULL
+    threshold: int = 3
+    goal: Goal = Goal.BALANCE
+    balance: Resources = field(default_factory=lambda: Resources(cpu=1.0, memory=1.0))
+    headroom: Resources = field(default_factory=lambda: Resources(cpu=0.10, memory=0.05))
+    limits: Limits = field(default_factory=Limits)
+    cooldown_minutes: int = 60
+    rules: tuple[Rule, ...] = ()
+    exclude: tuple[Selector, ...] = ()
+    migration: MigrationSettings = field(default_factory=MigrationSettings)
+    #: sha256 of the canonical policy content ("" for a policy built in code)
+    digest: str = ""
+
+    def excluded(self, name: str, labels: Mapping[str, str]) -> bool:
+        return any(s.matches(name, labels) for s in self.exclude)
+
+    def rule(self, name: str) -> Rule:
+        for r in self.rules:
+            if r.name == name:
+                return r
+        raise KeyError(name)
