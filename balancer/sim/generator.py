@@ -18,8 +18,23 @@ from balancer.model import VM, Host, Snapshot
 CPU_GENERATIONS: tuple[tuple[str, frozenset[str]], ...] = (
     ("gen1", frozenset({"sse4_2", "popcnt", "aes", "avx"})),
     ("gen2", frozenset({"sse4_2", "popcnt", "aes", "avx", "avx2", "fma", "bmi2"})),
-    ("gen3", frozenset({"sse4_2", "popcnt", "aes", "avx", "avx2", "fma", "bmi2", "avx512f",
-                        "avx512bw", "avx512vl"})),
+    (
+        "gen3",
+        frozenset(
+            {
+                "sse4_2",
+                "popcnt",
+                "aes",
+                "avx",
+                "avx2",
+                "fma",
+                "bmi2",
+                "avx512f",
+                "avx512bw",
+                "avx512vl",
+            }
+        ),
+    ),
 )
 
 #: (cpu_cores, memory_mib, weight)
@@ -64,15 +79,21 @@ def _pick(rng: random.Random, table: tuple[tuple[int, int, int], ...]) -> tuple[
 def generate(spec: GeneratorSpec) -> Snapshot:
     """Generate a cluster of ``spec.hosts`` hosts and about ``spec.vms`` VMs."""
     rng = random.Random(spec.seed)
-    gens = CPU_GENERATIONS[-max(1, min(spec.generations, len(CPU_GENERATIONS))):]
+    gens = CPU_GENERATIONS[-max(1, min(spec.generations, len(CPU_GENERATIONS))) :]
     hosts: list[Host] = []
     width = max(2, len(str(spec.hosts)))
     for i in range(spec.hosts):
         cores, mem = _pick(rng, HOST_SIZES)
         gen_name, feats = gens[i % len(gens)]
-        hosts.append(Host(name=f"h{i + 1:0{width}d}", cpu_cores=cores, memory_mib=mem,
-                          cpu_features=feats,
-                          labels={"rack": f"r{i % 4 + 1}", "cpu_gen": gen_name}))
+        hosts.append(
+            Host(
+                name=f"h{i + 1:0{width}d}",
+                cpu_cores=cores,
+                memory_mib=mem,
+                cpu_features=feats,
+                labels={"rack": f"r{i % 4 + 1}", "cpu_gen": gen_name},
+            )
+        )
     total_cores = sum(h.cpu_cores for h in hosts)
     total_mem = sum(h.memory_mib for h in hosts)
 
@@ -96,8 +117,9 @@ def generate(spec: GeneratorSpec) -> Snapshot:
         vcpus, mem = sizes[j]
         gen_idx = rng.randrange(len(gens))
         feats = gens[gen_idx][1]
-        candidates = [i for i, h in enumerate(hosts)
-                      if feats <= h.cpu_features and free_mem[i] >= mem]
+        candidates = [
+            i for i, h in enumerate(hosts) if feats <= h.cpu_features and free_mem[i] >= mem
+        ]
         if not candidates:
             continue
         # hot hosts attract VMs: placement skew is what produces the imbalance
@@ -107,10 +129,17 @@ def generate(spec: GeneratorSpec) -> Snapshot:
         util = base_util * rng.uniform(0.3, 1.7) * (1.8 if i in hot else 1.0)
         cpu_used = round(min(float(vcpus), vcpus * util), 3)
         app = rng.choice(APPS)
-        vms.append(VM(
-            name=f"vm{j + 1:0{width_v}d}", host=hosts[i].name, vcpus=vcpus, memory_mib=mem,
-            cpu_used_cores=cpu_used, memory_used_mib=int(mem * rng.uniform(0.4, 0.95)),
-            cpu_features=feats, labels={"app": app},
-            dirty_rate_mib_s=round(rng.uniform(1.0, 60.0), 1),
-        ))
+        vms.append(
+            VM(
+                name=f"vm{j + 1:0{width_v}d}",
+                host=hosts[i].name,
+                vcpus=vcpus,
+                memory_mib=mem,
+                cpu_used_cores=cpu_used,
+                memory_used_mib=int(mem * rng.uniform(0.4, 0.95)),
+                cpu_features=feats,
+                labels={"app": app},
+                dirty_rate_mib_s=round(rng.uniform(1.0, 60.0), 1),
+            )
+        )
     return Snapshot(hosts=tuple(hosts), vms=tuple(vms))
