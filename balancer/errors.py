@@ -15,7 +15,7 @@ BalancerError                    every error we raise on purpose; has ``exit_cod
 ├── StorageError                 the journal / audit store (exit 5)
 │   └── AuditChainError          the hash chain does not verify: names the first bad record
 ├── ServiceError                 talking to the running service (exit 6)
-└── LabError                     the local libvirt lab cannot be set up: says what is missing (exit 7)
+└── LabError                     the local lab cannot be set up: says what is missing (exit 7)
 ```
 
 Adapters translate library errors at the boundary and chain the cause (``raise X(...) from exc``).
@@ -45,8 +45,14 @@ class InputError(BalancerError):
 class SnapshotError(InputError):
     """A snapshot document is invalid; ``subject`` is the item (``vms[3] 'vm004'``)."""
 
-    def __init__(self, message: str, *, item: str | None = None, field: str | None = None,
-                 path: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        item: str | None = None,
+        field: str | None = None,
+        path: str | None = None,
+    ) -> None:
         where = ": ".join(p for p in (path, item, field) if p)
         super().__init__(f"{where}: {message}" if where else message, subject=item)
         self.item = item
@@ -57,8 +63,14 @@ class SnapshotError(InputError):
 class PolicyError(InputError):
     """A policy file is invalid; names file, line and field."""
 
-    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
         loc = path or "<policy>"
         if line is not None:
             loc = f"{loc}:{line}"
@@ -101,8 +113,9 @@ class VMNotFoundError(HypervisorError):
 
 class MigrationError(HypervisorError):
     def __init__(self, vm: str, source: str, target: str, detail: str) -> None:
-        super().__init__(f"migration of {vm} from {source} to {target} failed: {detail}",
-                         subject=vm)
+        super().__init__(
+            f"migration of {vm} from {source} to {target} failed: {detail}", subject=vm
+        )
         self.vm = vm
         self.source = source
         self.target = target

@@ -174,14 +174,30 @@ class Snapshot:
         """A stable content hash (sha256 hex) of the snapshot."""
         doc = {
             "hosts": [
-                [h.name, h.cpu_cores, h.memory_mib, sorted(h.cpu_features), h.state.value,
-                 sorted(h.labels.items()), round(h.overhead_cpu_cores, 6), h.overhead_memory_mib]
+                [
+                    h.name,
+                    h.cpu_cores,
+                    h.memory_mib,
+                    sorted(h.cpu_features),
+                    h.state.value,
+                    sorted(h.labels.items()),
+                    round(h.overhead_cpu_cores, 6),
+                    h.overhead_memory_mib,
+                ]
                 for h in self.hosts
             ],
             "vms": [
-                [v.name, v.host, v.vcpus, v.memory_mib, round(v.cpu_used_cores, 6),
-                 v.memory_used_mib, sorted(v.cpu_features), sorted(v.labels.items()),
-                 v.dirty_rate_mib_s]
+                [
+                    v.name,
+                    v.host,
+                    v.vcpus,
+                    v.memory_mib,
+                    round(v.cpu_used_cores, 6),
+                    v.memory_used_mib,
+                    sorted(v.cpu_features),
+                    sorted(v.labels.items()),
+                    v.dirty_rate_mib_s,
+                ]
                 for v in self.vms
             ],
         }

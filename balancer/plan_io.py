@@ -24,14 +24,22 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "status": plan.status.value,
         "moves": [
-            {"vm": m.vm, "source": m.source, "target": m.target, "step": m.step,
-             "reason": m.reason_label, "gain": round(m.gain, 6)}
+            {
+                "vm": m.vm,
+                "source": m.source,
+                "target": m.target,
+                "step": m.step,
+                "reason": m.reason_label,
+                "gain": round(m.gain, 6),
+            }
             for m in plan.moves
         ],
-        "blocked": [{"vm": b.vm, "reason": b.reason.value} | ({"detail": b.detail} if b.detail
-                                                              else {})
-                    | ({"rule": b.rule} if b.rule else {})
-                    for b in plan.blocked],
+        "blocked": [
+            {"vm": b.vm, "reason": b.reason.value}
+            | ({"detail": b.detail} if b.detail else {})
+            | ({"rule": b.rule} if b.rule else {})
+            for b in plan.blocked
+        ],
         "before": _metrics(plan.before),
         "after": _metrics(plan.after),
         "solve_seconds": round(plan.solve_seconds, 3),
@@ -62,22 +70,44 @@ def plan_from_dict(doc: Any, *, source: str = "<plan>") -> Plan:
                 if not isinstance(m.get(key), str):
                     raise InputError(f"{where}: {key}: a string is required")
             reason, rule = _parse_reason(str(m.get("reason", "balance")), where)
-            moves.append(Move(vm=m["vm"], source=m["source"], target=m["target"],
-                              step=int(m.get("step", 0)), reason=reason, rule=rule,
-                              gain=float(m.get("gain", 0.0))))
+            moves.append(
+                Move(
+                    vm=m["vm"],
+                    source=m["source"],
+                    target=m["target"],
+                    step=int(m.get("step", 0)),
+                    reason=reason,
+                    rule=rule,
+                    gain=float(m.get("gain", 0.0)),
+                )
+            )
         blocked = [
-            Blocked(vm=str(b["vm"]), reason=BlockedReason(b["reason"]),
-                    detail=str(b.get("detail", "")), rule=b.get("rule"))
+            Blocked(
+                vm=str(b["vm"]),
+                reason=BlockedReason(b["reason"]),
+                detail=str(b.get("detail", "")),
+                rule=b.get("rule"),
+            )
             for b in doc.get("blocked", [])
         ]
-        zero = {"imbalance": 0.0, "cpu_stddev": 0.0, "memory_stddev": 0.0,
-                "max_cpu_load": 0.0, "max_memory_load": 0.0}
+        zero = {
+            "imbalance": 0.0,
+            "cpu_stddev": 0.0,
+            "memory_stddev": 0.0,
+            "max_cpu_load": 0.0,
+            "max_memory_load": 0.0,
+        }
         before = Metrics(**{k: float(v) for k, v in (doc.get("before") or zero).items()})
         after = Metrics(**{k: float(v) for k, v in (doc.get("after") or zero).items()})
-        return Plan(status=PlanStatus(doc.get("status", "moves")), moves=tuple(moves),
-                    blocked=tuple(blocked), before=before, after=after,
-                    solve_seconds=float(doc.get("solve_seconds", 0.0)),
-                    conflicts=tuple(doc.get("conflicts", ())))
+        return Plan(
+            status=PlanStatus(doc.get("status", "moves")),
+            moves=tuple(moves),
+            blocked=tuple(blocked),
+            before=before,
+            after=after,
+            solve_seconds=float(doc.get("solve_seconds", 0.0)),
+            conflicts=tuple(doc.get("conflicts", ())),
+        )
     except InputError:
         raise
     except (KeyError, TypeError, ValueError) as exc:

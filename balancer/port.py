@@ -58,9 +58,11 @@ class MigrationProgress:
             return 1.0
         if self.data_total_mib <= 0:
             return 0.0
-        return min(1.0, self.data_processed_mib / max(self.data_total_mib,
-                                                      self.data_processed_mib
-                                                      + self.data_remaining_mib))
+        return min(
+            1.0,
+            self.data_processed_mib
+            / max(self.data_total_mib, self.data_processed_mib + self.data_remaining_mib),
+        )
 
 
 class Clock(Protocol):
@@ -82,8 +84,7 @@ class HypervisorPort(Protocol):
         """Whether the VM's CPU definition runs on the host (CPU compatibility)."""
         ...
 
-    def start_migration(self, vm: str, source: str, target: str,
-                        options: MigrationOptions) -> str:
+    def start_migration(self, vm: str, source: str, target: str, options: MigrationOptions) -> str:
         """Start a live migration and return its job id at once.
 
         Raises :class:`balancer.errors.MigrationError` when it cannot start."""

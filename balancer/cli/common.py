@@ -39,7 +39,9 @@ def print_json(doc: object) -> None:
     click.echo(json.dumps(doc, indent=2, default=_default))
 
 
-def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def print_table(
+    title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]
+) -> None:
     table = Table(title=title)
     for c in columns:
         table.add_column(c)
