@@ -1,0 +1,125 @@
+"""Foundation commands: ``snapshot`` and ``policy check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from balancer.cli.common import handle_errors, json_option, print_json
+from balancer.errors import InputError
+from balancer.sim.generator import GeneratorSpec, generate
+from balancer.snapshot_io import dump_snapshot, load_snapshot, snapshot_to_dict
+from policies.lint import Severity, lint
+from policies.loader import load_policy
+
+
+@click.command()
+@click.option(
+    "--hosts",
+    type=click.IntRange(1, 2000),
+    default=8,
+    show_default=True,
+    help="Simulated cluster: number of hosts.",
+)
+@click.option(
+    "--vms",
+    type=click.IntRange(0, 200000),
+    default=200,
+    show_default=True,
+    help="Simulated cluster: number of VMs.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Simulated cluster seed.")
+@click.option(
+    "--generations",
+    type=click.IntRange(1, 3),
+    default=3,
+    show_default=True,
+    help="Simulated cluster: CPU generations.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the snapshot to this file (default: standard output).",
+)
+@json_option
+@handle_errors
+def snapshot(
+    hosts: int, vms: int, seed: int, generations: int, out: Path | None, as_json: bool
+) -> None:
+    """Write a snapshot (format v1) of the simulated cluster of a given size and seed."""
+    snap = generate(GeneratorSpec(hosts=hosts, vms=vms, seed=seed, generations=generations))
+    if out is None:
+        print_json(snapshot_to_dict(snap))
+        return
+    dump_snapshot(snap, out)
+    if as_json:
+        print_json(
+            {
+                "path": str(out),
+                "hosts": len(snap.hosts),
+                "vms": len(snap.vms),
+                "digest": snap.digest(),
+            }
+        )
+    else:
+        click.echo(f"wrote {out}: {len(snap.hosts)} hosts, {len(snap.vms)} VMs")
+
+
+@click.group()
+def policy() -> None:
+    """Policy files: check them before they go live."""
+
+
+@policy.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--snapshot",
+    "snapshot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also check the rules against this cluster snapshot.",
+)
+@json_option
+@handle_errors
+def policy_check(paths: tuple[Path, ...], snapshot_path: Path | None, as_json: bool) -> None:
+    """Validate policy files (schema and semantic lint); exit non-zero on errors."""
+    pol = load_policy(paths)
+    snap = load_snapshot(snapshot_path) if snapshot_path else None
+    findings = lint(pol, snap)
+    errors = [f for f in findings if f.severity is Severity.ERROR]
+    if as_json:
+        print_json(
+            {
+                "ok": not errors,
+                "digest": pol.digest,
+                "rules": len(pol.rules),
+                "findings": [
+                    {
+                        "severity": f.severity.value,
+                        "code": f.code,
+                        "message": f.message,
+                        "rules": list(f.rules),
+                    }
+                    for f in findings
+                ],
+            }
+        )
+    else:
+        for f in findings:
+            click.echo(str(f), err=f.severity is Severity.ERROR)
+        if not errors:
+            click.echo(
+                f"ok: {', '.join(map(str, paths))} ({len(pol.rules)} rules, "
+                f"digest {pol.digest[:12]})"
+            )
+    if errors:
+        raise InputError(f"{len(errors)} error(s) in {', '.join(map(str, paths))}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(snapshot)
+    cli.add_command(policy)
+
+
+__all__ = ["register"]

@@ -1,0 +1,118 @@
+"""Service settings (``config/balancer.yaml``), validated with pydantic at the edge.
+
+Errors name the file, line and field (:class:`balancer.errors.SettingsError`). Tokens are never
+written inline in a committed file: each comes from an environment variable or a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from balancer.errors import SettingsError
+from balancer.yamlfile import validate_yaml
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SimulatedBackend(_Strict):
+    kind: Literal["simulated"]
+    hosts: int = Field(default=8, ge=1, le=2000)
+    vms: int = Field(default=200, ge=0, le=200000)
+    seed: int = 1
+    #: a snapshot file to start from instead of the generator
+    snapshot: str | None = None
+    #: where the simulated hypervisors keep their state (survives a restart of the service)
+    state_file: str | None = None
+    #: how fast simulated time runs against the wall clock for migrations (1 = real time)
+    link_mib_s: float = Field(default=1100.0, gt=0)
+
+
+class LibvirtHost(_Strict):
+    name: str = Field(min_length=1)
+    uri: str = Field(pattern=r"^qemu(\+(ssh|tls|tcp|unix))?://")
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+class LibvirtBackend(_Strict):
+    kind: Literal["libvirt"]
+    hosts: list[LibvirtHost] = Field(min_length=1)
+
+
+class LabBackend(_Strict):
+    kind: Literal["lab"]
+    state_dir: str | None = None
+
+
+Backend = Annotated[SimulatedBackend | LibvirtBackend | LabBackend, Field(discriminator="kind")]
+
+
+class Token(_Strict):
+    user: str = Field(min_length=1)
+    role: Literal["viewer", "operator", "admin"]
+    token_env: str | None = None
+    token_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Token:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("give exactly one of token_env and token_file")
+        return self
+
+    def secret(self) -> str | None:
+        """The token's value, or None when its variable or file is absent."""
+        if self.token_env is not None:
+            return os.environ.get(self.token_env) or None
+        assert self.token_file is not None
+        try:
+            return Path(self.token_file).read_text().strip() or None
+        except OSError:
+            return None
+
+
+class Api(_Strict):
+    listen: str = Field(default="127.0.0.1:8080", pattern=r"^[^:]+:\d{1,5}$")
+    tokens: list[Token] = Field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+class Intervals(_Strict):
+    collect_s: float = Field(default=20.0, gt=0)
+    balance_s: float = Field(default=300.0, gt=0)
+    policy_reload_s: float = Field(default=10.0, gt=0)
+
+
+class Settings(_Strict):
+    backend: Backend
+    policy: str = "config/policies"
+    database: str = "sqlite:///state/balancer.db"
+    api: Api = Field(default_factory=Api)
+    intervals: Intervals = Field(default_factory=Intervals)
+    state_dir: str = "state"
+    log_json: bool = False
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Load and validate a settings file. Relative paths in it are resolved from the current
+    directory (where ops run the command), as written in the README."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SettingsError("no such file", path=str(p)) from None
+    except OSError as exc:
+        raise SettingsError(f"cannot read: {exc.strerror}", path=str(p)) from exc
+    settings, _ = validate_yaml(text, str(p), Settings, SettingsError)
+    return settings

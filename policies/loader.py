@@ -1,0 +1,158 @@
+"""Load policy files (one file or a directory of ``*.yaml``/``*.yml``) into a pure Policy.
+
+Every error names the file, the line and the field: YAML is composed into nodes first so that
+a pydantic error location (``rules.2.mode``) can be mapped back to the line it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from balancer.errors import PolicyError
+from balancer.yamlfile import line_of, validate_yaml
+from policies.model import (
+    Automation,
+    Goal,
+    Limits,
+    MigrationSettings,
+    Policy,
+    Resources,
+    Rule,
+    RuleKind,
+    RuleMode,
+    Selector,
+)
+from policies.schema import PolicyDoc, SelectorDoc
+
+SINGLE_KEYS = (
+    "automation",
+    "threshold",
+    "goal",
+    "balance",
+    "headroom",
+    "limits",
+    "cooldown_minutes",
+    "migration",
+)
+
+
+def parse_policy_text(text: str, path: str) -> PolicyDoc:
+    """Parse one policy file's text; raises PolicyError with file, line and field."""
+    return validate_yaml(text, path, PolicyDoc)[0]
+
+
+def _selector(raw: list[str] | SelectorDoc | str) -> Selector:
+    if isinstance(raw, str):
+        return Selector(names=frozenset({raw}))
+    if isinstance(raw, list):
+        return Selector(names=frozenset(raw))
+    return Selector(names=frozenset(raw.names), labels=dict(sorted(raw.labels.items())))
+
+
+def _files(paths: Sequence[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            if not found:
+                raise PolicyError("the directory holds no *.yaml policy file", path=str(p))
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise PolicyError("no such file or directory", path=str(p))
+    return out
+
+
+def _rule_lines(node: yaml.Node | None) -> list[int]:
+    lines: list[int] = []
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if k.value == "rules" and isinstance(v, yaml.SequenceNode):
+                lines = [item.start_mark.line + 1 for item in v.value]
+    return lines
+
+
+def load_policy(paths: Sequence[str | Path]) -> Policy:
+    """Load, validate and merge policy files into one Policy (with its content digest)."""
+    files = _files(paths)
+    if not files:
+        raise PolicyError("no policy file given")
+    given: dict[str, tuple[str, Any]] = {}
+    rules: list[Rule] = []
+    exclude: list[Selector] = []
+    seen_rules: dict[str, str] = {}
+    digest = hashlib.sha256()
+    for f in files:
+        try:
+            text = f.read_text()
+        except OSError as exc:
+            raise PolicyError(f"cannot read: {exc.strerror}", path=str(f)) from exc
+        digest.update(f.name.encode() + b"\0" + text.encode() + b"\0")
+        doc, node = validate_yaml(text, str(f), PolicyDoc)
+        for key in SINGLE_KEYS:
+            value = getattr(doc, key)
+            if value is None:
+                continue
+            if key in given:
+                raise PolicyError(
+                    f"also set in {given[key][0]}; each setting may be given by one file only",
+                    path=str(f),
+                    line=line_of(node, [key]),
+                    field=key,
+                )
+            given[key] = (str(f), value)
+        lines = _rule_lines(node)
+        for i, r in enumerate(doc.rules):
+            line = lines[i] if i < len(lines) else None
+            origin = f"{f}:{line}" if line else str(f)
+            if r.name in seen_rules:
+                raise PolicyError(
+                    f"rule name {r.name!r} is already used at {seen_rules[r.name]}",
+                    path=str(f),
+                    line=line,
+                    field=f"rules[{i}].name",
+                )
+            seen_rules[r.name] = origin
+            rules.append(
+                Rule(
+                    name=r.name,
+                    kind=RuleKind(r.kind),
+                    vms=_selector(r.vms),
+                    hosts=_selector(r.hosts) if r.hosts is not None else Selector(),
+                    mode=RuleMode(r.mode) if r.mode else RuleMode.MUST,
+                    origin=origin,
+                )
+            )
+        exclude.extend(_selector(e) for e in doc.exclude)
+
+    def pick(key: str) -> Any:
+        return given[key][1] if key in given else None
+
+    base = Policy()
+    bal, head, lim, mig = pick("balance"), pick("headroom"), pick("limits"), pick("migration")
+    return Policy(
+        automation=Automation(pick("automation") or base.automation),
+        threshold=pick("threshold") or base.threshold,
+        goal=Goal(pick("goal") or base.goal),
+        balance=Resources(cpu=bal.cpu, memory=bal.memory) if bal else base.balance,
+        headroom=Resources(cpu=head.cpu, memory=head.memory) if head else base.headroom,
+        limits=Limits(**lim.model_dump()) if lim else base.limits,
+        cooldown_minutes=(
+            pick("cooldown_minutes")
+            if pick("cooldown_minutes") is not None
+            else base.cooldown_minutes
+        ),
+        rules=tuple(rules),
+        exclude=tuple(exclude),
+        migration=MigrationSettings(**mig.model_dump()) if mig else base.migration,
+        digest=digest.hexdigest(),
+    )
+
+
+__all__ = ["load_policy", "parse_policy_text"]

@@ -1,0 +1,98 @@
+"""The policy file schema (pydantic, at the edge). Converted to pure values by the loader."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SelectorDoc(_Strict):
+    names: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SelectorDoc:
+        if not self.names and not self.labels:
+            raise ValueError("a selector needs names or labels")
+        return self
+
+
+class ResourcesDoc(_Strict):
+    cpu: float = Field(ge=0.0)
+    memory: float = Field(ge=0.0)
+
+
+class HeadroomDoc(_Strict):
+    cpu: float = Field(default=0.10, ge=0.0, lt=0.9)
+    memory: float = Field(default=0.05, ge=0.0, lt=0.9)
+
+
+class LimitsDoc(_Strict):
+    moves_per_cycle: int = Field(default=32, ge=0, le=10000)
+    concurrent_per_host: int = Field(default=2, ge=1, le=64)
+    concurrent_total: int = Field(default=8, ge=1, le=1024)
+
+
+class MigrationDoc(_Strict):
+    bandwidth_mib_s: int = Field(default=0, ge=0)
+    max_downtime_ms: int = Field(default=300, ge=1, le=60000)
+    auto_converge: bool = True
+    post_copy: bool = False
+    allow_storage_copy: bool = False
+    stall_timeout_s: float = Field(default=60.0, gt=0)
+    time_limit_s: float = Field(default=1800.0, gt=0)
+
+
+NamesOrSelector = list[str] | SelectorDoc
+
+
+class RuleDoc(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    kind: Literal["affinity", "anti_affinity", "vm_host"]
+    vms: NamesOrSelector
+    hosts: NamesOrSelector | None = None
+    mode: Literal["must", "should", "must_not", "should_not"] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> RuleDoc:
+        if self.kind == "vm_host":
+            if self.hosts is None:
+                raise ValueError("a vm_host rule needs 'hosts'")
+            if self.mode is None:
+                raise ValueError("a vm_host rule needs 'mode' (must, should, must_not, should_not)")
+        else:
+            if self.hosts is not None:
+                raise ValueError(f"an {self.kind} rule takes no 'hosts'")
+            if self.mode is not None:
+                raise ValueError(f"an {self.kind} rule takes no 'mode' (it is always hard)")
+            if isinstance(self.vms, list) and len(self.vms) < 2:
+                raise ValueError(f"an {self.kind} rule needs at least two VMs")
+        return self
+
+
+class PolicyDoc(_Strict):
+    """One policy file. In a directory, each setting may be given by one file only; ``rules``
+    and ``exclude`` are concatenated."""
+
+    automation: Literal["manual", "partial", "full"] | None = None
+    threshold: int | None = Field(default=None, ge=1, le=5)
+    goal: Literal["balance", "consolidate"] | None = None
+    balance: ResourcesDoc | None = None
+    headroom: HeadroomDoc | None = None
+    limits: LimitsDoc | None = None
+    cooldown_minutes: int | None = Field(default=None, ge=0, le=7 * 24 * 60)
+    migration: MigrationDoc | None = None
+    rules: list[RuleDoc] = Field(default_factory=list)
+    exclude: list[str | SelectorDoc] = Field(default_factory=list)
+
+    @field_validator("balance")
+    @classmethod
+    def _weights(cls, v: ResourcesDoc | None) -> ResourcesDoc | None:
+        if v is not None and v.cpu + v.memory <= 0:
+            raise ValueError("at least one of cpu and memory must have a weight above zero")
+        return v
