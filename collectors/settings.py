@@ -1,0 +1,112 @@
+"""Settings of the collectors part (pydantic, at the edge). The service settings file embeds
+:class:`CollectorSettings` under its ``collectors`` key.
+
+The InfluxDB token is never stored in a settings file: the settings name an environment variable
+(``token_env``) or a file (``token_file``) that holds it, and :meth:`InfluxSettings.token`
+reads it when a client is made. The token is a :class:`pydantic.SecretStr`, so it never shows in
+a ``repr``, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from balancer.errors import SettingsError
+
+DEFAULT_TOKEN_ENV = "BALANCER_INFLUX_TOKEN"
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InfluxSettings(_Settings):
+    """Where and how samples and migration events are exported."""
+
+    url: str = Field(description="e.g. http://127.0.0.1:8086 (loopback in tests)")
+    org: str
+    bucket: str
+    #: name of the environment variable holding the token (used when token_file is not set)
+    token_env: str | None = DEFAULT_TOKEN_ENV
+    #: a file holding the token (first line, surrounding whitespace stripped)
+    token_file: Path | None = None
+    #: the ``cluster`` tag on every point
+    cluster: str = "default"
+    #: directory of the on-disk spool (SQLite) that keeps points until the server took them
+    spool_dir: Path = Path("/var/lib/balancer/influx-spool")
+    #: spool size limit; beyond it the oldest points are dropped and counted (never silently)
+    spool_max_mib: int = Field(default=1024, ge=1)
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval_s: float = Field(default=10.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+    #: backoff after a failed write: min, doubling up to max
+    retry_min_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_token_source(self) -> InfluxSettings:
+        if self.token_env is None and self.token_file is None:
+            raise ValueError("set token_env or token_file")
+        return self
+
+    def token(self) -> SecretStr:
+        """The API token from ``token_file`` or else ``token_env`` (never logged)."""
+        if self.token_file is not None:
+            try:
+                text = self.token_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(
+                    f"cannot read the token file: {exc.strerror}",
+                    path=str(self.token_file),
+                    field="influx.token_file",
+                ) from exc
+            value = text.strip().splitlines()[0].strip() if text.strip() else ""
+            if not value:
+                raise SettingsError(
+                    "the token file is empty", path=str(self.token_file), field="influx.token_file"
+                )
+            return SecretStr(value)
+        assert self.token_env is not None
+        value = os.environ.get(self.token_env, "").strip()
+        if not value:
+            raise SettingsError(
+                f"environment variable {self.token_env} is not set", field="influx.token_env"
+            )
+        return SecretStr(value)
+
+
+class CollectorSettings(_Settings):
+    """Window, demand and staleness settings, and the optional InfluxDB export."""
+
+    #: length of the sample window the demand is computed over
+    window_s: float = Field(default=3600.0, gt=0)
+    #: expected sampling interval; the window keeps ceil(window_s / sample_interval_s) + 1 slots
+    sample_interval_s: float = Field(default=20.0, gt=0)
+    #: the high percentile of the demand formula (0 < percentile <= 100)
+    percentile: float = Field(default=95.0, gt=0, le=100)
+    #: half-life of the exponentially weighted mean (alpha per sample = 1 - 2**(-interval/halflife))
+    halflife_s: float = Field(default=600.0, gt=0)
+    #: a host or VM without a sample for this long is stale (balancing moves pause)
+    stale_after_s: float = Field(default=120.0, gt=0)
+    influx: InfluxSettings | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CollectorSettings:
+        if self.sample_interval_s > self.window_s:
+            raise ValueError("sample_interval_s must not exceed window_s")
+        if self.stale_after_s < self.sample_interval_s:
+            raise ValueError("stale_after_s must be at least sample_interval_s")
+        return self
+
+    @property
+    def window_slots(self) -> int:
+        return math.ceil(self.window_s / self.sample_interval_s) + 1
+
+    @property
+    def alpha(self) -> float:
+        """The per-sample EWM smoothing factor equivalent to ``halflife_s`` at the nominal rate."""
+        return float(1.0 - 2.0 ** (-self.sample_interval_s / self.halflife_s))
