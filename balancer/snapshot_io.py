@@ -48,9 +48,12 @@ class _Reader:
 
     def keys(
         self, obj: Any, item: str, required: tuple[str, ...], optional: tuple[str, ...]
-    ) -> Mapping[str, Any]:
+    ) -> tuple[Mapping[str, Any], str]:
+        """Check the keys of one item; returns it and its label (with its name if it has one)."""
         if not isinstance(obj, dict):
             raise self.fail("must be a JSON object", item)
+        if isinstance(obj.get("name"), str) and obj["name"].strip():
+            item = f"{item} {obj['name']!r}"
         unknown = sorted(set(obj) - set(required) - set(optional))
         if unknown:
             raise self.fail(
@@ -61,7 +64,7 @@ class _Reader:
         for k in required:
             if k not in obj:
                 raise self.fail("is required", item, k)
-        return obj
+        return obj, item
 
     def name(self, obj: Mapping[str, Any], item: str) -> str:
         v = obj["name"]
@@ -113,7 +116,7 @@ class _Reader:
 def snapshot_from_dict(doc: Any, *, path: str | None = None) -> Snapshot:
     """Validate and build a snapshot; raises :class:`SnapshotError` naming item and field."""
     r = _Reader(path)
-    top = r.keys(doc, "snapshot", ("version", "hosts", "vms"), ())
+    top, _ = r.keys(doc, "snapshot", ("version", "hosts", "vms"), ())
     if top["version"] != SNAPSHOT_VERSION:
         raise r.fail(
             f"unsupported version {top['version']!r} (this build reads version {SNAPSHOT_VERSION})",
@@ -128,10 +131,8 @@ def snapshot_from_dict(doc: Any, *, path: str | None = None) -> Snapshot:
     hosts: list[Host] = []
     seen: set[str] = set()
     for i, raw in enumerate(top["hosts"]):
-        item = f"hosts[{i}]"
-        h = r.keys(raw, item, _HOST_REQUIRED, _HOST_OPTIONAL)
+        h, item = r.keys(raw, f"hosts[{i}]", _HOST_REQUIRED, _HOST_OPTIONAL)
         name = r.name(h, item)
-        item = f"hosts[{i}] {name!r}"
         if name in seen:
             raise r.fail("duplicate host name", item, "name")
         seen.add(name)
@@ -160,10 +161,8 @@ def snapshot_from_dict(doc: Any, *, path: str | None = None) -> Snapshot:
     vms: list[VM] = []
     seen_vm: set[str] = set()
     for i, raw in enumerate(top["vms"]):
-        item = f"vms[{i}]"
-        v = r.keys(raw, item, _VM_REQUIRED, _VM_OPTIONAL)
+        v, item = r.keys(raw, f"vms[{i}]", _VM_REQUIRED, _VM_OPTIONAL)
         name = r.name(v, item)
-        item = f"vms[{i}] {name!r}"
         if name in seen_vm:
             raise r.fail("duplicate VM name", item, "name")
         seen_vm.add(name)
