@@ -403,6 +403,19 @@ class SimulatedCluster:
             )
             self._save()
 
+    def find_job(self, vm: str, *, target: str, since: datetime) -> str | None:
+        """The newest job migrating ``vm`` to ``target`` started at or after ``since`` (running
+        or final), or None. Lets the executor recover a migration it started but whose job id it
+        could not write down before it was killed."""
+        with self._lock:
+            self._advance()
+            found = [
+                j
+                for j in self._jobs.values()
+                if j.vm == vm and j.target == target and j.started >= since
+            ]
+            return max(found, key=lambda j: j.started).job_id if found else None
+
     def jobs(self) -> list[MigrationProgress]:
         with self._lock:
             return [self.progress(j) for j in list(self._jobs)]
