@@ -1,0 +1,478 @@
+"""The optimizer: snapshot + policy in, target placement with reasons out (pure).
+
+Two phases, both on the same objective (see docs/optimizer.md):
+
+A. *Mandatory*: VMs on hosts that must be emptied (maintenance, entering_maintenance), on
+   quarantined hosts, VMs in violated hard rules (repair) and, when the threshold balances,
+   VMs on hosts their soft rules advise against. Skipped when there are none.
+B. *Balance*: only when the threshold balances and the cluster after phase A is outside the
+   threshold's target imbalance. Every movable VM may move (bounded for large clusters: VMs
+   on hot hosts, the heuristic's moves, a few per host, and a few candidate hosts per VM).
+
+Both phases start from the current placement (move costs and the budget count from it); the
+greedy heuristic's result is the hint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from balancer.errors import InfeasibleError
+from balancer.model import HostState, Snapshot
+from balancer.optimizer import cpsat, heuristic
+from balancer.optimizer.context import (
+    Context,
+    build_context,
+    is_soft_vm_host,
+    violated_rules,
+)
+from balancer.optimizer.filters import Loads, blocked_reason, fits, verdict
+from balancer.optimizer.metrics import ImbalanceTracker, metrics
+from balancer.optimizer.thresholds import (
+    SOFT_RULE_PENALTY,
+    ThresholdRule,
+    balance_move_cost,
+    threshold_rule,
+)
+from balancer.plan import Blocked, BlockedReason, Metrics, MoveReason, PlanStatus
+from policies.model import Policy, RuleKind
+
+#: above this many (VM, candidate host) pairs the balance phase prunes its move set
+FULL_MODEL_PAIRS = 40_000
+#: pruned model: candidate hosts per VM besides its own and the heuristic's choice
+PRUNED_TARGETS = 6
+#: pruned model: extra VMs per hot host beyond twice the heuristic's moves off it
+PRUNED_EXTRA_HOT = 8
+#: pruned model: small VMs per other host (they make swaps possible)
+PRUNED_PER_HOST = 2
+#: share of the time limit given to phase A when phase B may follow
+PHASE_A_SHARE = 0.3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Solution:
+    ctx: Context
+    status: PlanStatus
+    start: tuple[int, ...]
+    placement: tuple[int, ...]
+    #: moved VM -> (reason, rule name)
+    reasons: Mapping[int, tuple[MoveReason, str | None]]
+    #: moved VM -> expected decrease of the imbalance
+    gains: Mapping[int, float]
+    blocked: tuple[Blocked, ...]
+    before: Metrics
+    after: Metrics
+    conflicts: tuple[str, ...] = ()
+    solve_seconds: float = 0.0
+    optimal: bool = False
+
+    @property
+    def moved(self) -> tuple[int, ...]:
+        return tuple(v for v, h in enumerate(self.placement) if h != self.start[v])
+
+
+def _candidate_sets(ctx: Context) -> list[frozenset[int]]:
+    """Static candidates per VM, computed once per (CPU features, hard vm_host rules)."""
+    cache: dict[tuple[frozenset[str], tuple[int, ...]], frozenset[int]] = {}
+    accepting = [h for h in range(ctx.n_hosts) if ctx.accepts(h)]
+    out: list[frozenset[int]] = []
+    for v, vm in enumerate(ctx.snapshot.vms):
+        hard = tuple(
+            ri
+            for ri in ctx.vm_rules[v]
+            if ctx.rules[ri].rule.kind is RuleKind.VM_HOST and ctx.rules[ri].hard
+        )
+        key = (vm.cpu_features, hard)
+        if key not in cache:
+            ok = []
+            for h in accepting:
+                if not vm.cpu_features <= ctx.snapshot.hosts[h].cpu_features:
+                    continue
+                if all(
+                    (h in ctx.rules[ri].hosts) == ctx.rules[ri].rule.mode.positive for ri in hard
+                ):
+                    ok.append(h)
+            cache[key] = frozenset(ok)
+        out.append(cache[key] - {ctx.current[v]})
+    return out
+
+
+def _too_big_affinity(ctx: Context) -> frozenset[int]:
+    """Members of affinity groups larger than one step can move together: they stay put."""
+    limit = min(ctx.policy.limits.concurrent_per_host, ctx.policy.limits.concurrent_total)
+    out: set[int] = set()
+    for r in ctx.rules:
+        if r.rule.kind is RuleKind.AFFINITY and len(r.members) > limit:
+            out.update(r.members)
+    return frozenset(out)
+
+
+def optimize(
+    snapshot: Snapshot,
+    policy: Policy,
+    *,
+    held: frozenset[str] = frozenset(),
+    time_limit_s: float = 10.0,
+    seed: int = 0,
+) -> Solution:
+    """Decide where every VM should end. See the module docstring."""
+    ctx = build_context(snapshot, policy, held)
+    rule = threshold_rule(policy.threshold)
+    start = ctx.current
+    before = metrics(ctx, start)
+    budget = max(0, policy.limits.moves_per_cycle)
+    cands = _candidate_sets(ctx)
+    frozen = _too_big_affinity(ctx)
+
+    def movable(v: int) -> bool:
+        return ctx.can_move(v) and v not in frozen
+
+    # -- what must move ---------------------------------------------------------------------------
+    evac = [v for v in range(ctx.n_vms) if ctx.host_state[start[v]].must_evacuate]
+    quarantine = [v for v in range(ctx.n_vms) if ctx.host_state[start[v]] is HostState.QUARANTINED]
+    violated = violated_rules(ctx, start)
+    repair: set[int] = set()
+    must_repair: dict[int, str] = {}
+    soft_bad: set[int] = set()
+    for ri, bad in violated.items():
+        r = ctx.rules[ri]
+        if is_soft_vm_host(r):
+            if rule.balances:
+                soft_bad.update(bad)
+            continue
+        if r.rule.kind is RuleKind.VM_HOST:
+            repair.update(bad)
+        else:
+            repair.update(r.members)
+        for m in bad:
+            must_repair.setdefault(m, r.name)
+    should_move = set(evac) | set(quarantine) | set(must_repair)
+    phase_a = sorted(v for v in should_move | repair | soft_bad if movable(v))
+
+    costs_all = (
+        {
+            v: balance_move_cost(rule, snapshot.vms[v], policy.migration.bandwidth_mib_s)
+            for v in range(ctx.n_vms)
+        }
+        if rule.balances
+        else {}
+    )
+    mandatory = set(evac) | set(quarantine) | repair
+    solve_seconds = 0.0
+    optimal = True
+    placement: tuple[int, ...] = start
+    a_limit = time_limit_s * (PHASE_A_SHARE if rule.balances else 1.0)
+
+    if phase_a:
+        hint = heuristic.place_mandatory(
+            ctx, start, [v for v in phase_a if v in mandatory], {v: cands[v] for v in phase_a}
+        )
+        inp = cpsat.ModelInput(
+            ctx=ctx,
+            start=start,
+            candidates={v: (start[v], *sorted(cands[v])) for v in phase_a},
+            costs={v: costs_all.get(v, 0.0) for v in phase_a if v not in mandatory},
+            soft_penalty=SOFT_RULE_PENALTY if rule.balances else 0.0,
+            budget=budget,
+            hint=tuple(hint),
+        )
+        res = cpsat.solve(inp, seed=seed, time_limit_s=a_limit)
+        solve_seconds += res.wall_seconds
+        if res.infeasible:
+            conflicts = cpsat.explain_infeasible(inp, seed=seed, time_limit_s=a_limit)
+            return Solution(
+                ctx=ctx,
+                status=PlanStatus.INFEASIBLE,
+                start=start,
+                placement=start,
+                reasons={},
+                gains={},
+                blocked=(),
+                before=before,
+                after=before,
+                conflicts=conflicts,
+                solve_seconds=solve_seconds,
+                optimal=False,
+            )
+        optimal = res.optimal
+        placement = res.placement if res.placement is not None else tuple(hint)
+
+    cooldown: set[int] = set()
+    if rule.balances and metrics(ctx, placement).imbalance > rule.target_imbalance:
+        placement, seconds, optimal_b, cooldown = _balance_phase(
+            ctx,
+            rule,
+            start,
+            placement,
+            phase_a,
+            mandatory,
+            cands,
+            costs_all,
+            budget,
+            frozen,
+            seed,
+            max(0.05, time_limit_s - solve_seconds),
+        )
+        solve_seconds += seconds
+        optimal = optimal and optimal_b
+
+    return _finish(
+        ctx,
+        start,
+        placement,
+        before,
+        should_move,
+        must_repair,
+        soft_bad,
+        frozen,
+        cooldown,
+        budget,
+        solve_seconds,
+        optimal,
+    )
+
+
+def _balance_phase(
+    ctx: Context,
+    rule: ThresholdRule,
+    start: tuple[int, ...],
+    after_a: tuple[int, ...],
+    phase_a: list[int],
+    mandatory: set[int],
+    cands: list[frozenset[int]],
+    costs_all: Mapping[int, float],
+    budget: int,
+    frozen: frozenset[int],
+    seed: int,
+    time_limit_s: float,
+) -> tuple[tuple[int, ...], float, bool, set[int]]:
+    free = [
+        v
+        for v in range(ctx.n_vms)
+        if ctx.can_move(v) and v not in frozen and v not in ctx.held and v not in mandatory
+    ]
+    used = sum(1 for v in range(ctx.n_vms) if after_a[v] != start[v])
+    cand_map = {v: cands[v] for v in set(free) | set(phase_a)}
+    greedy = heuristic.balance(ctx, after_a, free, cand_map, costs_all, budget - used)
+    cooldown: set[int] = set()
+    if ctx.held:
+        held_ok = [
+            v for v in ctx.held if ctx.can_move(v) and v not in frozen and v not in mandatory
+        ]
+        if held_ok:
+            with_held = heuristic.balance(
+                ctx,
+                after_a,
+                free + held_ok,
+                cand_map | {v: cands[v] for v in held_ok},
+                costs_all,
+                budget - used,
+            )
+            cooldown = {v for v in held_ok if with_held[v] != after_a[v]}
+    movable_set = set(phase_a) | set(free)
+    pairs = sum(len(cands[v]) + 1 for v in movable_set)
+    if pairs <= FULL_MODEL_PAIRS:
+        candidates = {v: (start[v], *sorted(cands[v])) for v in sorted(movable_set)}
+    else:
+        candidates = _pruned(ctx, start, greedy, phase_a, free, cands)
+    hint = tuple(
+        h if v not in candidates or h in candidates[v] else start[v] for v, h in enumerate(greedy)
+    )
+    inp = cpsat.ModelInput(
+        ctx=ctx,
+        start=start,
+        candidates=candidates,
+        costs={v: costs_all.get(v, 0.0) for v in candidates if v not in mandatory},
+        soft_penalty=SOFT_RULE_PENALTY,
+        budget=budget,
+        hint=hint,
+    )
+    res = cpsat.solve(inp, seed=seed, time_limit_s=time_limit_s)
+    if res.placement is None:
+        # no solution in time (or the pruned model lost the phase A answer): keep the heuristic
+        return tuple(greedy), res.wall_seconds, False, cooldown
+    return res.placement, res.wall_seconds, res.optimal, cooldown
+
+
+def _pruned(
+    ctx: Context,
+    start: tuple[int, ...],
+    greedy: list[int],
+    phase_a: list[int],
+    free: list[int],
+    cands: list[frozenset[int]],
+) -> dict[int, tuple[int, ...]]:
+    """A bounded move set around the heuristic's answer (see the module docstring)."""
+    scorer = heuristic.Scorer.of(ctx)
+    start_loads = Loads.of(ctx, start)
+    end_loads = Loads.of(ctx, greedy)
+    moved_off: dict[int, int] = {}
+    for v in range(ctx.n_vms):
+        if greedy[v] != start[v]:
+            moved_off[start[v]] = moved_off.get(start[v], 0) + 1
+    by_host: dict[int, list[int]] = {}
+    for v in free:
+        by_host.setdefault(start[v], []).append(v)
+    chosen: set[int] = set(phase_a) | {v for v in free if greedy[v] != start[v]}
+    for h, vms in by_host.items():
+        if scorer.excess(h, start_loads) > 0:
+            k = 2 * moved_off.get(h, 0) + PRUNED_EXTRA_HOT
+            chosen.update(sorted(vms, key=lambda v: (-ctx.vm_cpu[v], v))[:k])
+        else:
+            chosen.update(sorted(vms, key=lambda v: (ctx.vm_cpu[v], v))[:PRUNED_PER_HOST])
+    coldness = sorted(range(ctx.n_hosts), key=lambda h: (scorer.excess(h, end_loads), h))
+    rank = {h: i for i, h in enumerate(coldness)}
+    out: dict[int, tuple[int, ...]] = {}
+    for v in sorted(chosen):
+        options = sorted(cands[v], key=lambda h: rank[h])
+        picked = options[: PRUNED_TARGETS // 2]
+        rest = options[PRUNED_TARGETS // 2 :]
+        if rest:
+            stride = max(1, len(rest) // (PRUNED_TARGETS - len(picked)))
+            picked += rest[v % stride :: stride][: PRUNED_TARGETS - len(picked)]
+        hosts = {start[v], greedy[v], *picked}
+        out[v] = (start[v], *sorted(hosts - {start[v]}))
+    return out
+
+
+def _finish(
+    ctx: Context,
+    start: tuple[int, ...],
+    placement: tuple[int, ...],
+    before: Metrics,
+    should_move: set[int],
+    must_repair: Mapping[int, str],
+    soft_bad: set[int],
+    frozen: frozenset[int],
+    cooldown: Iterable[int],
+    budget: int,
+    solve_seconds: float,
+    optimal: bool,
+) -> Solution:
+    moved = [v for v in range(ctx.n_vms) if placement[v] != start[v]]
+    still_violated = violated_rules(ctx, placement)
+    reasons: dict[int, tuple[MoveReason, str | None]] = {}
+    start_violated = violated_rules(ctx, start)
+    for v in moved:
+        state = ctx.host_state[start[v]]
+        if state.must_evacuate:
+            reasons[v] = (MoveReason.MAINTENANCE, None)
+        elif state is HostState.QUARANTINED:
+            reasons[v] = (MoveReason.QUARANTINE, None)
+        else:
+            rule_name = next(
+                (
+                    ctx.rules[ri].name
+                    for ri, bad in start_violated.items()
+                    if ri not in still_violated
+                    and (
+                        v in bad
+                        or (
+                            v in ctx.rules[ri].members
+                            and ctx.rules[ri].rule.kind is not RuleKind.VM_HOST
+                        )
+                    )
+                ),
+                None,
+            )
+            reasons[v] = (MoveReason.RULE, rule_name) if rule_name else (MoveReason.BALANCE, None)
+    gains = _gains(ctx, start, placement, reasons)
+
+    loads = Loads.of(ctx, placement)
+    blocked: list[Blocked] = []
+    budget_used = len(moved) >= budget
+    for v in sorted(should_move | set(cooldown)):
+        if placement[v] != start[v]:
+            continue
+        name = ctx.vm_names[v]
+        if v in cooldown and v not in should_move:
+            blocked.append(
+                Blocked(
+                    vm=name,
+                    reason=BlockedReason.COOLDOWN,
+                    detail="moved recently; held from balancing",
+                )
+            )
+            continue
+        if v in must_repair and must_repair[v] not in {ctx.rules[ri].name for ri in still_violated}:
+            continue  # the rule was repaired by moving other members
+        if v in frozen and ctx.can_move(v):
+            rule_name = next(
+                ctx.rules[ri].name
+                for ri in ctx.vm_rules[v]
+                if ctx.rules[ri].rule.kind is RuleKind.AFFINITY
+            )
+            blocked.append(
+                Blocked(
+                    vm=name,
+                    reason=BlockedReason.RULE,
+                    rule=rule_name,
+                    detail="affinity group larger than one step can move",
+                )
+            )
+            continue
+        reason, rule_name, detail = blocked_reason(ctx, placement, loads, v)
+        if (
+            reason is BlockedReason.CAPACITY
+            and budget_used
+            and any(
+                verdict(ctx, placement, loads, v, h) is None and fits(ctx, loads, v, h)
+                for h in range(ctx.n_hosts)
+            )
+        ):
+            reason, detail = BlockedReason.MOVE_BUDGET, "limits.moves_per_cycle reached"
+        if reason is BlockedReason.CAPACITY and v in must_repair:
+            reason, rule_name = BlockedReason.RULE, must_repair[v]
+            detail = "cannot be repaired: no allowed host has room"
+        blocked.append(Blocked(vm=name, reason=reason, rule=rule_name, detail=detail))
+    after = metrics(ctx, placement)
+    status = PlanStatus.MOVES if moved else PlanStatus.BALANCED
+    return Solution(
+        ctx=ctx,
+        status=status,
+        start=start,
+        placement=placement,
+        reasons=reasons,
+        gains=gains,
+        blocked=tuple(blocked),
+        before=before,
+        after=after,
+        solve_seconds=solve_seconds,
+        optimal=optimal,
+    )
+
+
+def _gains(
+    ctx: Context,
+    start: tuple[int, ...],
+    placement: tuple[int, ...],
+    reasons: Mapping[int, tuple[MoveReason, str | None]],
+) -> dict[int, float]:
+    """Expected gain per move: a balance move's share of the imbalance reduction that the
+    balance moves make together (shares in proportion to each move's marginal effect); other
+    moves carry their own marginal effect (negative when an evacuation adds imbalance)."""
+    tracker = ImbalanceTracker(ctx, placement)
+    final = tracker.value()
+    marginal = {v: tracker.what_if(v, placement[v], start[v]) - final for v in reasons}
+    balance = [v for v, (r, _) in reasons.items() if r is MoveReason.BALANCE]
+    gains = {v: marginal[v] for v in reasons if v not in balance}
+    if balance:
+        undone = list(placement)
+        for v in balance:
+            undone[v] = start[v]
+        total = max(0.0, metrics(ctx, undone).imbalance - final)
+        positive = {v: max(0.0, marginal[v]) for v in balance}
+        weight = sum(positive.values())
+        for v in balance:
+            gains[v] = total * positive[v] / weight if weight > 0 else total / len(balance)
+    return gains
+
+
+def require_feasible(solution: Solution) -> Solution:
+    """Raise :class:`InfeasibleError` (naming the rules) for an infeasible solution."""
+    if solution.status is PlanStatus.INFEASIBLE:
+        raise InfeasibleError(
+            "hard rules conflict: " + ", ".join(solution.conflicts), rules=solution.conflicts
+        )
+    return solution

@@ -1,0 +1,392 @@
+"""The CP-SAT model: one boolean per (movable VM, candidate host), built by small modules.
+
+Scaling: CPU in milli-cores, memory in MiB, loads in 1/LOAD_SCALE; objective terms in units
+of ``OBJ_UNIT`` per 1.0 of total load deviation (so costs from
+:mod:`balancer.optimizer.thresholds` are multiplied by ``OBJ_UNIT``).
+
+Only *movable* VMs get variables (the rest are constants), and each gets only its candidate
+hosts (filters and pruning decide which). Hard rules are added with an enforcement literal
+each, so that an infeasible model can name the smallest set of conflicting rules
+(:func:`explain_infeasible`). :data:`CONSTRAINTS` and :data:`OBJECTIVES` are the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ortools.sat.python import cp_model
+
+from balancer.model import HostState
+from balancer.optimizer.context import LOAD_SCALE, Context, is_soft_vm_host, vm_host_allows
+from balancer.optimizer.metrics import average_loads, weights
+from policies.model import RuleKind
+
+#: 1.0 of total load deviation in objective units (weights are percentages, loads 1e5)
+OBJ_UNIT = 100 * LOAD_SCALE
+#: weight of each resource's max host load next to the total deviation
+MAX_LOAD_WEIGHT = 1.0
+#: cost of leaving a VM on a host that must be emptied / on a quarantined host
+EVACUATION_PENALTY = 10_000 * OBJ_UNIT
+QUARANTINE_PENALTY = 1_000 * OBJ_UNIT
+#: deterministic-time units granted per second of time limit (measured: about 2 wall s per
+#: unit with two interleaved workers on the 2-core reference machine)
+DETERMINISTIC_PER_SECOND = 0.4
+#: name of the assumption that stands for limits.moves_per_cycle in conflict reports
+BUDGET = "limits.moves_per_cycle"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelInput:
+    ctx: Context
+    #: placement the moves start from (host index per VM)
+    start: tuple[int, ...]
+    #: movable VM -> candidate hosts (always includes its start host)
+    candidates: Mapping[int, tuple[int, ...]]
+    #: balance move cost per movable VM, in deviation units (0 for mandatory VMs)
+    costs: Mapping[int, float]
+    #: penalty per VM and host for a soft rule, in deviation units
+    soft_penalty: float
+    budget: int
+    hint: tuple[int, ...] | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class Build:
+    inp: ModelInput
+    model: cp_model.CpModel = field(default_factory=cp_model.CpModel)
+    x: dict[int, dict[int, cp_model.IntVar]] = field(default_factory=dict)
+    #: name of a hard rule (or BUDGET) -> its enforcement literal
+    enforce: dict[str, cp_model.IntVar] = field(default_factory=dict)
+    objective: list[cp_model.LinearExprT] = field(default_factory=list)
+
+    @property
+    def ctx(self) -> Context:
+        return self.inp.ctx
+
+    def literal(self, name: str) -> cp_model.IntVar:
+        if name not in self.enforce:
+            self.enforce[name] = self.model.new_bool_var(f"enforce[{name}]")
+        return self.enforce[name]
+
+    def on(self, v: int, h: int) -> cp_model.LinearExprT:
+        """1 if VM ``v`` ends on ``h`` (a variable, or a constant for a fixed VM)."""
+        if v in self.x:
+            return self.x[v].get(h, 0)
+        return 1 if self.inp.start[v] == h else 0
+
+
+Module = Callable[[Build], None]
+
+
+# -- constraints ---------------------------------------------------------------------------------
+def assignment(b: Build) -> None:
+    """Each movable VM ends on exactly one of its candidate hosts."""
+    for v, hosts in b.inp.candidates.items():
+        b.x[v] = {h: b.model.new_bool_var(f"x[{v},{h}]") for h in hosts}
+        b.model.add_exactly_one(b.x[v].values())
+
+
+def capacity(b: Build) -> None:
+    """Memory and CPU with headroom on every host that receives a VM.
+
+    A host already over a limit only needs to meet it when something moves in.
+    """
+    ctx, start = b.ctx, b.inp.start
+    cpu_const = list(ctx.host_cpu_base)
+    mem_const = list(ctx.host_mem_base)
+    cpu_terms: list[list[tuple[cp_model.IntVar, int]]] = [[] for _ in range(ctx.n_hosts)]
+    mem_terms: list[list[tuple[cp_model.IntVar, int]]] = [[] for _ in range(ctx.n_hosts)]
+    incoming: list[list[cp_model.IntVar]] = [[] for _ in range(ctx.n_hosts)]
+    for v in range(ctx.n_vms):
+        if v not in b.x:
+            cpu_const[start[v]] += ctx.vm_cpu[v]
+            mem_const[start[v]] += ctx.vm_mem[v]
+            continue
+        for h, var in b.x[v].items():
+            cpu_terms[h].append((var, ctx.vm_cpu[v]))
+            mem_terms[h].append((var, ctx.vm_mem[v]))
+            if h != start[v]:
+                incoming[h].append(var)
+    now_cpu = list(cpu_const)
+    now_mem = list(mem_const)
+    for v in b.x:
+        now_cpu[start[v]] += ctx.vm_cpu[v]
+        now_mem[start[v]] += ctx.vm_mem[v]
+    for h in range(ctx.n_hosts):
+        if not incoming[h]:
+            continue
+        cpu = cpu_const[h] + cp_model.LinearExpr.weighted_sum(
+            [t[0] for t in cpu_terms[h]], [t[1] for t in cpu_terms[h]]
+        )
+        mem = mem_const[h] + cp_model.LinearExpr.weighted_sum(
+            [t[0] for t in mem_terms[h]], [t[1] for t in mem_terms[h]]
+        )
+        if now_cpu[h] <= ctx.host_cpu_cap[h] and now_mem[h] <= ctx.host_mem_cap[h]:
+            b.model.add(cpu <= ctx.host_cpu_cap[h])
+            b.model.add(mem <= ctx.host_mem_cap[h])
+        else:
+            receives = b.model.new_bool_var(f"receives[{h}]")
+            b.model.add_max_equality(receives, incoming[h])
+            b.model.add(cpu <= ctx.host_cpu_cap[h]).only_enforce_if(receives)
+            b.model.add(mem <= ctx.host_mem_cap[h]).only_enforce_if(receives)
+
+
+def vm_host_rules(b: Build) -> None:
+    """Hard vm_host rules: a member on a forbidden host must leave it (filters already keep
+    forbidden hosts out of its candidates)."""
+    ctx = b.ctx
+    for r in ctx.rules:
+        if r.rule.kind is not RuleKind.VM_HOST or not r.hard:
+            continue
+        for m in r.members:
+            h = b.inp.start[m]
+            if m in b.x and not vm_host_allows(r, h) and h in b.x[m]:
+                b.model.add(b.x[m][h] == 0).only_enforce_if(b.literal(r.name))
+
+
+def anti_affinity(b: Build) -> None:
+    """anti_affinity: at most one member per host (as far as the fixed members allow)."""
+    ctx = b.ctx
+    for r in ctx.rules:
+        if r.rule.kind is not RuleKind.ANTI_AFFINITY or len(r.members) < 2:
+            continue
+        fixed_count: dict[int, int] = {}
+        hosts: set[int] = set()
+        for m in r.members:
+            if m in b.x:
+                hosts.update(b.x[m])
+            else:
+                fixed_count[b.inp.start[m]] = fixed_count.get(b.inp.start[m], 0) + 1
+        for h in sorted(hosts):
+            terms = [b.x[m][h] for m in r.members if m in b.x and h in b.x[m]]
+            if len(terms) + fixed_count.get(h, 0) <= 1:
+                continue
+            limit = max(1, fixed_count.get(h, 0))
+            b.model.add(sum(terms) + fixed_count.get(h, 0) <= limit).only_enforce_if(
+                b.literal(r.name)
+            )
+
+
+def affinity(b: Build) -> None:
+    """affinity: all members on one host (the fixed members' host if they have one)."""
+    ctx = b.ctx
+    for r in ctx.rules:
+        if r.rule.kind is not RuleKind.AFFINITY or len(r.members) < 2:
+            continue
+        fixed_hosts = {b.inp.start[m] for m in r.members if m not in b.x}
+        if len(fixed_hosts) > 1:
+            continue  # cannot be repaired by moves: reported as blocked
+        moving = [m for m in r.members if m in b.x]
+        if not moving:
+            continue
+        lit = b.literal(r.name)
+        if fixed_hosts:
+            (home,) = fixed_hosts
+            for m in moving:
+                b.model.add(b.on(m, home) == 1).only_enforce_if(lit)
+            continue
+        hosts = sorted(set().union(*(b.x[m].keys() for m in moving)))
+        first = moving[0]
+        for m in moving[1:]:
+            for h in hosts:
+                b.model.add(b.on(m, h) == b.on(first, h)).only_enforce_if(lit)
+
+
+def move_budget(b: Build) -> None:
+    """limits.moves_per_cycle: at most that many VMs change host."""
+    moved = [1 - b.x[v][b.inp.start[v]] for v in b.x]
+    if len(moved) > b.inp.budget:
+        b.model.add(sum(moved) <= b.inp.budget).only_enforce_if(b.literal(BUDGET))
+
+
+# -- objective terms -----------------------------------------------------------------------------
+def imbalance(b: Build) -> None:
+    """Total weighted deviation of active hosts' loads from the average, plus max load."""
+    ctx, start = b.ctx, b.inp.start
+    w_cpu, w_mem = weights(ctx)
+    avg_cpu, avg_mem = average_loads(ctx)
+    for weight, avg, demand, cap in (
+        (w_cpu, avg_cpu, ctx.vm_cpu, ctx.host_cores),
+        (w_mem, avg_mem, ctx.vm_mem, ctx.host_mem),
+    ):
+        w = round(100 * weight)
+        if w == 0:
+            continue
+        base = ctx.host_cpu_base if demand is ctx.vm_cpu else ctx.host_mem_base
+        const = [base[h] * LOAD_SCALE // cap[h] for h in range(ctx.n_hosts)]
+        terms: list[list[tuple[cp_model.IntVar, int]]] = [[] for _ in range(ctx.n_hosts)]
+        for v in range(ctx.n_vms):
+            if v in b.x:
+                for h, var in b.x[v].items():
+                    terms[h].append((var, demand[v] * LOAD_SCALE // cap[h]))
+            else:
+                const[start[v]] += demand[v] * LOAD_SCALE // cap[start[v]]
+        target = round(avg * LOAD_SCALE)
+        top = b.model.new_int_var(0, 100 * LOAD_SCALE, "max_load")
+        for h in range(ctx.n_hosts):
+            if not ctx.balanced_host(h):
+                continue
+            load = const[h] + cp_model.LinearExpr.weighted_sum(
+                [t[0] for t in terms[h]], [t[1] for t in terms[h]]
+            )
+            if terms[h]:
+                dev = b.model.new_int_var(0, 100 * LOAD_SCALE, f"dev[{h}]")
+                b.model.add(dev >= load - target)
+                b.model.add(dev >= target - load)
+                b.objective.append(w * dev)
+            else:
+                b.objective.append(w * abs(const[h] - target))
+            b.model.add(top >= load)
+        b.objective.append(round(w * MAX_LOAD_WEIGHT) * top)
+
+
+def migration_cost(b: Build) -> None:
+    """Balance moves pay their cost (the threshold's cost-benefit rule)."""
+    for v, cost in b.inp.costs.items():
+        c = round(cost * OBJ_UNIT)
+        if c and v in b.x:
+            b.objective.append(c * (1 - b.x[v][b.inp.start[v]]))
+
+
+def evacuation(b: Build) -> None:
+    """VMs left on a maintenance host (or a quarantined one) cost a large penalty."""
+    ctx = b.ctx
+    for v, hosts in b.x.items():
+        h = b.inp.start[v]
+        state = ctx.host_state[h]
+        if state.must_evacuate:
+            b.objective.append(EVACUATION_PENALTY * hosts[h])
+        elif state is HostState.QUARANTINED:
+            b.objective.append(QUARANTINE_PENALTY * hosts[h])
+
+
+def soft_rules(b: Build) -> None:
+    """should / should_not vm_host rules: a penalty per member on a host they advise against."""
+    ctx = b.ctx
+    penalty = round(b.inp.soft_penalty * OBJ_UNIT)
+    for r in ctx.rules:
+        if not is_soft_vm_host(r) or penalty == 0:
+            continue
+        for m in r.members:
+            if m in b.x:
+                for h, var in b.x[m].items():
+                    if not vm_host_allows(r, h):
+                        b.objective.append(penalty * var)
+
+
+#: the registry: hard constraints, then objective terms (order is the build order)
+CONSTRAINTS: tuple[tuple[str, Module], ...] = (
+    ("assignment", assignment),
+    ("capacity", capacity),
+    ("vm_host", vm_host_rules),
+    ("anti_affinity", anti_affinity),
+    ("affinity", affinity),
+    ("move_budget", move_budget),
+)
+OBJECTIVES: tuple[tuple[str, Module], ...] = (
+    ("imbalance", imbalance),
+    ("migration_cost", migration_cost),
+    ("evacuation", evacuation),
+    ("soft_rules", soft_rules),
+)
+
+
+def build(inp: ModelInput) -> Build:
+    b = Build(inp=inp)
+    for _, module in CONSTRAINTS + OBJECTIVES:
+        module(b)
+    b.model.minimize(sum(b.objective))
+    if inp.hint is not None:
+        for v, hosts in b.x.items():
+            for h, var in hosts.items():
+                b.model.add_hint(var, 1 if inp.hint[v] == h else 0)
+    return b
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SolveResult:
+    placement: tuple[int, ...] | None  # None when no solution was found
+    infeasible: bool
+    optimal: bool
+    wall_seconds: float
+
+
+def solver_for(seed: int, time_limit_s: float) -> cp_model.CpSolver:
+    solver = cp_model.CpSolver()
+    p = solver.parameters
+    p.random_seed = seed
+    p.num_workers = 2
+    p.interleave_search = True  # deterministic for a fixed seed, whatever the thread timing
+    # the deterministic limit is what normally stops the search (same input, same answer);
+    # the wall-clock limit is only a safety net on a loaded machine
+    p.max_deterministic_time = max(0.05, DETERMINISTIC_PER_SECOND * time_limit_s)
+    p.max_time_in_seconds = max(0.1, time_limit_s)
+    return solver
+
+
+def solve(inp: ModelInput, *, seed: int, time_limit_s: float) -> SolveResult:
+    b = build(inp)
+    # every hard-rule enforcement literal holds in a normal solve
+    for lit in b.enforce.values():
+        b.model.add(lit == 1)
+    solver = solver_for(seed, time_limit_s)
+    status = solver.solve(b.model)
+    if status == cp_model.INFEASIBLE:
+        return SolveResult(
+            placement=None, infeasible=True, optimal=False, wall_seconds=solver.wall_time
+        )
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return SolveResult(
+            placement=None, infeasible=False, optimal=False, wall_seconds=solver.wall_time
+        )
+    placement = list(inp.start)
+    for v, hosts in b.x.items():
+        for h, var in hosts.items():
+            if solver.boolean_value(var):
+                placement[v] = h
+    return SolveResult(
+        placement=tuple(placement),
+        infeasible=False,
+        optimal=status == cp_model.OPTIMAL,
+        wall_seconds=solver.wall_time,
+    )
+
+
+def explain_infeasible(
+    inp: ModelInput, *, seed: int, time_limit_s: float, max_rounds: int = 12
+) -> tuple[str, ...]:
+    """The smallest set of hard rules (and limits) found in conflict.
+
+    Every hard rule has an enforcement literal; solving with them as assumptions gives a
+    sufficient subset, which is then shrunk by deletion (each literal is dropped in turn and
+    kept out if the rest is still infeasible).
+    """
+    b = build(inp)
+    b.model.clear_objective()  # type: ignore[no-untyped-call]
+    names = sorted(b.enforce)
+    core = _core(b, names, seed, time_limit_s)
+    if core is None:
+        return ()
+    for rounds, name in enumerate(list(core)):
+        if rounds >= max_rounds or len(core) <= 1:
+            break
+        trial = [n for n in core if n != name]
+        smaller = _core(b, trial, seed, time_limit_s)
+        if smaller is not None:
+            core = smaller
+    return tuple(sorted(core))
+
+
+def _core(b: Build, names: Sequence[str], seed: int, time_limit_s: float) -> list[str] | None:
+    b.model.clear_assumptions()
+    b.model.add_assumptions([b.enforce[n] for n in names])
+    solver = solver_for(seed, time_limit_s)
+    solver.parameters.num_workers = 1
+    solver.parameters.interleave_search = False
+    status = solver.solve(b.model)
+    if status != cp_model.INFEASIBLE:
+        return None
+    by_index = {b.enforce[n].index: n for n in names}
+    core = [by_index[i] for i in solver.sufficient_assumptions_for_infeasibility() if i in by_index]
+    return sorted(core) if core else list(names)

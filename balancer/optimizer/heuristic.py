@@ -1,0 +1,165 @@
+"""Fast greedy heuristic: the CP-SAT model's warm start (and its fallback).
+
+It scores placements with the same terms as the CP-SAT objective (total load deviation from
+the average, move costs; see :mod:`balancer.optimizer.thresholds`), in floating point:
+
+1. :func:`place_mandatory` puts each VM that must leave its host on the feasible host where it
+   adds the least deviation (largest VMs first); VMs with no feasible host stay.
+2. :func:`balance` repeatedly takes the most loaded active host and makes the single move off
+   it that lowers ``deviation + move cost`` the most, until no move pays or the budget is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from balancer.optimizer.context import Context
+from balancer.optimizer.filters import Loads, anti_affinity_conflict, fits, in_affinity_group
+from balancer.optimizer.metrics import average_loads, weights
+
+#: per move, how many of the hot host's largest VMs (per CPU-feature class) and how many
+#: targets are tried
+TOP_VMS = 16
+TOP_TARGETS = 3
+
+
+@dataclass(slots=True, kw_only=True)
+class Scorer:
+    """Deviation of a host's load from the average, per resource, weighted."""
+
+    ctx: Context
+    avg_cpu: float
+    avg_mem: float
+    w_cpu: float
+    w_mem: float
+
+    @classmethod
+    def of(cls, ctx: Context) -> Scorer:
+        avg_cpu, avg_mem = average_loads(ctx)
+        w_cpu, w_mem = weights(ctx)
+        return cls(ctx=ctx, avg_cpu=avg_cpu, avg_mem=avg_mem, w_cpu=w_cpu, w_mem=w_mem)
+
+    def term(self, h: int, cpu: int, mem: int) -> float:
+        if not self.ctx.balanced_host(h):
+            return 0.0
+        return self.w_cpu * abs(cpu / self.ctx.host_cores[h] - self.avg_cpu) + self.w_mem * abs(
+            mem / self.ctx.host_mem[h] - self.avg_mem
+        )
+
+    def excess(self, h: int, loads: Loads) -> float:
+        """Signed weighted distance above the average (negative: below)."""
+        return self.w_cpu * (loads.cpu[h] / self.ctx.host_cores[h] - self.avg_cpu) + self.w_mem * (
+            loads.mem[h] / self.ctx.host_mem[h] - self.avg_mem
+        )
+
+    def delta(self, loads: Loads, v: int, a: int, b: int) -> float:
+        c, m = self.ctx.vm_cpu[v], self.ctx.vm_mem[v]
+        return (
+            self.term(a, loads.cpu[a] - c, loads.mem[a] - m)
+            + self.term(b, loads.cpu[b] + c, loads.mem[b] + m)
+            - self.term(a, loads.cpu[a], loads.mem[a])
+            - self.term(b, loads.cpu[b], loads.mem[b])
+        )
+
+
+def _allowed(
+    ctx: Context,
+    placement: Sequence[int],
+    loads: Loads,
+    v: int,
+    h: int,
+    candidates: Mapping[int, frozenset[int]],
+) -> bool:
+    return (
+        h in candidates[v]
+        and fits(ctx, loads, v, h)
+        and anti_affinity_conflict(ctx, placement, v, h) is None
+    )
+
+
+def place_mandatory(
+    ctx: Context, start: Sequence[int], vms: Sequence[int], candidates: Mapping[int, frozenset[int]]
+) -> list[int]:
+    """Greedy placement of VMs that must leave their host (affinity members are left out)."""
+    placement = list(start)
+    loads = Loads.of(ctx, placement)
+    scorer = Scorer.of(ctx)
+    order = sorted(
+        (v for v in vms if not in_affinity_group(ctx, v)),
+        key=lambda v: (-ctx.vm_mem[v], -ctx.vm_cpu[v], v),
+    )
+    for v in order:
+        a = placement[v]
+        best: tuple[float, int] | None = None
+        for b in sorted(candidates[v]):
+            if _allowed(ctx, placement, loads, v, b, candidates):
+                score = scorer.delta(loads, v, a, b)
+                if best is None or (score, b) < best:
+                    best = (score, b)
+        if best is not None:
+            loads.move(ctx, v, a, best[1])
+            placement[v] = best[1]
+    return placement
+
+
+def balance(
+    ctx: Context,
+    start: Sequence[int],
+    movable: Collection[int],
+    candidates: Mapping[int, frozenset[int]],
+    costs: Mapping[int, float],
+    budget: int,
+) -> list[int]:
+    """Greedy balancing moves from ``start`` (each VM moves at most once)."""
+    placement = list(start)
+    loads = Loads.of(ctx, placement)
+    scorer = Scorer.of(ctx)
+    moved: set[int] = set()
+    on_host: dict[int, list[int]] = {h: [] for h in range(ctx.n_hosts)}
+    for v in sorted(movable):
+        if not in_affinity_group(ctx, v):
+            on_host[placement[v]].append(v)
+    for vms_on in on_host.values():
+        vms_on.sort(key=lambda v: (-ctx.vm_cpu[v] - ctx.vm_mem[v] // 64, v))
+    active = [h for h in range(ctx.n_hosts) if ctx.balanced_host(h)]
+    done: set[int] = set()
+    moves = 0
+    while moves < budget:
+        hot = [h for h in active if h not in done and scorer.excess(h, loads) > 0]
+        if not hot:
+            break
+        a = max(hot, key=lambda h: (scorer.excess(h, loads), -h))
+        cold = sorted(
+            (h for h in active if ctx.accepts(h)), key=lambda h: (scorer.excess(h, loads), h)
+        )
+        best: tuple[float, int, int] | None = None
+        per_class: dict[frozenset[str], int] = {}
+        tries: list[int] = []
+        for v in on_host[a]:
+            key = ctx.snapshot.vms[v].cpu_features
+            if v not in moved and per_class.get(key, 0) < TOP_VMS:
+                per_class[key] = per_class.get(key, 0) + 1
+                tries.append(v)
+        for v in tries:
+            tried = 0
+            for b in cold:
+                if b == a or not _allowed(ctx, placement, loads, v, b, candidates):
+                    continue
+                score = scorer.delta(loads, v, a, b) + costs.get(v, 0.0)
+                if best is None or (score, v, b) < best:
+                    best = (score, v, b)
+                tried += 1
+                if tried >= TOP_TARGETS:
+                    break
+        if best is None or best[0] >= 0:
+            done.add(a)
+            continue
+        _, v, b = best
+        loads.move(ctx, v, a, b)
+        placement[v] = b
+        moved.add(v)
+        on_host[a].remove(v)
+        moves += 1
+        done.discard(b)
+    return placement

@@ -1,0 +1,321 @@
+"""The planner: orders the optimizer's target placement into steps that are safe at every step.
+
+Pure. A step is a set of migrations that may run at once:
+
+* at most ``limits.concurrent_per_host`` migrations touch a host (as source or target) and at
+  most ``limits.concurrent_total`` run in all;
+* while a VM migrates its memory (and CPU) counts on its source *and* its target, so a target
+  must have room for everything already on it plus everything arriving in the step, within
+  ``capacity x (1 - headroom)``; VMs leaving it in the same step still count;
+* no hard rule that holds before a step is broken after it (or while it runs: an in-flight VM
+  counts on both hosts for anti_affinity); an affinity group moves in one step.
+
+Moves are taken in priority order (mandatory first, then by gain). When no pending move can
+start (a swap or a cycle), a VM on a blocking host is parked on a third host with a
+``temporary`` move; when no parking is possible the lowest-priority blocked move is left out
+and reported as blocked (capacity). Never a transient overcommit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from balancer.model import Snapshot
+from balancer.optimizer.context import Context
+from balancer.optimizer.core import Solution, optimize
+from balancer.optimizer.filters import anti_affinity_conflict, static_verdict
+from balancer.optimizer.metrics import metrics
+from balancer.plan import Blocked, BlockedReason, Move, MoveReason, Plan, PlanStatus
+from policies.model import Policy, RuleKind
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ordered:
+    moves: tuple[Move, ...]
+    #: VMs whose move was left out: no safe order was found
+    dropped: tuple[int, ...]
+    end: tuple[int, ...]
+
+
+@dataclass(slots=True, kw_only=True)
+class _Step:
+    per_host: dict[int, int]
+    total: int
+    cpu_in: dict[int, int]
+    mem_in: dict[int, int]
+    incoming: dict[int, set[int]]
+    vms: set[int]
+
+
+def _units(ctx: Context, pending: Sequence[int], target: Sequence[int]) -> list[list[int]]:
+    """Pending VMs grouped so that affinity groups move together (same step)."""
+    seen: set[int] = set()
+    units: list[list[int]] = []
+    pend = set(pending)
+    rank = {v: i for i, v in enumerate(pending)}
+    for v in pending:
+        if v in seen:
+            continue
+        unit = {v}
+        grow = True
+        while grow:
+            grow = False
+            for u in list(unit):
+                for ri in ctx.vm_rules[u]:
+                    r = ctx.rules[ri]
+                    if r.rule.kind is RuleKind.AFFINITY:
+                        for m in r.members:
+                            if m in pend and m not in unit:
+                                unit.add(m)
+                                grow = True
+        seen |= unit
+        units.append(sorted(unit, key=rank.__getitem__))
+    return units
+
+
+class _Orderer:
+    def __init__(
+        self,
+        ctx: Context,
+        start: Sequence[int],
+        target: Sequence[int],
+        priority: Sequence[int],
+        max_moves: int,
+    ) -> None:
+        self.ctx = ctx
+        self.pos = list(start)
+        self.target = list(target)
+        self.priority = list(priority)
+        self.max_moves = max_moves
+        limits = ctx.policy.limits
+        self.per_host_limit = max(1, limits.concurrent_per_host)
+        self.total_limit = max(1, limits.concurrent_total)
+        self.cpu = list(ctx.host_cpu_base)
+        self.mem = list(ctx.host_mem_base)
+        for v, h in enumerate(self.pos):
+            self.cpu[h] += ctx.vm_cpu[v]
+            self.mem[h] += ctx.vm_mem[v]
+        self.moves: list[tuple[int, int, int, int, bool]] = []  # vm, src, dst, step, temporary
+        self.parked: set[int] = set()
+        self.dropped: list[int] = []
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _room(self, step: _Step, v: int, h: int, extra_cpu: int = 0, extra_mem: int = 0) -> bool:
+        ctx = self.ctx
+        return (
+            self.mem[h] + step.mem_in.get(h, 0) + extra_mem + ctx.vm_mem[v] <= ctx.host_mem_cap[h]
+            and self.cpu[h] + step.cpu_in.get(h, 0) + extra_cpu + ctx.vm_cpu[v]
+            <= ctx.host_cpu_cap[h]
+        )
+
+    def _anti_ok(self, step: _Step, v: int, h: int) -> bool:
+        if anti_affinity_conflict(self.ctx, self.pos, v, h) is not None:
+            return False
+        for ri in self.ctx.vm_rules[v]:
+            r = self.ctx.rules[ri]
+            if r.rule.kind is RuleKind.ANTI_AFFINITY and any(
+                m != v and m in step.incoming.get(h, set()) for m in r.members
+            ):
+                return False
+        return True
+
+    def _fits_unit(self, step: _Step, unit: Sequence[int], dests: Sequence[int]) -> bool:
+        if step.total + len(unit) > self.total_limit:
+            return False
+        touch: dict[int, int] = {}
+        extra_cpu: dict[int, int] = {}
+        extra_mem: dict[int, int] = {}
+        for v, h in zip(unit, dests, strict=True):
+            if v in step.vms:
+                return False
+            for x in (self.pos[v], h):
+                touch[x] = touch.get(x, 0) + 1
+            if not self._room(step, v, h, extra_cpu.get(h, 0), extra_mem.get(h, 0)):
+                return False
+            if not self._anti_ok(step, v, h):
+                return False
+            extra_cpu[h] = extra_cpu.get(h, 0) + self.ctx.vm_cpu[v]
+            extra_mem[h] = extra_mem.get(h, 0) + self.ctx.vm_mem[v]
+        return all(step.per_host.get(x, 0) + n <= self.per_host_limit for x, n in touch.items())
+
+    def _add(self, step: _Step, v: int, h: int) -> None:
+        for x in (self.pos[v], h):
+            step.per_host[x] = step.per_host.get(x, 0) + 1
+        step.total += 1
+        step.cpu_in[h] = step.cpu_in.get(h, 0) + self.ctx.vm_cpu[v]
+        step.mem_in[h] = step.mem_in.get(h, 0) + self.ctx.vm_mem[v]
+        step.incoming.setdefault(h, set()).add(v)
+        step.vms.add(v)
+
+    def _apply(self, v: int, h: int, step_no: int, temporary: bool) -> None:
+        src = self.pos[v]
+        self.moves.append((v, src, h, step_no, temporary))
+        self.cpu[src] -= self.ctx.vm_cpu[v]
+        self.mem[src] -= self.ctx.vm_mem[v]
+        self.cpu[h] += self.ctx.vm_cpu[v]
+        self.mem[h] += self.ctx.vm_mem[v]
+        self.pos[v] = h
+
+    # -- main loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        step_no = 0
+        while True:
+            pending = [v for v in self.priority if self.pos[v] != self.target[v]]
+            if not pending:
+                return
+            step = _Step(per_host={}, total=0, cpu_in={}, mem_in={}, incoming={}, vms=set())
+            chosen: list[tuple[int, int]] = []
+            for unit in _units(self.ctx, pending, self.target):
+                if len(self.moves) + len(chosen) + len(unit) > self.max_moves:
+                    continue
+                dests = [self.target[v] for v in unit]
+                if self._fits_unit(step, unit, dests):
+                    for v, h in zip(unit, dests, strict=True):
+                        self._add(step, v, h)
+                        chosen.append((v, h))
+            if chosen:
+                for v, h in chosen:
+                    self._apply(v, h, step_no, temporary=False)
+                step_no += 1
+                continue
+            if self._park(pending, step_no):
+                step_no += 1
+                continue
+            self._drop(pending)
+
+    def _park(self, pending: Sequence[int], step_no: int) -> bool:
+        """Break a swap/cycle: move one VM off a blocking host to a third host."""
+        if len(self.moves) + 2 > self.max_moves:
+            return False
+        ctx = self.ctx
+        pend = set(pending)
+        for v in pending:
+            b = self.target[v]
+            blockers = [
+                u
+                for u in pend
+                if self.pos[u] == b and u != v and u not in self.parked and not _in_affinity(ctx, u)
+            ]
+            for u in sorted(blockers, key=lambda u: (-ctx.vm_mem[u], u)):
+                empty = _Step(per_host={}, total=0, cpu_in={}, mem_in={}, incoming={}, vms=set())
+                for c in range(ctx.n_hosts):
+                    if c in (b, self.target[u]) or static_verdict(ctx, u, c) is not None:
+                        continue
+                    if self._fits_unit(empty, [u], [c]):
+                        self._apply(u, c, step_no, temporary=True)
+                        self.parked.add(u)
+                        return True
+        return False
+
+    def _drop(self, pending: Sequence[int]) -> None:
+        """Leave out the lowest-priority pending unit (the VMs stay where they are now)."""
+        units = _units(self.ctx, pending, self.target)
+        last = units[-1]
+        for v in last:
+            self.target[v] = self.pos[v]
+            self.dropped.append(v)
+
+
+def _in_affinity(ctx: Context, v: int) -> bool:
+    return any(
+        ctx.rules[ri].rule.kind is RuleKind.AFFINITY and len(ctx.rules[ri].members) > 1
+        for ri in ctx.vm_rules[v]
+    )
+
+
+def order_moves(solution: Solution) -> Ordered:
+    """Order a solution's moves into safe steps (see the module docstring)."""
+    ctx = solution.ctx
+    moved = solution.moved
+
+    def prio(v: int) -> tuple[int, float, str]:
+        reason = solution.reasons[v][0]
+        return (0 if reason.mandatory else 1, -solution.gains.get(v, 0.0), ctx.vm_names[v])
+
+    priority = sorted(moved, key=prio)
+    orderer = _Orderer(
+        ctx,
+        solution.start,
+        solution.placement,
+        priority,
+        max(len(moved), ctx.policy.limits.moves_per_cycle),
+    )
+    orderer.run()
+    moves: list[Move] = []
+    for v, src, dst, step, temporary in orderer.moves:
+        reason, rule = (MoveReason.TEMPORARY, None) if temporary else solution.reasons[v]
+        final_leg = not temporary and v in orderer.parked
+        if final_leg:
+            reason, rule = solution.reasons[v]
+        moves.append(
+            Move(
+                vm=ctx.vm_names[v],
+                source=ctx.host_names[src],
+                target=ctx.host_names[dst],
+                step=step,
+                reason=reason,
+                rule=rule,
+                gain=0.0 if temporary else solution.gains.get(v, 0.0),
+                memory_mib=ctx.vm_mem[v],
+            )
+        )
+    return Ordered(moves=tuple(moves), dropped=tuple(orderer.dropped), end=tuple(orderer.pos))
+
+
+def build_plan(solution: Solution) -> Plan:
+    """The executable plan for an optimizer solution."""
+    ctx = solution.ctx
+    if solution.status is PlanStatus.INFEASIBLE:
+        return Plan(
+            status=PlanStatus.INFEASIBLE,
+            moves=(),
+            blocked=solution.blocked,
+            before=solution.before,
+            after=solution.before,
+            solve_seconds=solution.solve_seconds,
+            conflicts=solution.conflicts,
+            snapshot_digest=ctx.snapshot.digest(),
+            policy_digest=ctx.policy.digest,
+        )
+    ordered = order_moves(solution)
+    blocked = list(solution.blocked)
+    for v in ordered.dropped:
+        blocked.append(
+            Blocked(
+                vm=ctx.vm_names[v],
+                reason=BlockedReason.CAPACITY,
+                detail="no safe order for this move (left out)",
+            )
+        )
+    after = metrics(ctx, ordered.end) if ordered.dropped else solution.after
+    return Plan(
+        status=PlanStatus.MOVES if ordered.moves else PlanStatus.BALANCED,
+        moves=ordered.moves,
+        blocked=tuple(sorted(blocked, key=lambda b: b.vm)),
+        before=solution.before,
+        after=after,
+        solve_seconds=solution.solve_seconds,
+        snapshot_digest=ctx.snapshot.digest(),
+        policy_digest=ctx.policy.digest,
+    )
+
+
+def make_plan(
+    snapshot: Snapshot,
+    policy: Policy,
+    *,
+    held: frozenset[str] = frozenset(),
+    time_limit_s: float = 10.0,
+    seed: int = 0,
+) -> Plan:
+    """Optimize, then order: the plan for one balancing cycle."""
+    return build_plan(optimize(snapshot, policy, held=held, time_limit_s=time_limit_s, seed=seed))
+
+
+def end_state(snapshot: Snapshot, plan: Plan) -> Snapshot:
+    """The snapshot after every move of the plan (no I/O)."""
+    placement = snapshot.placement()
+    for m in plan.moves:
+        placement[m.vm] = m.target
+    return snapshot.with_placement(placement)
