@@ -307,3 +307,17 @@ def test_rebuild_window_from_recorded_history() -> None:
     assert view.snapshot.host("h1").overhead_cpu_cores == pytest.approx(0.67, abs=1e-3)
     assert view.snapshot.host("h1").overhead_memory_mib == 6146 - 3500
     assert view.freshness.balancing_allowed
+
+
+def test_missing_server_binary_fails_when_services_are_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.collectors import vmserver
+
+    monkeypatch.setattr(vmserver, "BINARY_CANDIDATES", ("/nonexistent/victoria-metrics",))
+    monkeypatch.setenv("BALANCER_REQUIRE_SERVICES", "1")
+    with pytest.raises(pytest.fail.Exception, match="not installed"):
+        vmserver.find_binary()
+    monkeypatch.setenv("BALANCER_REQUIRE_SERVICES", "0")
+    with pytest.raises(pytest.skip.Exception):
+        vmserver.find_binary()
