@@ -1,0 +1,1 @@
+"""Benchmark of one collection cycle and the demand computation (see run.py)."""
