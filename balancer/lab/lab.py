@@ -1,0 +1,838 @@
+"""A real multi-host libvirt/KVM cluster on one Linux machine.
+
+Each lab host is one ``libvirtd`` in its own mount namespace: ``/etc/libvirt``, ``/run/libvirt``,
+``/var/lib/libvirt``, ``/var/cache/libvirt`` and ``/var/log/libvirt`` are bind mounts of the
+host's own directories under the lab state dir, so every host has its own config, sockets,
+domain state, logs, QEMU capabilities cache and ``host_uuid``. Hosts listen on their own
+loopback TCP port (no auth, 127.0.0.1 only) and use their own migration port range.
+
+Guests are tiny VMs booted from a generated boot sector on a shared read-only disk
+(:mod:`balancer.lab.bootsector`). The last host's CPU is made to lack one feature
+(:attr:`Lab.lacking_feature`) so CPU compatibility can be tested.
+
+The mounts exist only inside the hosts' namespaces and vanish with their processes;
+:meth:`Lab.down` kills every process that refers to the state dir and removes the dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from balancer.errors import LabError
+from balancer.lab.bootsector import COUNTER_GPA, GuestKind, boot_sector, parse_xp_word
+from balancer.lab.config import (
+    MAX_HOSTS,
+    MAX_SLOTS,
+    HostPlan,
+    domain_xml,
+    host_name,
+    libvirtd_conf,
+    port_plan,
+    qemu_conf,
+    strip_cpu_feature,
+)
+
+if TYPE_CHECKING:
+    import libvirt
+
+    from balancer.libvirt import LibvirtBackend
+
+DEFAULT_STATE_DIR = Path("/var/lib/balancer-lab")
+STATE_DIR_ENV = "BALANCER_LAB_DIR"
+ACCEL_ENV = "BALANCER_LAB_ACCEL"
+STATE_FILE = "lab.json"
+DISK_SIZE = 1024 * 1024  # SeaBIOS does not boot from a disk of one sector
+#: (directory inside the host's namespace, sub-directory of the host dir bound onto it)
+BIND_MOUNTS: tuple[tuple[str, str], ...] = (
+    ("/etc/libvirt", "etc"),
+    ("/run/libvirt", "run"),
+    ("/var/lib/libvirt", "lib"),
+    ("/var/cache/libvirt", "cache"),
+    ("/var/log/libvirt", "log"),
+)
+DEFAULT_LACKING_FEATURE = "clwb"
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 15.0
+
+_children: dict[int, subprocess.Popen[bytes]] = {}
+_children_lock = threading.Lock()
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+# -- prerequisites ---------------------------------------------------------------------------
+
+
+def missing_prerequisites() -> list[str]:
+    """What this machine lacks to run the lab, each item saying how to get it (empty: ready)."""
+    missing: list[str] = []
+    if os.geteuid() != 0:
+        missing.append(f"root (running as uid {os.geteuid()}; the lab mounts and runs libvirtd)")
+    for tool, package in (
+        ("libvirtd", "libvirt-daemon-system"),
+        ("virsh", "libvirt-clients"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("unshare", "util-linux"),
+        ("mount", "mount"),
+    ):
+        if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+            missing.append(f"{tool} (apt-get install {package})")
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        missing.append("the libvirt Python module (pip install libvirt-python)")
+    return missing
+
+
+def check_prerequisites() -> None:
+    missing = missing_prerequisites()
+    if missing:
+        raise LabError("cannot run the libvirt lab, missing: " + "; ".join(missing))
+
+
+def _kvm_usable() -> bool:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def choose_accel(requested: str = "auto") -> str:
+    """The libvirt domain type for the guests: ``kvm`` or ``qemu`` (plain emulation).
+
+    ``auto`` picks KVM when /dev/kvm opens, except under a PVM nested hypervisor
+    (``/sys/module/kvm_pvm``), where the real-mode boot code is emulated one instruction at a
+    time and TCG is orders of magnitude faster. ``BALANCER_LAB_ACCEL`` overrides."""
+    requested = os.environ.get(ACCEL_ENV) or requested
+    if requested in ("kvm", "qemu"):
+        return requested
+    if requested == "tcg":
+        return "qemu"
+    if requested != "auto":
+        raise LabError(f"unknown accelerator {requested!r}: use auto, kvm or tcg")
+    if not _kvm_usable() or Path("/sys/module/kvm_pvm").exists():
+        return "qemu"
+    return "kvm"
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabVM:
+    name: str
+    kind: GuestKind
+    home: str
+    memory_mib: int
+    cpu_features: tuple[str, ...] = ()
+    extra_disks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabHostStatus:
+    name: str
+    uri: str
+    vms: tuple[str, ...]
+    running: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabStatus:
+    state_dir: str
+    hosts: tuple[LabHostStatus, ...]
+
+    def to_json(self) -> dict[str, list[dict[str, object]]]:
+        return {"hosts": [{"name": h.name, "uri": h.uri, "vms": list(h.vms)} for h in self.hosts]}
+
+
+@dataclass(slots=True, kw_only=True)
+class _State:
+    slot: int
+    domain_type: str
+    lacking_feature: str
+    poor_host: str | None
+    hosts: list[HostPlan]
+    vms: list[LabVM] = field(default_factory=list)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "domain_type": self.domain_type,
+            "lacking_feature": self.lacking_feature,
+            "poor_host": self.poor_host,
+            "hosts": [asdict(h) for h in self.hosts],
+            "vms": [
+                {
+                    **asdict(v),
+                    "kind": v.kind.value,
+                    "cpu_features": list(v.cpu_features),
+                    "extra_disks": list(v.extra_disks),
+                }
+                for v in self.vms
+            ],
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> _State:
+        return cls(
+            slot=int(doc["slot"]),
+            domain_type=str(doc["domain_type"]),
+            lacking_feature=str(doc["lacking_feature"]),
+            poor_host=doc.get("poor_host"),
+            hosts=[HostPlan(**h) for h in doc["hosts"]],
+            vms=[
+                LabVM(
+                    name=v["name"],
+                    kind=GuestKind(v["kind"]),
+                    home=v["home"],
+                    memory_mib=int(v["memory_mib"]),
+                    cpu_features=tuple(v.get("cpu_features", ())),
+                    extra_disks=tuple(v.get("extra_disks", ())),
+                )
+                for v in doc["vms"]
+            ],
+        )
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _quiet_libvirt() -> None:
+    import libvirt
+
+    def _ignore(_ctx: object, _err: object) -> None:
+        return None
+
+    libvirt.registerErrorHandler(_ignore, None)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_slot(n_hosts: int) -> int:
+    for slot in range(MAX_SLOTS):
+        ports = [p for i in range(1, n_hosts + 1) for p in port_plan(slot, i)[:2]]
+        if all(_port_free(p) for p in ports):
+            return slot
+    raise LabError("no free loopback port range for the lab (all lab slots are in use)")
+
+
+def _pids_referring_to(path: Path) -> list[int]:
+    """Processes whose command line mentions ``path`` (our libvirtds, reapers and QEMUs)."""
+    needle = str(path).encode()
+    me = os.getpid()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if needle in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone; our own children are reaped here)."""
+    with _children_lock:
+        child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            with _children_lock:
+                _children.pop(pid, None)
+            return False
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_gone(pids: Sequence[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    left = [p for p in pids if _alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if _alive(p)]
+    return left
+
+
+def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+# -- the lab ---------------------------------------------------------------------------------
+
+
+class Lab:
+    """A running (or stopped) lab, found by its state dir. Use :meth:`up` to create one."""
+
+    def __init__(self, state_dir: Path | str | None = None) -> None:
+        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        self._state: _State | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @classmethod
+    def up(
+        cls,
+        hosts: int = 3,
+        vms: int = 2,
+        *,
+        busy: int | None = None,
+        state_dir: Path | str | None = None,
+        memory_mib: int = 128,
+        accel: str = "auto",
+        lacking_feature: str = DEFAULT_LACKING_FEATURE,
+    ) -> Lab:
+        """Start ``hosts`` lab hosts and ``vms`` guests (the first ``busy`` of them busy,
+        default half rounded up), spread round-robin over the hosts."""
+        check_prerequisites()
+        if not 1 <= hosts <= MAX_HOSTS:
+            raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
+        if vms < 0:
+            raise LabError(f"--vms must be 0 or more, not {vms}")
+        busy = (vms + 1) // 2 if busy is None else max(0, min(busy, vms))
+        lab = cls(state_dir)
+        root = lab.state_dir.resolve()
+        lab.state_dir = root
+        if (root / STATE_FILE).exists():
+            raise LabError(f"a lab already exists in {root}: run 'balancer lab down' first")
+        if str(root).startswith(str(Path(__file__).resolve().parents[2])):
+            raise LabError(f"the lab state dir must not be inside the repository: {root}")
+        _quiet_libvirt()
+        domain_type = choose_accel(accel)
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            slot = _pick_slot(hosts)
+            plans = []
+            for i in range(1, hosts + 1):
+                tcp, mig_min, mig_max = port_plan(slot, i)
+                plans.append(
+                    HostPlan(
+                        name=host_name(i),
+                        index=i,
+                        tcp_port=tcp,
+                        migration_port_min=mig_min,
+                        migration_port_max=mig_max,
+                        host_uuid=str(uuid.uuid4()),
+                    )
+                )
+            lab._state = _State(
+                slot=slot,
+                domain_type=domain_type,
+                lacking_feature=lacking_feature,
+                poor_host=plans[-1].name if hosts >= 2 else None,
+                hosts=plans,
+            )
+            lab._write_files()
+            lab._save()
+            # the first host probes QEMU once; the others reuse its capabilities cache
+            lab.start_host(plans[0].name)
+            lab._probe_and_share_caps()
+            for p in plans[1:]:
+                lab._launch(p)
+            for p in plans[1:]:
+                lab._wait_ready(p)
+            for i in range(1, vms + 1):
+                kind = GuestKind.BUSY if i <= busy else GuestKind.IDLE
+                lab.define_vm(
+                    f"{kind.value}-{i}", plans[(i - 1) % hosts].name, kind, memory_mib=memory_mib
+                )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                lab.down()
+            raise
+        return lab
+
+    def down(self) -> None:
+        """Destroy every guest, stop every lab libvirtd, kill leftovers, remove the state dir."""
+        root = self.state_dir.resolve()
+        if not root.exists():
+            return
+        state = self._load_optional()
+        if state is not None:
+            _quiet_libvirt()
+            for plan in state.hosts:
+                if self._daemon_pid(plan) is not None:
+                    with contextlib.suppress(Exception):
+                        self._destroy_all(plan)
+            for plan in state.hosts:
+                self.stop_host(plan.name, timeout_s=STOP_TIMEOUT_S)
+        leftovers = _pids_referring_to(root)
+        _signal(leftovers, signal.SIGKILL)
+        still = _wait_gone(leftovers, 10.0)
+        if still:
+            raise LabError(f"lab down: processes {still} referring to {root} did not exit")
+        # our reaper children (if this process started them) exit with their last descendant
+        with _children_lock:
+            mine = list(_children)
+        _wait_gone(mine, 5.0)
+        shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            raise LabError(f"lab down: could not remove {root}")
+        self._state = None
+
+    # -- status ------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.state_dir / STATE_FILE).exists()
+
+    @property
+    def state(self) -> _State:
+        if self._state is None:
+            loaded = self._load_optional()
+            if loaded is None:
+                raise LabError(f"no lab in {self.state_dir}: run 'balancer lab up' first")
+            self._state = loaded
+        return self._state
+
+    @property
+    def hosts(self) -> list[HostPlan]:
+        return list(self.state.hosts)
+
+    @property
+    def vms(self) -> list[LabVM]:
+        return list(self.state.vms)
+
+    @property
+    def domain_type(self) -> str:
+        return self.state.domain_type
+
+    @property
+    def lacking_feature(self) -> str:
+        return self.state.lacking_feature
+
+    @property
+    def poor_host(self) -> str | None:
+        """The host whose CPU lacks :attr:`lacking_feature` (None with a single host)."""
+        return self.state.poor_host
+
+    def host(self, name: str) -> HostPlan:
+        for h in self.state.hosts:
+            if h.name == name:
+                return h
+        raise LabError(f"no lab host {name!r} (hosts: {', '.join(self.host_names())})")
+
+    def host_names(self) -> list[str]:
+        return [h.name for h in self.state.hosts]
+
+    def uri(self, host: str) -> str:
+        return self.host(host).uri
+
+    def status(self) -> LabStatus:
+        rows = []
+        for plan in self.state.hosts:
+            running = self._daemon_pid(plan) is not None
+            names: tuple[str, ...] = ()
+            if running:
+                try:
+                    conn = self.connect(plan.name)
+                    try:
+                        names = tuple(
+                            sorted(
+                                d.name()
+                                for d in conn.listAllDomains(
+                                    _flag("VIR_CONNECT_LIST_DOMAINS_ACTIVE")
+                                )
+                            )
+                        )
+                    finally:
+                        conn.close()
+                except LabError:
+                    running = False
+            rows.append(LabHostStatus(name=plan.name, uri=plan.uri, vms=names, running=running))
+        return LabStatus(state_dir=str(self.state_dir), hosts=tuple(rows))
+
+    def where(self, vm: str) -> list[str]:
+        """The hosts on which ``vm`` is running now (a healthy lab answers with exactly one)."""
+        found = []
+        for plan in self.state.hosts:
+            if self._daemon_pid(plan) is None:
+                continue
+            conn = self.connect(plan.name)
+            try:
+                with contextlib.suppress(Exception):
+                    if conn.lookupByName(vm).isActive():
+                        found.append(plan.name)
+            finally:
+                conn.close()
+        return found
+
+    # -- guests ------------------------------------------------------------------------------
+    def define_vm(
+        self,
+        name: str,
+        host: str,
+        kind: GuestKind = GuestKind.IDLE,
+        *,
+        memory_mib: int = 128,
+        cpu_features: Sequence[str] = (),
+        extra_disks: Sequence[str] = (),
+        start: bool = True,
+    ) -> LabVM:
+        """Define (persistently) and start a guest on ``host``."""
+        state = self.state
+        vm = LabVM(
+            name=name,
+            kind=kind,
+            home=host,
+            memory_mib=memory_mib,
+            cpu_features=tuple(cpu_features),
+            extra_disks=tuple(extra_disks),
+        )
+        xml = domain_xml(
+            name=name,
+            uuid=str(uuid.uuid4()),
+            kind=kind,
+            disk_path=str(self.state_dir / "disks" / f"{kind.value}.img"),
+            memory_mib=memory_mib,
+            domain_type=state.domain_type,
+            cpu_features=vm.cpu_features,
+            extra_disks=vm.extra_disks,
+        )
+        conn = self.connect(host)
+        try:
+            dom = conn.defineXML(xml)
+            if start:
+                dom.create()
+        except Exception as exc:
+            raise LabError(f"cannot start lab guest {name} on {host}: {exc}") from exc
+        finally:
+            conn.close()
+        state.vms = [v for v in state.vms if v.name != name] + [vm]
+        self._save()
+        return vm
+
+    def remove_vm(self, name: str) -> None:
+        """Destroy and undefine ``name`` wherever it is."""
+        for plan in self.state.hosts:
+            if self._daemon_pid(plan) is None:
+                continue
+            conn = self.connect(plan.name)
+            try:
+                with contextlib.suppress(Exception):
+                    dom = conn.lookupByName(name)
+                    with contextlib.suppress(Exception):
+                        dom.destroy()
+                    dom.undefine()
+            finally:
+                conn.close()
+        self.state.vms = [v for v in self.state.vms if v.name != name]
+        self._save()
+
+    def read_counter(self, vm: str, host: str | None = None) -> int:
+        """The busy guest's 32-bit counter, read with the monitor command ``xp``."""
+        import libvirt
+        import libvirt_qemu
+
+        hosts = [host] if host else self.where(vm)
+        if len(hosts) != 1:
+            raise LabError(f"guest {vm} runs on {len(hosts)} hosts ({hosts}), expected one")
+        conn = self.connect(hosts[0])
+        try:
+            dom = conn.lookupByName(vm)
+            out = libvirt_qemu.qemuMonitorCommand(
+                dom,
+                f"xp /1wx {COUNTER_GPA:#x}",
+                libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
+            )
+        except libvirt.libvirtError as exc:
+            raise LabError(f"cannot read the counter of {vm} on {hosts[0]}: {exc}") from exc
+        finally:
+            conn.close()
+        return parse_xp_word(out)
+
+    def wait_counter_running(self, vm: str, timeout_s: float = 60.0) -> int:
+        """Wait until the busy guest has booted and its counter moves; return its value."""
+        deadline = time.monotonic() + timeout_s
+        last = -1
+        while time.monotonic() < deadline:
+            with contextlib.suppress(LabError):
+                value = self.read_counter(vm)
+                if last >= 0 and value > last:
+                    return value
+                last = value
+            time.sleep(0.3)
+        raise LabError(f"the counter of {vm} did not move within {timeout_s:.0f}s (last {last})")
+
+    # -- hosts -------------------------------------------------------------------------------
+    def connect(self, host: str, *, timeout_s: float = 10.0) -> libvirt.virConnect:
+        import libvirt
+
+        plan = self.host(host)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return libvirt.open(plan.uri)
+            except libvirt.libvirtError as exc:
+                if time.monotonic() >= deadline:
+                    raise LabError(f"lab host {host} ({plan.uri}) does not answer: {exc}") from exc
+            time.sleep(0.1)
+
+    def start_host(self, host: str) -> None:
+        """(Re)start the host's libvirtd; the guests it left running are picked up again."""
+        plan = self.host(host)
+        if self._daemon_pid(plan) is None:
+            self._launch(plan)
+        self._wait_ready(plan)
+
+    def stop_host(self, host: str, *, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop the host's libvirtd (SIGTERM); its guests keep running, as on a real host."""
+        plan = self.host(host)
+        pid = self._daemon_pid(plan)
+        if pid is None:
+            return
+        _signal([pid], signal.SIGTERM)
+        if _wait_gone([pid], timeout_s):
+            _signal([pid], signal.SIGKILL)
+            _wait_gone([pid], 5.0)
+        with contextlib.suppress(FileNotFoundError):
+            (self._host_dir(plan) / "libvirtd.pid").unlink()
+
+    def kill_host(self, host: str) -> None:
+        """Kill the host's libvirtd with SIGKILL and every guest QEMU it runs: the host dies."""
+        plan = self.host(host)
+        pid = self._daemon_pid(plan)
+        if pid is not None:
+            _signal([pid], signal.SIGKILL)
+            _wait_gone([pid], 5.0)
+        qemus = self._qemu_pids(plan)
+        _signal(qemus, signal.SIGKILL)
+        _wait_gone(qemus, 5.0)
+        with contextlib.suppress(FileNotFoundError):
+            (self._host_dir(plan) / "libvirtd.pid").unlink()
+
+    def backend(self, **kwargs: Any) -> LibvirtBackend:
+        """A :class:`balancer.libvirt.LibvirtBackend` for this lab's hosts."""
+        from balancer.libvirt import HostConfig, LibvirtBackend
+
+        configs = [
+            HostConfig(
+                name=h.name,
+                uri=h.uri,
+                migration_uri="tcp://127.0.0.1",
+                listen_address="127.0.0.1",
+                measure_host_overhead=False,
+                virt_type=self.state.domain_type,
+                shared_storage_prefixes=(str(self.state_dir / "disks"),),
+            )
+            for h in self.state.hosts
+        ]
+        return LibvirtBackend(configs, **kwargs)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _host_dir(self, plan: HostPlan) -> Path:
+        return self.state_dir / "hosts" / plan.name
+
+    def _save(self) -> None:
+        assert self._state is not None
+        path = self.state_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._state.to_doc(), indent=2))
+        tmp.replace(path)
+
+    def _load_optional(self) -> _State | None:
+        try:
+            doc = json.loads((self.state_dir / STATE_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError) as exc:
+            raise LabError(f"{self.state_dir / STATE_FILE}: unreadable lab state: {exc}") from exc
+        return _State.from_doc(doc)
+
+    def _write_files(self) -> None:
+        state = self.state
+        disks = self.state_dir / "disks"
+        disks.mkdir(parents=True, exist_ok=True)
+        for kind in GuestKind:
+            data = boot_sector(kind)
+            (disks / f"{kind.value}.img").write_bytes(data + b"\0" * (DISK_SIZE - len(data)))
+        for plan in state.hosts:
+            hdir = self._host_dir(plan)
+            for _, sub in BIND_MOUNTS:
+                (hdir / sub).mkdir(parents=True, exist_ok=True)
+            (hdir / "lib" / "images").mkdir(exist_ok=True)
+            (hdir / "etc" / "libvirtd.conf").write_text(
+                libvirtd_conf(
+                    tcp_port=plan.tcp_port,
+                    host_uuid=plan.host_uuid,
+                    log_path="/var/log/libvirt/libvirtd.log",
+                )
+            )
+            (hdir / "etc" / "qemu.conf").write_text(
+                qemu_conf(
+                    migration_port_min=plan.migration_port_min,
+                    migration_port_max=plan.migration_port_max,
+                )
+            )
+            (hdir / "etc" / "libvirt.conf").write_text("# balancer lab\n")
+
+    def _launch(self, plan: HostPlan) -> None:
+        hdir = self._host_dir(plan)
+        lines = ["set -e"]
+        for target, sub in BIND_MOUNTS:
+            lines.append(f"mkdir -p {target}")
+            lines.append(f"mount --bind '{hdir / sub}' {target}")
+        lines.append(
+            f"exec libvirtd --listen -f /etc/libvirt/libvirtd.conf -p '{hdir / 'libvirtd.pid'}'"
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "balancer.lab.reaper",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "\n".join(lines),
+        ]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep)
+        env["PATH"] = env.get("PATH", "") + ":/usr/sbin:/sbin"
+        with open(hdir / "libvirtd.out", "ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                cwd=str(self.state_dir),
+            )
+        with _children_lock:
+            _children[proc.pid] = proc
+        (hdir / "reaper.pid").write_text(str(proc.pid))
+
+    def _daemon_pid(self, plan: HostPlan) -> int | None:
+        try:
+            pid = int((self._host_dir(plan) / "libvirtd.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def _wait_ready(self, plan: HostPlan, timeout_s: float = START_TIMEOUT_S) -> None:
+        import libvirt
+
+        hdir = self._host_dir(plan)
+        deadline = time.monotonic() + timeout_s
+        reaper = int((hdir / "reaper.pid").read_text()) if (hdir / "reaper.pid").exists() else 0
+        while time.monotonic() < deadline:
+            try:
+                conn = libvirt.open(plan.uri)
+            except libvirt.libvirtError:
+                if reaper and not _alive(reaper) and self._daemon_pid(plan) is None:
+                    break
+                time.sleep(0.1)
+                continue
+            conn.close()
+            return
+        raise LabError(
+            f"lab host {plan.name} did not start on {plan.uri} within {timeout_s:.0f}s: "
+            f"{_tail(hdir / 'libvirtd.out')} {_tail(hdir / 'log' / 'libvirtd.log')}".strip()
+        )
+
+    def _probe_and_share_caps(self) -> None:
+        state = self.state
+        first = state.hosts[0]
+        conn = self.connect(first.name)
+        try:
+            conn.getDomainCapabilities(None, "x86_64", None, state.domain_type, 0)
+        finally:
+            conn.close()
+        src = self._host_dir(first) / "cache" / "qemu" / "capabilities"
+        for plan in state.hosts[1:]:
+            dst = self._host_dir(plan) / "cache" / "qemu" / "capabilities"
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in src.glob("*.xml"):
+                text = f.read_text()
+                if plan.name == state.poor_host:
+                    text = strip_cpu_feature(text, state.lacking_feature)
+                (dst / f.name).write_text(text)
+
+    def _destroy_all(self, plan: HostPlan) -> None:
+        conn = self.connect(plan.name, timeout_s=3.0)
+        try:
+            for dom in conn.listAllDomains(0):
+                with contextlib.suppress(Exception):
+                    if dom.isActive():
+                        dom.destroy()
+                with contextlib.suppress(Exception):
+                    dom.undefine()
+        finally:
+            conn.close()
+
+    def _qemu_pids(self, plan: HostPlan) -> list[int]:
+        pids = []
+        for pidfile in (self._host_dir(plan) / "run" / "qemu").glob("*.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pidfile.read_text().strip())
+                if _alive(pid):
+                    pids.append(pid)
+        return pids
+
+
+def _flag(name: str) -> int:
+    import libvirt
+
+    return int(getattr(libvirt, name))
+
+
+@contextlib.contextmanager
+def lab_session(
+    hosts: int = 3,
+    vms: int = 3,
+    *,
+    busy: int = 1,
+    state_dir: Path | str | None = None,
+    **kwargs: Any,
+) -> Iterator[Lab]:
+    """``with lab_session(3, 3) as lab:`` a lab that is always taken down afterwards."""
+    lab = Lab.up(hosts, vms, busy=busy, state_dir=state_dir, **kwargs)
+    try:
+        yield lab
+    finally:
+        lab.down()
