@@ -321,3 +321,24 @@ def test_missing_server_binary_fails_when_services_are_required(
     monkeypatch.setenv("BALANCER_REQUIRE_SERVICES", "0")
     with pytest.raises(pytest.skip.Exception):
         vmserver.find_binary()
+
+
+def test_grafana_dashboard_matches_the_points_we_write() -> None:
+    import json
+
+    root = Path(__file__).resolve().parents[2]
+    doc = json.loads((root / "config/grafana/balancer.json").read_text())
+    queries = "\n".join(t["query"] for p in doc["panels"] for t in p["targets"])
+    for measurement in ("host", "vm", "migration"):
+        assert f'r._measurement == "{measurement}"' in queries
+    for field in (
+        "cpu_used_cores",
+        "memory_used_mib",
+        "psi_cpu_some_avg10",
+        "net_rx_bps",
+        "downtime_ms",
+        "elapsed_s",
+    ):
+        assert f'"{field}"' in queries
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
