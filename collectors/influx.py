@@ -580,3 +580,20 @@ def rebuild_window(
         window.ingest(b)
         count += len(b.hosts) + len(b.vms)
     return count
+
+
+def rebuild_window_from_influx(window: Window, settings: InfluxSettings, now: datetime) -> int:
+    """:func:`rebuild_window` with a client made from ``settings`` (what the service calls at
+    start); returns the samples ingested."""
+    from influxdb_client.client.influxdb_client import InfluxDBClient
+
+    client = InfluxDBClient(
+        url=settings.url,
+        token=settings.token().get_secret_value(),
+        org=settings.org,
+        timeout=int(settings.timeout_s * 1000),
+    )
+    try:
+        return rebuild_window(window, client.query_api(), settings, now)
+    finally:
+        client.close()  # type: ignore[no-untyped-call]

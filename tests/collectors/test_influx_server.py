@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from balancer.errors import StorageError
 from balancer.port import JobState, MigrationProgress
 from balancer.sim.clock import ManualClock
 from balancer.sim.cluster import SimulatedCluster
-from collectors.influx import InfluxExporter
+from collectors.influx import InfluxExporter, rebuild_window_from_influx
 from collectors.sampler import PortSampler
 from collectors.samples import MigrationEvent
-from collectors.settings import InfluxSettings
+from collectors.settings import CollectorSettings, InfluxSettings
+from collectors.window import Window
 from tests.collectors.vmserver import VictoriaMetrics
 from tests.factories import make_host, make_snapshot, make_vm
 
@@ -149,3 +151,14 @@ def test_outage_every_sample_arrives_exactly_once(
         assert max(counts.values()) == 1, item["metric"]
     assert sum(len(i["values"]) for i in series) == expected
     ex.close()
+
+
+def test_history_read_against_a_server_without_flux_is_a_clear_error(
+    victoria_metrics: VictoriaMetrics, tmp_path: Path
+) -> None:
+    # victoria-metrics does not speak Flux: the read path must fail with our error, naming the
+    # server and never the token (the Flux path itself is tested on recorded result tables)
+    s = settings(victoria_metrics, tmp_path, "nofux")
+    with pytest.raises(StorageError, match="cannot read history") as info:
+        rebuild_window_from_influx(Window(CollectorSettings()), s, datetime.now(UTC))
+    assert victoria_metrics.url in str(info.value) and "test-token" not in str(info.value)
