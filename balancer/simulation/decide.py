@@ -1,0 +1,122 @@
+"""The per-interval decision, made as the service makes it (pure: values in, values out; the
+time is an argument).
+
+1. Holds: :func:`balancer.service.decisions.holds` over the moves made so far (cooldown after a
+   balance move, ping-pong A -> B -> A within the window); held VMs are not moved for balance.
+2. Plan: :func:`balancer.planner.make_plan` (optimizer + planner) on the demand snapshot.
+3. Automation: :func:`balancer.service.decisions.split_plan` - ``manual`` recommends only,
+   ``partial`` executes mandatory moves only, ``full`` executes everything. No breaker is open
+   in a simulation (metrics are never stale, migrations fail only when the hypervisor refuses).
+4. ``goal: consolidate``: the packing step of :mod:`balancer.simulation.consolidate` runs on
+   the plan's end state (the optimizer balances; packing and power are done here).
+
+:class:`NeverMigrate` is the built-in baseline policy ``none``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from balancer.model import Snapshot
+from balancer.plan import Move, Plan
+from balancer.planner import end_state, make_plan
+from balancer.service.decisions import Breakers, Disposition, holds, split_plan
+from balancer.service.store import MoveRecord
+from balancer.simulation.consolidate import PowerAction, pack
+from policies.model import Automation, Goal, Policy
+
+#: the service's default ping-pong window (settings ``pingpong_window_h``)
+PINGPONG_WINDOW = timedelta(hours=24)
+NO_BREAKERS = Breakers(trips=(), allow_mandatory=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    execute: tuple[Move, ...] = ()
+    recommend: tuple[Move, ...] = ()
+    held: frozenset[str] = frozenset()
+    plan: Plan | None = None
+    power: tuple[PowerAction, ...] = field(default=())
+
+
+class Decider(Protocol):
+    name: str
+
+    @property
+    def policy(self) -> Policy | None: ...
+
+    def decide(
+        self, snapshot: Snapshot, now: datetime, history: Sequence[MoveRecord]
+    ) -> Decision: ...
+
+
+class NeverMigrate:
+    """The baseline policy ``none``: never migrates (and decides nothing)."""
+
+    name = "none"
+
+    @property
+    def policy(self) -> Policy | None:
+        return None
+
+    def decide(self, snapshot: Snapshot, now: datetime, history: Sequence[MoveRecord]) -> Decision:
+        return Decision()
+
+
+class ServiceDecider:
+    """Decides like the service (see the module docstring)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        name: str = "policy",
+        time_limit_s: float = 0.3,
+        seed: int = 0,
+        pingpong_window: timedelta = PINGPONG_WINDOW,
+    ) -> None:
+        self.name = name
+        self._policy = policy
+        self._time_limit_s = time_limit_s
+        self._seed = seed
+        self._pingpong_window = pingpong_window
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def decide(self, snapshot: Snapshot, now: datetime, history: Sequence[MoveRecord]) -> Decision:
+        policy = self._policy
+        recent = [
+            m
+            for m in history
+            if m.at >= now - max(self._pingpong_window, timedelta(minutes=policy.cooldown_minutes))
+        ]
+        held = frozenset(
+            holds(
+                recent,
+                now=now,
+                cooldown=timedelta(minutes=policy.cooldown_minutes),
+                pingpong_window=self._pingpong_window,
+            )
+        )
+        plan = make_plan(
+            snapshot, policy, held=held, time_limit_s=self._time_limit_s, seed=self._seed
+        )
+        split = split_plan(plan, policy.automation, NO_BREAKERS)
+        execute = tuple(split[Disposition.EXECUTE])
+        recommend = tuple(split[Disposition.RECOMMEND])
+        power: tuple[PowerAction, ...] = ()
+        if policy.goal is Goal.CONSOLIDATE:
+            after = end_state(snapshot, replace(plan, moves=execute))
+            budget = max(0, policy.limits.moves_per_cycle - len(execute))
+            packed = pack(after, policy, held=held, budget=budget, first_step=plan.steps)
+            if policy.automation is Automation.FULL:
+                execute += packed.moves
+                power = packed.power
+            else:
+                recommend += packed.moves
+        return Decision(execute=execute, recommend=recommend, held=held, plan=plan, power=power)
