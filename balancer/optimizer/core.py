@@ -16,7 +16,7 @@ greedy heuristic's result is the hint.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from balancer.errors import InfeasibleError
 from balancer.model import HostState, Snapshot
@@ -95,6 +95,23 @@ def _candidate_sets(ctx: Context) -> list[frozenset[int]]:
                     ok.append(h)
             cache[key] = frozenset(ok)
         out.append(cache[key] - {ctx.current[v]})
+    return out
+
+
+def _explain_candidates(
+    ctx: Context, candidates: Mapping[int, tuple[int, ...]]
+) -> dict[int, tuple[int, ...]]:
+    """For explaining: every accepting, CPU-compatible host, so that hard vm_host rules are
+    constraints with enforcement literals instead of filters, and can be named."""
+    out: dict[int, tuple[int, ...]] = {}
+    for v in candidates:
+        vm = ctx.snapshot.vms[v]
+        ok = [
+            h
+            for h in range(ctx.n_hosts)
+            if h != ctx.current[v] and ctx.accepts(h) and vm.runs_on(ctx.snapshot.hosts[h])
+        ]
+        out[v] = (ctx.current[v], *ok)
     return out
 
 
@@ -180,7 +197,28 @@ def optimize(
         res = cpsat.solve(inp, seed=seed, time_limit_s=a_limit)
         solve_seconds += res.wall_seconds
         if res.infeasible:
-            conflicts = cpsat.explain_infeasible(inp, seed=seed, time_limit_s=a_limit)
+            # a repair may need other VMs to make room: retry with every movable VM
+            wide = [v for v in range(ctx.n_vms) if movable(v)]
+            if sum(len(cands[v]) + 1 for v in wide) <= FULL_MODEL_PAIRS:
+                nominal = rule if rule.balances else threshold_rule(3)
+                bandwidth = policy.migration.bandwidth_mib_s
+                inp = replace(
+                    inp,
+                    candidates={v: (start[v], *sorted(cands[v])) for v in wide},
+                    costs={
+                        v: balance_move_cost(nominal, snapshot.vms[v], bandwidth)
+                        for v in wide
+                        if v not in mandatory
+                    },
+                )
+                res = cpsat.solve(inp, seed=seed, time_limit_s=a_limit)
+                solve_seconds += res.wall_seconds
+        if res.infeasible:
+            conflicts = cpsat.explain_infeasible(
+                replace(inp, candidates=_explain_candidates(ctx, inp.candidates), explain=True),
+                seed=seed,
+                time_limit_s=a_limit,
+            )
             return Solution(
                 ctx=ctx,
                 status=PlanStatus.INFEASIBLE,

@@ -49,6 +49,8 @@ class ModelInput:
     soft_penalty: float
     budget: int
     hint: tuple[int, ...] | None = None
+    #: explaining an infeasible input: hard vm_host rules become constraints on every host
+    explain: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
@@ -140,9 +142,12 @@ def vm_host_rules(b: Build) -> None:
         if r.rule.kind is not RuleKind.VM_HOST or not r.hard:
             continue
         for m in r.members:
-            h = b.inp.start[m]
-            if m in b.x and not vm_host_allows(r, h) and h in b.x[m]:
-                b.model.add(b.x[m][h] == 0).only_enforce_if(b.literal(r.name))
+            if m not in b.x:
+                continue
+            hosts = b.x[m] if b.inp.explain else [b.inp.start[m]]
+            for h in hosts:
+                if h in b.x[m] and not vm_host_allows(r, h):
+                    b.model.add(b.x[m][h] == 0).only_enforce_if(b.literal(r.name))
 
 
 def anti_affinity(b: Build) -> None:

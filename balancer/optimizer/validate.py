@@ -188,10 +188,11 @@ def validate_plan(snapshot: Snapshot, policy: Policy, plan: Plan) -> tuple[Viola
                 during[m.vm].add(m.target)
         after = dict(pos)
         for m in moves:
-            if m.vm in vms:
+            if m.vm in vms and m.target in hosts and pos[m.vm] in hosts:
                 after[m.vm] = m.target
-                cpu[m.source] -= vms[m.vm].cpu_used_cores
-                mem[m.source] -= vms[m.vm].memory_mib
+                m_source = pos[m.vm]
+                cpu[m_source] -= vms[m.vm].cpu_used_cores
+                mem[m_source] -= vms[m.vm].memory_mib
                 cpu[m.target] += vms[m.vm].cpu_used_cores
                 mem[m.target] += vms[m.vm].memory_mib
         after_sets = {name: {h} for name, h in after.items()}

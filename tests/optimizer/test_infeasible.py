@@ -1,0 +1,56 @@
+"""An infeasible policy/snapshot names the smallest set of conflicting rules it found."""
+
+from __future__ import annotations
+
+import pytest
+
+from balancer.errors import InfeasibleError
+from balancer.optimizer import optimize
+from balancer.optimizer.core import require_feasible
+from balancer.plan import PlanStatus
+from balancer.plan_io import plan_to_dict
+from balancer.planner import make_plan
+from policies.model import RuleMode
+from tests.factories import make_host, make_snapshot, make_vm
+from tests.optimizer.helpers import aff, anti, policy, vm_host
+
+
+def _hosts(n: int = 3) -> list:
+    return [make_host(f"h{i + 1}") for i in range(n)]
+
+
+def test_affinity_and_anti_affinity_on_the_same_pair() -> None:
+    snap = make_snapshot(
+        _hosts(), [make_vm("a", "h1"), make_vm("b", "h2"), make_vm("c", "h3"), make_vm("d", "h3")]
+    )
+    rules = (aff("together", "a", "b"), anti("apart", "a", "b"), anti("unrelated", "c", "d"))
+    plan = make_plan(snap, policy(3, rules=rules), time_limit_s=2)
+    assert plan.status is PlanStatus.INFEASIBLE
+    assert plan.conflicts == ("apart", "together")
+    assert not plan.moves
+    assert plan_to_dict(plan)["conflicts"] == ["apart", "together"]
+
+
+def test_pins_and_anti_affinity_conflict_names_only_the_culprits() -> None:
+    snap = make_snapshot(
+        _hosts(), [make_vm("a", "h2"), make_vm("b", "h1"), make_vm("c", "h1"), make_vm("d", "h2")]
+    )
+    rules = (
+        vm_host("a-on-h1", ("a",), ("h1",), RuleMode.MUST),
+        vm_host("b-on-h1", ("b",), ("h1",), RuleMode.MUST),
+        anti("ab-apart", "a", "b"),
+        anti("cd-apart", "c", "d"),
+        vm_host("d-not-h3", ("d",), ("h3",), RuleMode.MUST_NOT),
+    )
+    plan = make_plan(snap, policy(3, rules=rules), time_limit_s=2)
+    assert plan.status is PlanStatus.INFEASIBLE
+    assert plan.conflicts == ("a-on-h1", "ab-apart", "b-on-h1")
+
+
+def test_anti_affinity_group_larger_than_the_cluster() -> None:
+    snap = make_snapshot(_hosts(2), [make_vm(f"w{i}", "h1") for i in range(3)])
+    sol = optimize(snap, policy(1, rules=(anti("spread", "w0", "w1", "w2"),)), time_limit_s=2)
+    assert sol.status is PlanStatus.INFEASIBLE and sol.conflicts == ("spread",)
+    with pytest.raises(InfeasibleError) as err:
+        require_feasible(sol)
+    assert err.value.rules == ("spread",)
