@@ -201,6 +201,8 @@ class Executor:
                         self._plans[r.plan_id] = p.made_at
                 self._recover_one(r, now)
             self._recovered = True
+            # settle at once what ended while we were away (outcome, verification, retry)
+            self._poll(now)
             return list(self._recent)[before:]
 
     def submit(self, request: MigrationRequest) -> int:

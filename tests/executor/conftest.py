@@ -1,0 +1,3 @@
+from tests.storage.fixtures import db_url, sqlite_url
+
+__all__ = ["db_url", "sqlite_url"]
