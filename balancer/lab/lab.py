@@ -629,14 +629,20 @@ class Lab:
         with contextlib.suppress(FileNotFoundError):
             (self._host_dir(plan) / "libvirtd.pid").unlink()
 
-    def kill_host(self, host: str) -> None:
-        """Kill the host's libvirtd with SIGKILL and every guest QEMU it runs: the host dies."""
+    def kill_host(self, host: str, *, guests: bool | Sequence[str] = True) -> None:
+        """The host dies: SIGKILL its libvirtd and its guests' QEMUs (``guests=True``), only
+        the named guests' QEMUs (a list, e.g. an incoming migration's), or none (False)."""
         plan = self.host(host)
         pid = self._daemon_pid(plan)
         if pid is not None:
             _signal([pid], signal.SIGKILL)
             _wait_gone([pid], 5.0)
-        qemus = self._qemu_pids(plan)
+        if guests is False:
+            qemus: list[int] = []
+        elif guests is True:
+            qemus = self._qemu_pids(plan)
+        else:
+            qemus = self._qemu_pids(plan, names=tuple(guests))
         _signal(qemus, signal.SIGKILL)
         _wait_gone(qemus, 5.0)
         with contextlib.suppress(FileNotFoundError):
@@ -805,9 +811,11 @@ class Lab:
         finally:
             conn.close()
 
-    def _qemu_pids(self, plan: HostPlan) -> list[int]:
+    def _qemu_pids(self, plan: HostPlan, names: tuple[str, ...] | None = None) -> list[int]:
         pids = []
         for pidfile in (self._host_dir(plan) / "run" / "qemu").glob("*.pid"):
+            if names is not None and pidfile.stem not in names:
+                continue
             with contextlib.suppress(OSError, ValueError):
                 pid = int(pidfile.read_text().strip())
                 if _alive(pid):
