@@ -19,6 +19,7 @@ demand of their unmanaged load (``overhead_cpu_cores``, ``overhead_memory_mib``)
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -117,16 +118,21 @@ class _Ring:
 
     def write(
         self, time_s: float, cols: npt.NDArray[np.intp], values: dict[str, npt.NDArray[np.floating]]
-    ) -> None:
+    ) -> npt.NDArray[np.bool_]:
+        """Write one sample per column; returns which of ``cols`` took it as their latest
+        sample (an out-of-order sample is stored in its slot but does not become "latest"; a
+        sample older than the window is dropped: all False)."""
         row = self.row_for(time_s)
         if row is None:
-            return
-        newer = ~(self.last_s[cols] > time_s)  # an out-of-order sample does not become "latest"
+            return np.zeros(len(cols), dtype=np.bool_)
+        newer = ~(self.last_s[cols] > time_s)
+        latest = cols[newer]
         for f in self.fields:
             v = values[f]
             self.data[f][row, cols] = v
-            self.last[f][cols[newer]] = v[newer]
-        self.last_s[cols[newer]] = time_s
+            self.last[f][latest] = v[newer]
+        self.last_s[latest] = time_s
+        return newer
 
     def in_window(
         self, now_s: float, window_s: float
@@ -207,6 +213,9 @@ class Window:
         slots = settings.window_slots
         self.hosts = _Ring(HOST_FIELDS, slots, settings.sample_interval_s)
         self.vms = _Ring(VM_FIELDS, slots, settings.sample_interval_s)
+        #: held by every ingest and by demand_view/freshness (the service ingests from the API
+        #: thread and decides on the scheduler thread)
+        self.lock = threading.RLock()
 
     # -- ingest ------------------------------------------------------------------------------
     def ingest(self, batch: SampleBatch) -> None:
@@ -237,36 +246,37 @@ class Window:
     ) -> None:
         """Columnar ingest of VM samples taken at one time (the fast path)."""
         ring = self.vms
-        cols = ring.columns(names)
-        ring.write(
-            time_s,
-            cols,
-            {
-                "cpu_used_cores": np.asarray(cpu_used_cores, _DTYPE),
-                "memory_used_mib": np.asarray(memory_used_mib, _DTYPE),
-            },
-        )
-        ring.host_of[cols] = np.asarray(hosts, dtype=object)
-        self.hosts.columns(list(dict.fromkeys(hosts)))
-        self._maybe_compact(ring, time_s)
+        with self.lock:
+            cols = ring.columns(names)
+            newer = ring.write(
+                time_s,
+                cols,
+                {
+                    "cpu_used_cores": np.asarray(cpu_used_cores, _DTYPE),
+                    "memory_used_mib": np.asarray(memory_used_mib, _DTYPE),
+                },
+            )
+            ring.host_of[cols[newer]] = np.asarray(hosts, dtype=object)[newer]
+            self._maybe_compact(ring, time_s)
 
     def ingest_host(
         self, time_s: float, host: str, cpu_used_cores: float, memory_used_mib: float
     ) -> None:
         """A host's total use at ``time_s``; its unmanaged load is derived here."""
-        vm_cpu, vm_mem = self._vm_sums(time_s, host)
-        cols = self.hosts.columns([host])
-        self.hosts.write(
-            time_s,
-            cols,
-            {
-                "cpu_used_cores": np.array([cpu_used_cores], _DTYPE),
-                "memory_used_mib": np.array([memory_used_mib], _DTYPE),
-                "overhead_cpu_cores": np.array([max(0.0, cpu_used_cores - vm_cpu)], _DTYPE),
-                "overhead_memory_mib": np.array([max(0.0, memory_used_mib - vm_mem)], _DTYPE),
-            },
-        )
-        self._maybe_compact(self.hosts, time_s)
+        with self.lock:
+            vm_cpu, vm_mem = self._vm_sums(time_s, host)
+            cols = self.hosts.columns([host])
+            self.hosts.write(
+                time_s,
+                cols,
+                {
+                    "cpu_used_cores": np.array([cpu_used_cores], _DTYPE),
+                    "memory_used_mib": np.array([memory_used_mib], _DTYPE),
+                    "overhead_cpu_cores": np.array([max(0.0, cpu_used_cores - vm_cpu)], _DTYPE),
+                    "overhead_memory_mib": np.array([max(0.0, memory_used_mib - vm_mem)], _DTYPE),
+                },
+            )
+            self._maybe_compact(self.hosts, time_s)
 
     def _vm_sums(self, time_s: float, host: str) -> tuple[float, float]:
         ring = self.vms
@@ -281,7 +291,7 @@ class Window:
     def _maybe_compact(self, ring: _Ring, now_s: float) -> None:
         n = len(ring.names)
         oldest = now_s - self.settings.window_s
-        dead = int(np.count_nonzero(ring.last_s[:n] < oldest))
+        dead = int(np.count_nonzero(~(ring.last_s[:n] >= oldest)))  # NaN: never written
         if dead and dead >= max(64, n // 4):
             ring.compact(oldest)
 
@@ -292,6 +302,10 @@ class Window:
     def frame(self, kind: EntityKind, field: str, now: datetime) -> pd.DataFrame:
         """The window of one resource as a DataFrame: UTC time index (slot starts), one column
         per entity (a copy; for inspection, export and tests)."""
+        with self.lock:
+            return self._frame(kind, field, now)
+
+    def _frame(self, kind: EntityKind, field: str, now: datetime) -> pd.DataFrame:
         ring = self._ring(kind)
         rows, times = ring.in_window(epoch_s(now), self.settings.window_s)
         n = len(ring.names)
@@ -303,7 +317,8 @@ class Window:
 
     def demand(self, kind: EntityKind, field: str, now: datetime) -> dict[str, float]:
         """Demand (see :mod:`collectors.demand`) of every entity with a sample in the window."""
-        names, values = self._demand_array(kind, field, epoch_s(now))
+        with self.lock:
+            names, values = self._demand_array(kind, field, epoch_s(now))
         return {n: float(v) for n, v in zip(names, values, strict=True) if not np.isnan(v)}
 
     def _demand_array(
@@ -338,6 +353,11 @@ class Window:
 
 def freshness(window: Window, snapshot: Snapshot, now: datetime) -> Freshness:
     """Which hosts and VMs of ``snapshot`` have no sample newer than ``stale_after_s``."""
+    with window.lock:
+        return _freshness(window, snapshot, now)
+
+
+def _freshness(window: Window, snapshot: Snapshot, now: datetime) -> Freshness:
     now_s = epoch_s(now)
     limit = window.settings.stale_after_s
     active = {h.name for h in snapshot.hosts if h.state is HostState.ACTIVE}
@@ -375,6 +395,11 @@ def demand_view(window: Window, snapshot: Snapshot, now: datetime) -> DemandView
       load (total measured use minus its VMs' use at each host sample);
     * entities without a sample in the window keep the input snapshot's figures (and show as
       stale in ``freshness``)."""
+    with window.lock:
+        return _demand_view(window, snapshot, now)
+
+
+def _demand_view(window: Window, snapshot: Snapshot, now: datetime) -> DemandView:
     now_s = epoch_s(now)
     vm_names, vm_cpu = window._demand_array(EntityKind.VM, "cpu_used_cores", now_s)
     _, vm_mem = window._demand_array(EntityKind.VM, "memory_used_mib", now_s)
@@ -419,7 +444,7 @@ def demand_view(window: Window, snapshot: Snapshot, now: datetime) -> DemandView
     return DemandView(
         time=now,
         snapshot=replace(snapshot, hosts=tuple(hosts), vms=tuple(vms)),
-        freshness=freshness(window, snapshot, now),
+        freshness=_freshness(window, snapshot, now),
         measured_vms=measured_vms,
         measured_hosts=measured_hosts,
     )

@@ -153,3 +153,12 @@ def test_vms_that_disappear_are_compacted_away() -> None:
             t = (gen * 15 + k) * 20.0
             w.ingest_vm_columns(t, names, ["h1"] * 100, np.ones(100), np.ones(100))
     assert len(w.vms.names) <= 300
+
+
+def test_out_of_order_sample_is_stored_but_does_not_become_latest() -> None:
+    w = Window(settings())
+    w.ingest(vm_batch(at(100), {"v1": 2.0}, host="h2"))
+    w.ingest(vm_batch(at(40), {"v1": 1.0}, host="h1"))  # late, still inside the window
+    assert w.last_sample(EntityKind.VM, "v1") == at(100)
+    assert w.vms.host_of[w.vms.index["v1"]] == "h2"
+    assert w.frame(EntityKind.VM, "cpu_used_cores", at(100))["v1"].tolist() == [1.0, 2.0]
