@@ -78,6 +78,8 @@ class Token(_Strict):
 class Api(_Strict):
     listen: str = Field(default="127.0.0.1:8080", pattern=r"^[^:]+:\d{1,5}$")
     tokens: list[Token] = Field(default_factory=list)
+    #: requests without a token get the ``viewer`` role (a read-only dashboard); off by default
+    anonymous_viewer: bool = False
 
     @property
     def host(self) -> str:
@@ -94,6 +96,36 @@ class Intervals(_Strict):
     policy_reload_s: float = Field(default=10.0, gt=0)
 
 
+class Breakers(_Strict):
+    """When automation pauses by itself (see docs/service.md)."""
+
+    #: metrics older than this stop automatic balancing (default: 3 collect intervals)
+    stale_after_s: float | None = Field(default=None, gt=0)
+    #: this many failed migrations within ``failure_window_s`` pause automatic balancing
+    failure_limit: int = Field(default=3, ge=1)
+    failure_window_s: float = Field(default=900.0, gt=0)
+    #: mandatory moves (maintenance, quarantine, rule repair) continue while paused
+    allow_mandatory: bool = True
+
+
+class ServiceOptions(_Strict):
+    """Behaviour of the long-running service beyond the job intervals."""
+
+    #: a VM that went A -> B -> A within this many hours is held from balancing
+    pingpong_window_h: float = Field(default=24.0, gt=0)
+    #: the first SIGTERM/SIGINT waits this long for migrations in flight before exiting
+    drain_timeout_s: float = Field(default=120.0, ge=0)
+    #: time limit of one optimizer run and its seed
+    plan_time_limit_s: float = Field(default=10.0, gt=0)
+    plan_seed: int = 0
+    #: a pending recommendation expires after this long even if nothing changed
+    recommendation_ttl_s: float = Field(default=3600.0, gt=0)
+    #: how much imbalance history the service keeps (and the dashboard shows)
+    history_h: float = Field(default=6.0, gt=0)
+    #: how often the executor follows migrations in flight
+    executor_poll_s: float = Field(default=1.0, gt=0)
+
+
 class Settings(_Strict):
     backend: Backend
     policy: str = "config/policies"
@@ -102,6 +134,8 @@ class Settings(_Strict):
     intervals: Intervals = Field(default_factory=Intervals)
     state_dir: str = "state"
     log_json: bool = False
+    breakers: Breakers = Field(default_factory=Breakers)
+    service: ServiceOptions = Field(default_factory=ServiceOptions)
 
 
 def load_settings(path: str | Path) -> Settings:

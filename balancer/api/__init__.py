@@ -1,0 +1,1 @@
+"""The HTTP API of the service (FastAPI): ``create_app(runtime)``. See docs/service.md."""

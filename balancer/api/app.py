@@ -1,0 +1,451 @@
+"""The HTTP API: thin routes that parse, call one method of the service, and format.
+
+* ``/api/v1/...`` JSON, described at ``/openapi.json`` (Swagger UI at ``/docs``).
+* Bearer tokens with roles (:mod:`balancer.api.auth`); 401 without a valid token, 403 when
+  the role may not.
+* Every mutating call (POST/PUT/DELETE) by an authenticated user lands in the audit trail
+  (kind ``api``) with the user, the call and its status.
+* Errors are ``{"error": "...", "field": "..."}`` with a 4xx status naming the field; a
+  500 would be a bug.
+* ``/`` is the dashboard (static HTML+JS in this package), ``/metrics`` Prometheus.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from balancer import __version__
+from balancer.api.auth import ANONYMOUS, Principal, Role, TokenBook
+from balancer.api.metrics import ServiceMetrics
+from balancer.errors import BalancerError, HypervisorError, InputError, StorageError
+from balancer.service.core import Service
+from balancer.service.errors import ConflictError, NotFoundError, UnavailableError
+from balancer.service.ports import AuditFilter, AuditItem
+from balancer.service.runtime import Runtime
+from balancer.service.scheduling import Scheduler, TaskKind
+from balancer.service.views import (
+    HistoryView,
+    MaintenanceView,
+    MigrationView,
+    PlanView,
+    PolicyView,
+    PreflightView,
+    RecommendationView,
+    StatusView,
+    TaskRunView,
+    TaskView,
+    ValidationView,
+)
+from policies.model import Automation
+
+log = logging.getLogger("balancer.api")
+STATIC = Path(__file__).parent / "static"
+
+Name = Annotated[str, PathParam(min_length=1, max_length=200)]
+
+
+# -- bodies ----------------------------------------------------------------------------------
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="What is wrong, naming the field")
+    field: str | None = Field(default=None, description="The offending field, when one is")
+
+
+class WhoAmI(BaseModel):
+    user: str
+    role: Literal["viewer", "operator", "admin"]
+
+
+class MigrationBody(_Body):
+    vm: str = Field(min_length=1, max_length=200)
+    target: str = Field(min_length=1, max_length=200)
+    priority: Literal["high", "normal", "low"] = "normal"
+
+
+class RejectBody(_Body):
+    note: str = Field(default="", max_length=2000)
+
+
+class EnterBody(_Body):
+    force: bool = Field(default=False, description="enter even when the preflight refuses")
+
+
+class ExitBody(_Body):
+    move_back: bool = Field(default=False, description="move the host's VMs back afterwards")
+
+
+class PauseBody(_Body):
+    reason: str = Field(default="", max_length=2000)
+    allow_mandatory: bool = Field(default=True, description="let evacuations continue")
+
+
+class AutomationBody(_Body):
+    level: Literal["manual", "partial", "full", "policy"]
+
+
+class ValidateBody(_Body):
+    files: dict[str, str] = Field(
+        min_length=1,
+        description="file name in the policy directory -> its candidate text",
+    )
+
+
+class TaskBody(_Body):
+    kind: Literal["migrate", "maintenance_enter", "maintenance_exit", "automation", "balance"]
+    args: dict[str, str] = Field(default_factory=dict)
+    at: datetime | None = Field(default=None, description="one-off: when (with a time zone)")
+    cron: str | None = Field(
+        default=None, min_length=1, max_length=200, description="recurring: 5-field cron, UTC"
+    )
+
+
+class Done(BaseModel):
+    ok: bool
+    detail: str = ""
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "Bad request"),
+        (401, "No valid token"),
+        (403, "The role may not"),
+        (404, "Not found"),
+        (409, "Refused in the current state"),
+        (422, "Invalid request, naming the field"),
+        (502, "A hypervisor did not answer"),
+        (503, "Not ready or stopping"),
+    )
+}
+
+
+def _err(status: int, message: str, field: str | None = None, **headers: str) -> JSONResponse:
+    return JSONResponse(
+        ErrorBody(error=message, field=field).model_dump(), status_code=status, headers=headers
+    )
+
+
+def _field_of(exc: BalancerError) -> str | None:
+    head = exc.message.split(":", 1)[0]
+    return head if head and " " not in head and len(head) < 60 else None
+
+
+# -- auth --------------------------------------------------------------------------------------
+bearer = HTTPBearer(auto_error=False, description="a token from the service's settings")
+
+
+def principal(
+    request: Request,
+    cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    tokens: TokenBook = request.app.state.tokens
+    if cred is None or not cred.credentials:
+        if tokens.anonymous_viewer:
+            return ANONYMOUS
+        raise HTTPException(
+            401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    p = tokens.lookup(cred.credentials)
+    if p is None:
+        raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+    request.state.user = p.user
+    return p
+
+
+def _need(role: Role) -> Callable[..., Principal]:
+    def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
+        if p.role < role:
+            raise HTTPException(
+                403, f"{p.user} ({p.role.label}) may not do this: the {role.label} role is needed"
+            )
+        return p
+
+    return check
+
+
+Viewer = Annotated[Principal, Depends(_need(Role.VIEWER))]
+Operator = Annotated[Principal, Depends(_need(Role.OPERATOR))]
+Admin = Annotated[Principal, Depends(_need(Role.ADMIN))]
+
+
+def create_app(rt: Runtime) -> FastAPI:
+    svc: Service = rt.service
+    sched: Scheduler = rt.scheduler
+    tokens = TokenBook(rt.settings.api)
+    metrics = ServiceMetrics(svc, rt.store)
+    rt.result_hooks.append(metrics.on_result)
+
+    app = FastAPI(
+        title="kvm-balancer",
+        version=__version__,
+        description="The balancer service: status, recommendations, plans, migrations, "
+        "maintenance, scheduled tasks, audit and policy. See docs/service.md.",
+        responses=ERRORS,
+    )
+    app.state.tokens = tokens
+
+    # -- errors ------------------------------------------------------------------------------
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        msg = str(first.get("msg", "invalid request"))
+        return _err(422, f"{loc}: {msg}" if loc else msg, loc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        return _err(exc.status_code, str(exc.detail), None, **headers)
+
+    @app.exception_handler(BalancerError)
+    async def _balancer(_r: Request, exc: BalancerError) -> JSONResponse:
+        if isinstance(exc, NotFoundError):
+            code = 404
+        elif isinstance(exc, ConflictError):
+            code = 409
+        elif isinstance(exc, UnavailableError):
+            code = 503
+        elif isinstance(exc, InputError):
+            code = 400
+        elif isinstance(exc, HypervisorError):
+            code = 502
+        elif isinstance(exc, StorageError):
+            code = 503
+        else:
+            code = 409
+        return _err(code, str(exc), _field_of(exc))
+
+    @app.exception_handler(Exception)
+    async def _bug(_r: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error: %s", exc)
+        return _err(500, f"internal error: {type(exc).__name__}")
+
+    # -- audit of mutating calls -------------------------------------------------------------
+    @app.middleware("http")
+    async def _audit_calls(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        response: Response = await call_next(request)
+        if request.method in ("POST", "PUT", "DELETE", "PATCH") and request.url.path.startswith(
+            "/api/"
+        ):
+            user = getattr(request.state, "user", None)
+            if user is not None:
+                await run_in_threadpool(
+                    svc.record_call,
+                    who=user,
+                    action=f"{request.method} {request.url.path}",
+                    result=str(response.status_code),
+                )
+        return response
+
+    # -- pages -------------------------------------------------------------------------------
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "stopping" if svc.stopping else "ok"}
+
+    v1 = "/api/v1"
+
+    # -- status ------------------------------------------------------------------------------
+    @app.get(f"{v1}/whoami", response_model=WhoAmI, tags=["status"])
+    def whoami(p: Viewer) -> WhoAmI:
+        return WhoAmI(user=p.user, role=p.role.label)  # type: ignore[arg-type]
+
+    @app.get(f"{v1}/status", response_model=StatusView, tags=["status"])
+    def status(_p: Viewer) -> StatusView:
+        return svc.status()
+
+    @app.get(f"{v1}/history", response_model=list[HistoryView], tags=["status"])
+    def history(
+        _p: Viewer, hours: Annotated[float, Query(gt=0, le=168)] = 6.0
+    ) -> list[HistoryView]:
+        return svc.history(hours)
+
+    # -- recommendations ---------------------------------------------------------------------
+    @app.get(
+        f"{v1}/recommendations", response_model=list[RecommendationView], tags=["recommendations"]
+    )
+    def recommendations(
+        _p: Viewer,
+        state: Literal["pending", "approved", "rejected", "expired", "all"] = "pending",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> list[RecommendationView]:
+        return svc.recommendations(state=None if state == "all" else state, limit=limit)
+
+    @app.post(
+        f"{v1}/recommendations/{{rid}}/approve",
+        response_model=RecommendationView,
+        tags=["recommendations"],
+    )
+    def approve(p: Operator, rid: Annotated[int, PathParam(ge=1)]) -> RecommendationView:
+        return svc.approve(rid, who=p.user)
+
+    @app.post(
+        f"{v1}/recommendations/{{rid}}/reject",
+        response_model=RecommendationView,
+        tags=["recommendations"],
+    )
+    def reject(
+        p: Operator, rid: Annotated[int, PathParam(ge=1)], body: RejectBody | None = None
+    ) -> RecommendationView:
+        return svc.reject(rid, who=p.user, note=body.note if body else "")
+
+    # -- plans -------------------------------------------------------------------------------
+    @app.get(f"{v1}/plans", response_model=list[PlanView], tags=["plans"])
+    def plans(_p: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 20) -> list[PlanView]:
+        return svc.plans(limit=limit)
+
+    @app.get(f"{v1}/plans/{{plan_id}}", response_model=PlanView, tags=["plans"])
+    def plan(_p: Viewer, plan_id: Name) -> PlanView:
+        found = svc.plan(plan_id)
+        if found is None:
+            raise NotFoundError(f"plan_id: no plan {plan_id!r}")
+        return found
+
+    @app.post(f"{v1}/balance", response_model=PlanView, tags=["plans"])
+    def balance_now(p: Operator) -> PlanView:
+        return svc.balance(who=p.user)
+
+    # -- migrations --------------------------------------------------------------------------
+    @app.get(f"{v1}/migrations", response_model=list[MigrationView], tags=["migrations"])
+    def migrations(
+        _p: Viewer,
+        active: bool = False,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[MigrationView]:
+        return svc.migrations(active_only=active, limit=limit)
+
+    @app.post(
+        f"{v1}/migrations", response_model=MigrationView, status_code=202, tags=["migrations"]
+    )
+    def request_migration(p: Operator, body: MigrationBody) -> MigrationView:
+        return svc.request_migration(body.vm, body.target, priority=body.priority, who=p.user)
+
+    @app.post(f"{v1}/migrations/{{mid}}/cancel", response_model=MigrationView, tags=["migrations"])
+    def cancel_migration(p: Operator, mid: Annotated[int, PathParam(ge=1)]) -> MigrationView:
+        return svc.cancel_migration(mid, who=p.user)
+
+    # -- maintenance -------------------------------------------------------------------------
+    @app.get(f"{v1}/maintenance", response_model=list[MaintenanceView], tags=["maintenance"])
+    def maintenance_list(_p: Viewer, active: bool = False) -> list[MaintenanceView]:
+        return svc.maintenance_list(active_only=active)
+
+    @app.get(f"{v1}/maintenance/{{host}}", response_model=MaintenanceView, tags=["maintenance"])
+    def maintenance_status(_p: Viewer, host: Name) -> MaintenanceView:
+        return svc.maintenance_status(host)
+
+    @app.get(
+        f"{v1}/maintenance/{{host}}/preflight", response_model=PreflightView, tags=["maintenance"]
+    )
+    def preflight(_p: Viewer, host: Name) -> PreflightView:
+        return svc.preflight(host)
+
+    @app.post(
+        f"{v1}/maintenance/{{host}}/enter", response_model=MaintenanceView, tags=["maintenance"]
+    )
+    def enter(p: Operator, host: Name, body: EnterBody | None = None) -> MaintenanceView:
+        return svc.enter_maintenance(host, who=p.user, force=bool(body and body.force))
+
+    @app.post(
+        f"{v1}/maintenance/{{host}}/exit", response_model=MaintenanceView, tags=["maintenance"]
+    )
+    def exit_(p: Operator, host: Name, body: ExitBody | None = None) -> MaintenanceView:
+        return svc.exit_maintenance(host, who=p.user, move_back=bool(body and body.move_back))
+
+    # -- automation and breakers -------------------------------------------------------------
+    @app.post(f"{v1}/pause", response_model=StatusView, tags=["automation"])
+    def pause(p: Admin, body: PauseBody | None = None) -> StatusView:
+        b = body or PauseBody()
+        svc.pause(who=p.user, reason=b.reason, allow_mandatory=b.allow_mandatory)
+        return svc.status()
+
+    @app.post(f"{v1}/resume", response_model=StatusView, tags=["automation"])
+    def resume(p: Admin) -> StatusView:
+        svc.resume(who=p.user)
+        return svc.status()
+
+    @app.put(f"{v1}/automation", response_model=PolicyView, tags=["automation"])
+    def automation(p: Admin, body: AutomationBody) -> PolicyView:
+        svc.set_automation(None if body.level == "policy" else Automation(body.level), who=p.user)
+        return svc.policy_view()
+
+    # -- policy ------------------------------------------------------------------------------
+    @app.get(f"{v1}/policy", response_model=PolicyView, tags=["policy"])
+    def policy(_p: Viewer) -> PolicyView:
+        return svc.policy_view()
+
+    @app.post(f"{v1}/policy/validate", response_model=ValidationView, tags=["policy"])
+    def validate(_p: Viewer, body: ValidateBody) -> ValidationView:
+        return svc.validate_policy(body.files)
+
+    # -- scheduled tasks ---------------------------------------------------------------------
+    @app.get(f"{v1}/tasks", response_model=list[TaskView], tags=["tasks"])
+    def tasks(_p: Viewer) -> list[TaskView]:
+        return sched.tasks()
+
+    @app.get(f"{v1}/tasks/runs", response_model=list[TaskRunView], tags=["tasks"])
+    def task_runs(
+        _p: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[TaskRunView]:
+        return sched.runs(limit)
+
+    @app.post(f"{v1}/tasks", response_model=TaskView, status_code=201, tags=["tasks"])
+    def add_task(p: Operator, body: TaskBody) -> TaskView:
+        kind = TaskKind(body.kind)
+        if p.role < Role[kind.role.upper()]:
+            raise HTTPException(403, f"{p.user} ({p.role.label}) may not schedule {kind.value}")
+        return sched.add_task(kind=kind, args=body.args, who=p.user, at=body.at, cron=body.cron)
+
+    @app.delete(f"{v1}/tasks/{{task_id}}", response_model=Done, tags=["tasks"])
+    def cancel_task(p: Operator, task_id: Name) -> Done:
+        sched.cancel_task(task_id, who=p.user)
+        return Done(ok=True, detail=f"{task_id} cancelled")
+
+    # -- audit -------------------------------------------------------------------------------
+    @app.get(f"{v1}/audit", response_model=list[AuditItem], tags=["audit"])
+    def audit(
+        _p: Viewer,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        vm: Annotated[str | None, Query(max_length=200)] = None,
+        host: Annotated[str | None, Query(max_length=200)] = None,
+        user: Annotated[str | None, Query(max_length=200)] = None,
+        kind: Annotated[str | None, Query(max_length=20)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[AuditItem]:
+        for name, t in (("since", since), ("until", until)):
+            if t is not None and t.tzinfo is None:
+                raise InputError(f"{name}: a time zone is required (e.g. ...Z)")
+        return svc.audit_records(
+            AuditFilter(
+                since=since, until=until, vm=vm, host=host, user=user, kind=kind, limit=limit
+            )
+        )
+
+    return app

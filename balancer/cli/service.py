@@ -1,0 +1,453 @@
+"""``balancer serve`` and the client commands that talk to the running service's API.
+
+Every client command takes ``--url`` (default: the settings' ``api.listen`` when
+``--config`` is given, else http://127.0.0.1:8080), ``--token`` (or ``$BALANCER_TOKEN``) and
+``--json``. Errors are one line and a non-zero exit (6 for a service error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+import httpx
+
+from balancer.cli.common import handle_errors, json_option, print_json, print_table
+from balancer.errors import ServiceError
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _client_options(func: F) -> F:
+    func = click.option(
+        "--token",
+        envvar="BALANCER_TOKEN",
+        help="Bearer token (default: $BALANCER_TOKEN).",
+    )(func)
+    func = click.option(
+        "--url",
+        envvar="BALANCER_URL",
+        default=None,
+        help=f"The service's URL (default: from --config, else {DEFAULT_URL}).",
+    )(func)
+    func = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Settings file to take the URL from.",
+    )(func)
+    return func
+
+
+class Client:
+    def __init__(self, url: str | None, token: str | None, config_path: str | None) -> None:
+        if url is None and config_path:
+            from balancer.settings import load_settings
+
+            s = load_settings(config_path)
+            url = f"http://{s.api.host}:{s.api.port}"
+        self.url = (url or DEFAULT_URL).rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60.0)
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self.http.request(method, f"/api/v1{path}", **kw)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"cannot reach the service at {self.url}: {exc}") from exc
+        if r.status_code >= 400:
+            try:
+                msg = r.json().get("error") or r.text
+            except ValueError:
+                msg = r.text.strip() or r.reason_phrase
+            raise ServiceError(f"{r.status_code}: {msg}")
+        return r.json()
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def register(cli: click.Group) -> None:
+    @cli.command()
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default="config/balancer.yaml",
+        show_default=True,
+        help="Settings file.",
+    )
+    @click.option("--lab", is_flag=True, help="Run on the local libvirt/KVM lab.")
+    @handle_errors
+    def serve(config_path: str, lab: bool) -> None:
+        """Run the balancer service (API, dashboard, jobs) until SIGTERM/SIGINT."""
+        from balancer.service.runner import serve as run
+        from balancer.settings import load_settings
+
+        settings = load_settings(config_path)
+        raise SystemExit(run(settings, lab=lab))
+
+    @cli.command()
+    @_client_options
+    @json_option
+    @handle_errors
+    def status(url: str | None, token: str | None, config_path: str | None, as_json: bool) -> None:
+        """The cluster as the service sees it: hosts, imbalance, policy, pause state."""
+        doc = Client(url, token, config_path).call("GET", "/status")
+        if as_json:
+            print_json(doc)
+            return
+        paused = "; ".join(b["detail"] for b in doc["pause_reasons"])
+        click.echo(
+            f"backend {doc['backend']}  imbalance {doc['imbalance']}  automation "
+            f"{doc['automation']}  policy {str(doc['policy']['digest'])[:12]}  "
+            + (f"PAUSED: {paused}" if doc["paused"] else "running")
+        )
+        if doc["policy"]["last_error"]:
+            click.echo(f"policy refused: {doc['policy']['last_error']}")
+        print_table(
+            "hosts",
+            ["host", "state", "cpu", "memory", "vms"],
+            [
+                [h["name"], h["state"], _pct(h["cpu_load"]), _pct(h["memory_load"]), h["vm_count"]]
+                for h in doc["hosts"]
+            ],
+        )
+        click.echo(
+            f"{doc['migrations_active']} migrations active, "
+            f"{doc['pending_recommendations']} recommendations pending, "
+            f"{len(doc['holds'])} VMs held"
+        )
+
+    @cli.command()
+    @click.option(
+        "--state",
+        type=click.Choice(["pending", "approved", "rejected", "expired", "all"]),
+        default="pending",
+        show_default=True,
+    )
+    @_client_options
+    @json_option
+    @handle_errors
+    def recommend(
+        state: str, url: str | None, token: str | None, config_path: str | None, as_json: bool
+    ) -> None:
+        """The recommendations waiting for approval (manual and partial automation)."""
+        doc = Client(url, token, config_path).call(
+            "GET", "/recommendations", params={"state": state}
+        )
+        if as_json:
+            print_json(doc)
+            return
+        print_table(
+            "recommendations",
+            ["id", "vm", "from", "to", "reason", "gain", "state", "decided by"],
+            [
+                [
+                    r["id"],
+                    r["vm"],
+                    r["source"],
+                    r["target"],
+                    r["reason"],
+                    f"{r['gain']:.4f}",
+                    r["state"],
+                    r["decided_by"],
+                ]
+                for r in doc
+            ],
+        )
+
+    @cli.command()
+    @click.argument("ids", type=int, nargs=-1, required=True)
+    @_client_options
+    @json_option
+    @handle_errors
+    def approve(
+        ids: tuple[int, ...],
+        url: str | None,
+        token: str | None,
+        config_path: str | None,
+        as_json: bool,
+    ) -> None:
+        """Approve recommendations by id (their migrations are queued at once)."""
+        c = Client(url, token, config_path)
+        out = [c.call("POST", f"/recommendations/{i}/approve") for i in ids]
+        if as_json:
+            print_json(out)
+            return
+        for r in out:
+            click.echo(
+                f"approved {r['id']}: {r['vm']} {r['source']} -> {r['target']} "
+                f"(migration {r['migration_id']})"
+            )
+
+    @cli.command()
+    @click.argument("vm")
+    @click.option("--to", "target", required=True, help="Target host.")
+    @click.option(
+        "--priority",
+        type=click.Choice(["high", "normal", "low"]),
+        default="normal",
+        show_default=True,
+    )
+    @_client_options
+    @json_option
+    @handle_errors
+    def migrate(
+        vm: str,
+        target: str,
+        priority: str,
+        url: str | None,
+        token: str | None,
+        config_path: str | None,
+        as_json: bool,
+    ) -> None:
+        """Request a manual live migration of VM to a host."""
+        doc = Client(url, token, config_path).call(
+            "POST", "/migrations", json={"vm": vm, "target": target, "priority": priority}
+        )
+        if as_json:
+            print_json(doc)
+        else:
+            click.echo(
+                f"migration {doc['id']}: {doc['vm']} {doc['source']} -> {doc['target']} "
+                f"{doc['state']} ({doc['priority']})"
+            )
+
+    @cli.group()
+    def maintenance() -> None:
+        """Maintenance mode: enter (evacuate), exit, status."""
+
+    def _show_maint(doc: dict[str, Any]) -> None:
+        eta = f", about {doc['eta_s']:.0f} s left" if doc.get("eta_s") is not None else ""
+        click.echo(
+            f"{doc['host']}: {doc['state']} (host {doc['host_state']}), "
+            f"{doc['done_vms']}/{doc['total_vms']} VMs moved, {doc['percent']:.0f}%{eta}"
+        )
+        if doc["message"]:
+            click.echo(doc["message"])
+        for b in doc["blockers"]:
+            click.echo(f"  blocked: {b['vm']} {b['reason']} {b['detail']}".rstrip())
+        for v in doc["vms"]:
+            if v["state"] not in ("done",):
+                click.echo(
+                    f"  {v['vm']}: {v['state']}"
+                    + (f" -> {v['target']}" if v.get("target") else "")
+                    + (f" {100 * v['fraction']:.0f}%" if v["state"] == "migrating" else "")
+                )
+
+    @maintenance.command("enter")
+    @click.argument("host")
+    @click.option("--dry-run", is_flag=True, help="Only the preflight: can it be emptied, how.")
+    @click.option("--force", is_flag=True, help="Enter even when the preflight refuses.")
+    @_client_options
+    @json_option
+    @handle_errors
+    def m_enter(
+        host: str,
+        dry_run: bool,
+        force: bool,
+        url: str | None,
+        token: str | None,
+        config_path: str | None,
+        as_json: bool,
+    ) -> None:
+        """Put HOST into maintenance: its VMs are evacuated first."""
+        c = Client(url, token, config_path)
+        if dry_run:
+            doc = c.call("GET", f"/maintenance/{host}/preflight")
+            if as_json:
+                print_json(doc)
+                return
+            click.echo(f"{host}: {'can' if doc['can_enter'] else 'CANNOT'} enter: {doc['reason']}")
+            print_table(
+                "evacuation",
+                ["vm", "to", "reason"],
+                [[m["vm"], m["target"], m["reason"]] for m in doc["moves"]],
+            )
+            for b in doc["blocked"]:
+                click.echo(f"  blocked: {b['vm']} {b['reason']} {b['detail']}".rstrip())
+            if not doc["can_enter"]:
+                raise SystemExit(1)
+            return
+        doc = c.call("POST", f"/maintenance/{host}/enter", json={"force": force})
+        if as_json:
+            print_json(doc)
+        else:
+            _show_maint(doc)
+
+    @maintenance.command("exit")
+    @click.argument("host")
+    @click.option("--move-back", is_flag=True, help="Move the host's VMs back to it.")
+    @_client_options
+    @json_option
+    @handle_errors
+    def m_exit(
+        host: str,
+        move_back: bool,
+        url: str | None,
+        token: str | None,
+        config_path: str | None,
+        as_json: bool,
+    ) -> None:
+        """Return HOST to active (optionally moving its VMs back)."""
+        doc = Client(url, token, config_path).call(
+            "POST", f"/maintenance/{host}/exit", json={"move_back": move_back}
+        )
+        if as_json:
+            print_json(doc)
+        else:
+            _show_maint(doc)
+
+    @maintenance.command("status")
+    @click.argument("host", required=False)
+    @_client_options
+    @json_option
+    @handle_errors
+    def m_status(
+        host: str | None,
+        url: str | None,
+        token: str | None,
+        config_path: str | None,
+        as_json: bool,
+    ) -> None:
+        """Progress of HOST's maintenance request (or of every request)."""
+        c = Client(url, token, config_path)
+        docs = [c.call("GET", f"/maintenance/{host}")] if host else c.call("GET", "/maintenance")
+        if as_json:
+            print_json(docs[0] if host else docs)
+            return
+        for d in docs:
+            _show_maint(d)
+
+    @cli.group()
+    def schedule() -> None:
+        """Scheduled tasks: one-off (--at) or recurring (--cron)."""
+
+    @schedule.command("add")
+    @click.argument(
+        "kind",
+        type=click.Choice(
+            ["migrate", "maintenance_enter", "maintenance_exit", "automation", "balance"]
+        ),
+    )
+    @click.option(
+        "--at", "at", default=None, help="One-off: ISO time with zone, e.g. 2026-12-01T02:00Z."
+    )
+    @click.option("--cron", default=None, help='Recurring: 5-field cron in UTC, e.g. "0 2 * * 6".')
+    @click.option(
+        "--arg", "args", multiple=True, help="KEY=VALUE (vm=, target=, host=, level=...)."
+    )
+    @_client_options
+    @json_option
+    @handle_errors
+    def s_add(
+        kind: str,
+        at: str | None,
+        cron: str | None,
+        args: tuple[str, ...],
+        url: str | None,
+        token: str | None,
+        config_path: str | None,
+        as_json: bool,
+    ) -> None:
+        """Schedule a task, e.g. ``schedule add migrate --at 2026-12-01T02:00Z --arg vm=vm007
+        --arg target=h03``."""
+        parsed: dict[str, str] = {}
+        for a in args:
+            if "=" not in a:
+                raise ServiceError(f"--arg {a!r}: use KEY=VALUE")
+            k, v = a.split("=", 1)
+            parsed[k] = v
+        if at is not None:
+            try:
+                datetime.fromisoformat(at.replace("Z", "+00:00"))
+            except ValueError:
+                raise ServiceError(f"--at {at!r}: not an ISO date and time") from None
+        body: dict[str, Any] = {"kind": kind, "args": parsed}
+        if at is not None:
+            body["at"] = at
+        if cron is not None:
+            body["cron"] = cron
+        doc = Client(url, token, config_path).call("POST", "/tasks", json=body)
+        if as_json:
+            print_json(doc)
+        else:
+            click.echo(f"scheduled {doc['id']}: {doc['kind']} {doc['args']} {doc['schedule']}")
+
+    @schedule.command("list")
+    @_client_options
+    @json_option
+    @handle_errors
+    def s_list(url: str | None, token: str | None, config_path: str | None, as_json: bool) -> None:
+        """Scheduled tasks and their next run."""
+        doc = Client(url, token, config_path).call("GET", "/tasks")
+        if as_json:
+            print_json(doc)
+            return
+        print_table(
+            "tasks",
+            ["id", "kind", "args", "schedule", "next run", "by"],
+            [[t["id"], t["kind"], t["args"], t["schedule"], t["next_run"], t["who"]] for t in doc],
+        )
+
+    @schedule.command("cancel")
+    @click.argument("task_id")
+    @_client_options
+    @json_option
+    @handle_errors
+    def s_cancel(
+        task_id: str, url: str | None, token: str | None, config_path: str | None, as_json: bool
+    ) -> None:
+        """Cancel a scheduled task."""
+        doc = Client(url, token, config_path).call("DELETE", f"/tasks/{task_id}")
+        if as_json:
+            print_json(doc)
+        else:
+            click.echo(doc["detail"])
+
+    @cli.command()
+    @click.option("--reason", default="", help="Why (shown in the API and the audit trail).")
+    @click.option(
+        "--stop-evacuations", is_flag=True, help="Also stop mandatory moves (evacuations)."
+    )
+    @_client_options
+    @json_option
+    @handle_errors
+    def pause(
+        reason: str,
+        stop_evacuations: bool,
+        url: str | None,
+        token: str | None,
+        config_path: str | None,
+        as_json: bool,
+    ) -> None:
+        """Pause automation (admin)."""
+        doc = Client(url, token, config_path).call(
+            "POST", "/pause", json={"reason": reason, "allow_mandatory": not stop_evacuations}
+        )
+        if as_json:
+            print_json({"paused": doc["paused"], "reasons": doc["pause_reasons"]})
+        else:
+            click.echo("paused: " + "; ".join(b["detail"] for b in doc["pause_reasons"]))
+
+    @cli.command()
+    @_client_options
+    @json_option
+    @handle_errors
+    def resume(url: str | None, token: str | None, config_path: str | None, as_json: bool) -> None:
+        """Resume automation after an operator's pause (admin)."""
+        doc = Client(url, token, config_path).call("POST", "/resume")
+        if as_json:
+            print_json({"paused": doc["paused"], "reasons": doc["pause_reasons"]})
+        elif doc["paused"]:
+            click.echo(
+                "resumed, but still paused: " + "; ".join(b["detail"] for b in doc["pause_reasons"])
+            )
+        else:
+            click.echo("automation running")

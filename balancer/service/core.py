@@ -1,0 +1,1557 @@
+"""The service object: backend -> collect -> decide -> executor.
+
+:class:`Service` holds the imperative state of the running balancer (the last snapshot, the
+policy in force, breakers) and offers one method per thing the API and the scheduled jobs do.
+Pure decisions live in :mod:`balancer.service.decisions`; plans come from the optimizer through
+:class:`~balancer.service.ports.PlannerPort`; every migration goes through the executor
+(:class:`~balancer.service.ports.ExecutorPort`). Every change of state is written to the store
+(and the audit trail) before it is acted on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from balancer.errors import BalancerError, HypervisorError, InputError, PolicyError
+from balancer.model import HostState, Snapshot, stddev
+from balancer.plan import Blocked, Move, MoveReason, Plan, PlanStatus
+from balancer.plan_io import plan_to_dict
+from balancer.port import Clock, HypervisorPort
+from balancer.service import decisions as D
+from balancer.service.errors import ConflictError, NotFoundError, UnavailableError
+from balancer.service.logs import fields, log
+from balancer.service.ports import (
+    AuditFilter,
+    AuditItem,
+    AuditPort,
+    ExecutorPort,
+    Migration,
+    MigrationState,
+    MoveRequest,
+    PlannerPort,
+    Priority,
+)
+from balancer.service.store import (
+    APPROVED,
+    EVACUATING,
+    EXITED,
+    EXPIRED,
+    IN_MAINTENANCE,
+    PENDING,
+    REJECTED,
+    HistoryPoint,
+    MaintenanceRow,
+    MoveRecord,
+    PlanRecord,
+    RecommendationRow,
+    ServiceStore,
+)
+from balancer.service.views import (
+    BlockedVM,
+    BreakerView,
+    HistoryView,
+    HoldView,
+    HostView,
+    MaintenanceView,
+    MigrationView,
+    PlannedMove,
+    PlanView,
+    PolicyView,
+    PreflightView,
+    RecommendationView,
+    StatusView,
+    ValidationView,
+    VMProgress,
+    VMView,
+)
+from balancer.settings import Settings
+from policies.lint import Severity, lint
+from policies.loader import load_policy
+from policies.model import Automation, Policy
+
+#: who the service itself is in the audit trail
+SYSTEM = "balancer"
+
+PAUSE_FLAG = "pause"
+AUTOMATION_FLAG = "automation"
+
+#: failed migrations of one VM during one evacuation before it is reported as a blocker
+EVAC_ATTEMPTS = 3
+
+MANUAL_PRIORITIES = {
+    "high": Priority.MANUAL_HIGH,
+    "normal": Priority.MANUAL_NORMAL,
+    "low": Priority.MANUAL_LOW,
+}
+
+
+class DemandSource:
+    """Where the load figures come from: the port's own snapshot by default; the collectors'
+    window (issue 7) plugs in here and may declare metrics stale."""
+
+    def observe(self, snapshot: Snapshot, now: datetime) -> tuple[Snapshot, str | None]:
+        """The snapshot to decide on and, when the metrics are stale, why."""
+        return snapshot, None
+
+
+def new_id(prefix: str, now: datetime) -> str:
+    return f"{prefix}-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def imbalance_of(snapshot: Snapshot, policy: Policy | None) -> tuple[float, float, float]:
+    """(imbalance, max CPU load, max memory load) of the active hosts, as defined in
+    :mod:`balancer.optimizer.metrics` (weighted mean of per-resource standard deviations)."""
+    loads = snapshot.loads()
+    active = [h.name for h in snapshot.hosts if h.state is HostState.ACTIVE]
+    cpu = [loads[h].cpu_load for h in active]
+    mem = [loads[h].memory_load for h in active]
+    w_cpu, w_mem = (policy.balance.cpu, policy.balance.memory) if policy else (1.0, 1.0)
+    total = max(w_cpu, 0.0) + max(w_mem, 0.0)
+    if total <= 0:
+        w_cpu = w_mem = total = 1.0
+    imb = (max(w_cpu, 0.0) * stddev(cpu) + max(w_mem, 0.0) * stddev(mem)) / total
+    return imb, max(cpu, default=0.0), max(mem, default=0.0)
+
+
+def _fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.name.encode())
+        try:
+            h.update(f.read_bytes())
+        except OSError as exc:
+            h.update(str(exc).encode())
+    return h.hexdigest()
+
+
+@dataclass(slots=True)
+class _PolicyState:
+    policy: Policy | None = None
+    fingerprint: str | None = None
+    loaded_at: datetime | None = None
+    error: str | None = None
+    error_at: datetime | None = None
+
+
+class Service:
+    """The long-running balancer. Thread-safe: jobs, the API and the executor call into it."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        port: HypervisorPort,
+        planner: PlannerPort,
+        executor: ExecutorPort,
+        store: ServiceStore,
+        audit: AuditPort,
+        clock: Clock,
+        demand: DemandSource | None = None,
+        backend_name: str = "simulated",
+    ) -> None:
+        self.settings = settings
+        self.port = port
+        self.planner = planner
+        self.executor = executor
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self.demand = demand or DemandSource()
+        self.backend_name = backend_name
+        self.policy_path = Path(settings.policy)
+        self._lock = threading.RLock()  # decisions: collect, balance, maintenance
+        self._pol = _PolicyState()
+        self._raw: Snapshot | None = None
+        self._snap: Snapshot | None = None
+        self._stale_detail: str | None = None
+        self._last_collect: datetime | None = None
+        self._collect_error: str | None = None
+        self._last_plan_id: str | None = None
+        self._stopping = False
+        self._breaker_open_since: str | None = None
+        #: observers (metrics): called with (name, seconds)
+        self.timings: list[Callable[[str, float], None]] = []
+        #: called with every newly applied policy (the executor's limits follow it)
+        self.policy_listeners: list[Callable[[Policy], None]] = []
+
+    # ------------------------------------------------------------------------------------------
+    # lifecycle
+    # ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the policy (a bad one at start is an error), recover the executor, collect."""
+        self.reload_policy(initial=True)
+        self.executor.start()
+        self.audit.record(
+            at=self.clock.now(),
+            kind="service",
+            who=SYSTEM,
+            result="started",
+            detail=f"backend {self.backend_name}; policy "
+            + (self._pol.policy.digest[:12] if self._pol.policy else "-"),
+        )
+        try:
+            self.collect()
+        except BalancerError as exc:
+            log.warning("first collect failed: %s", exc)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def begin_stop(self, *, who: str = SYSTEM, signal_name: str = "") -> None:
+        """Stop taking new work (first signal)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.executor.stop_taking_work()
+        self.audit.record(
+            at=self.clock.now(),
+            kind="service",
+            who=who,
+            result="stopping",
+            detail=f"{signal_name or 'stop'}: no new work; waiting for migrations in flight",
+        )
+        log.info("stopping: no new work; draining migrations in flight")
+
+    def drain(self, timeout_s: float) -> bool:
+        ok = self.executor.wait_idle(timeout_s)
+        self.audit.record(
+            at=self.clock.now(),
+            kind="service",
+            who=SYSTEM,
+            result="drained" if ok else "drain_timeout",
+            detail="" if ok else f"migrations still in flight after {timeout_s:.0f} s",
+        )
+        return ok
+
+    def abort_in_flight(self, reason: str) -> None:
+        self.audit.record(
+            at=self.clock.now(), kind="service", who=SYSTEM, result="aborting", detail=reason
+        )
+        log.warning("aborting migrations in flight: %s", reason)
+        self.executor.abort_all(reason=reason)
+
+    def close(self) -> None:
+        self.audit.record(at=self.clock.now(), kind="service", who=SYSTEM, result="stopped")
+        self.executor.close()
+
+    # ------------------------------------------------------------------------------------------
+    # policy
+    # ------------------------------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy | None:
+        return self._pol.policy
+
+    def automation(self) -> Automation | None:
+        override = self.store.flag(AUTOMATION_FLAG)
+        if override is not None:
+            return Automation(str(override["value"]))
+        return self._pol.policy.automation if self._pol.policy else None
+
+    def reload_policy(self, *, initial: bool = False) -> bool:
+        """Load the policy files when they changed. A bad file is refused (log, API, audit) and
+        the last good policy stays in force. Returns True when a new policy was applied."""
+        try:
+            fp = _fingerprint(self.policy_path)
+        except OSError as exc:
+            fp = f"error:{exc}"
+        if fp == self._pol.fingerprint:
+            return False
+        now = self.clock.now()
+        self._pol.fingerprint = fp
+        try:
+            policy = load_policy([self.policy_path])
+            errors = [str(f) for f in lint(policy, self._snap) if f.severity is Severity.ERROR]
+            if errors:
+                raise PolicyError("; ".join(errors), path=str(self.policy_path))
+        except PolicyError as exc:
+            if initial and self._pol.policy is None:
+                raise
+            self._pol.error, self._pol.error_at = str(exc), now
+            kept = self._pol.policy.digest[:12] if self._pol.policy else "none"
+            log.error(
+                "policy refused, keeping %s: %s",
+                kept,
+                exc,
+                extra=fields(reason="policy_refused"),
+            )
+            self.audit.record(
+                at=now,
+                kind="policy",
+                who=SYSTEM,
+                result="refused",
+                error=str(exc),
+                detail=f"kept policy {kept}",
+                policy_digest=self._pol.policy.digest if self._pol.policy else None,
+            )
+            return False
+        old = self._pol.policy
+        self._pol.policy, self._pol.loaded_at = policy, now
+        self._pol.error = self._pol.error_at = None
+        for listener in self.policy_listeners:
+            listener(policy)
+        if old is None or old.digest != policy.digest:
+            log.info(
+                "policy %s in force (automation %s, threshold %d)",
+                policy.digest[:12],
+                policy.automation.value,
+                policy.threshold,
+                extra=fields(policy_digest=policy.digest),
+            )
+            self.audit.record(
+                at=now,
+                kind="policy",
+                who=SYSTEM,
+                result="applied",
+                policy_digest=policy.digest,
+                detail=f"from {self.policy_path}; replaced {old.digest[:12] if old else 'none'}",
+            )
+        return True
+
+    def validate_policy(self, files: Mapping[str, str]) -> ValidationView:
+        """Check candidate policy files without applying them. ``files`` maps a file name of
+        the policy directory (or the policy file) to its new text; other files of the
+        directory are taken as they are."""
+        with tempfile.TemporaryDirectory(prefix="policy-candidate-") as tmp:
+            root = Path(tmp)
+            if self.policy_path.is_dir():
+                for f in [*self.policy_path.glob("*.yaml"), *self.policy_path.glob("*.yml")]:
+                    shutil.copy(f, root / f.name)
+            elif self.policy_path.exists():
+                shutil.copy(self.policy_path, root / self.policy_path.name)
+            for name, text in files.items():
+                if not name or "/" in name or "\\" in name or name.startswith("."):
+                    raise InputError(f"files: {name!r} is not a plain file name")
+                if not name.endswith((".yaml", ".yml")):
+                    raise InputError(f"files: {name!r}: policy files end in .yaml or .yml")
+                (root / name).write_text(text)
+            try:
+                policy = load_policy([root])
+            except PolicyError as exc:
+                msg = str(exc).replace(str(root) + "/", "")
+                return ValidationView(ok=False, digest=None, error=msg, findings=[])
+        findings = lint(policy, self._snap)
+        errors = [str(f) for f in findings if f.severity is Severity.ERROR]
+        return ValidationView(
+            ok=not errors,
+            digest=policy.digest,
+            error="; ".join(errors) or None,
+            findings=[str(f) for f in findings],
+        )
+
+    def policy_view(self) -> PolicyView:
+        p = self._pol.policy
+        override = self.store.flag(AUTOMATION_FLAG)
+        return PolicyView(
+            digest=p.digest if p else None,
+            path=str(self.policy_path),
+            automation=p.automation.value if p else None,
+            automation_override=str(override["value"]) if override else None,
+            threshold=p.threshold if p else None,
+            cooldown_minutes=p.cooldown_minutes if p else None,
+            loaded_at=self._pol.loaded_at,
+            last_error=self._pol.error,
+            last_error_at=self._pol.error_at,
+        )
+
+    def set_automation(self, level: Automation | None, *, who: str) -> None:
+        """Override the policy's automation level (None: back to the policy's)."""
+        now = self.clock.now()
+        self.store.set_flag(AUTOMATION_FLAG, level.value if level else None, who=who, at=now)
+        self.audit.record(
+            at=now,
+            kind="automation",
+            who=who,
+            result=level.value if level else "policy",
+            detail="override" if level else "override removed; the policy's level applies",
+        )
+        log.info("automation set to %s", level.value if level else "policy", extra=fields(user=who))
+
+    # ------------------------------------------------------------------------------------------
+    # collect
+    # ------------------------------------------------------------------------------------------
+    def overlay(self, raw: Snapshot) -> Snapshot:
+        """The port's snapshot with the administrative host states (maintenance) applied."""
+        states = self.store.host_states()
+        if not states:
+            return raw
+        hosts = []
+        for h in raw.hosts:
+            s = states.get(h.name)
+            if s is not None and h.state is not HostState.UNREACHABLE:
+                hosts.append(h.with_state(HostState(s)))
+            else:
+                hosts.append(h)
+        return replace(raw, hosts=tuple(hosts))
+
+    def collect(self) -> Snapshot:
+        """One collect cycle: read the cluster, note moves, expire recommendations, advance
+        maintenance."""
+        t0 = time.monotonic()
+        with self._lock:
+            now = self.clock.now()
+            try:
+                raw = self.port.snapshot()
+            except HypervisorError as exc:
+                self._collect_error = str(exc)
+                log.warning("collect failed: %s", exc)
+                raise
+            snap, stale = self.demand.observe(self.overlay(raw), now)
+            previous = self._raw
+            self._raw, self._snap = raw, snap
+            self._stale_detail = stale
+            self._last_collect, self._collect_error = now, None
+            if previous is not None:
+                self._note_moves(previous, raw, now)
+            imb, mcpu, mmem = imbalance_of(snap, self._pol.policy)
+            self.store.add_history(
+                HistoryPoint(at=now, imbalance=imb, max_cpu_load=mcpu, max_memory_load=mmem),
+                keep_since=now - timedelta(hours=self.settings.service.history_h),
+            )
+            self._expire_recommendations(snap, now)
+            self._advance_maintenance(snap, now)
+            self._watch_breakers(now)
+        self._timed("collect", time.monotonic() - t0)
+        return snap
+
+    def _timed(self, name: str, seconds: float) -> None:
+        for cb in self.timings:
+            cb(name, seconds)
+
+    def _note_moves(self, before: Snapshot, after: Snapshot, now: datetime) -> None:
+        moved = D.moved_vms(before, after)
+        if not moved:
+            return
+        reasons: dict[str, str] = {}
+        for m in self.executor.migrations(limit=500):
+            if m.state is MigrationState.SUCCEEDED and m.vm not in reasons:
+                reasons[m.vm] = m.reason
+        self.store.add_moves(
+            [
+                MoveRecord(
+                    at=now,
+                    vm=vm,
+                    source=src,
+                    target=dst,
+                    reason=reasons.get(vm, "external").split(":")[0],
+                )
+                for vm, src, dst in moved
+            ]
+        )
+        for vm, src, dst in moved:
+            log.info("%s moved %s -> %s", vm, src, dst, extra=fields(vm=vm))
+
+    def snapshot(self) -> Snapshot:
+        if self._snap is None:
+            try:
+                return self.collect()
+            except HypervisorError as exc:
+                raise UnavailableError(f"no snapshot of the cluster yet: {exc}") from exc
+        return self._snap
+
+    # ------------------------------------------------------------------------------------------
+    # holds and breakers
+    # ------------------------------------------------------------------------------------------
+    def _active_migrations(self) -> list[Migration]:
+        return self.executor.migrations(active_only=True, limit=10000)
+
+    def holds(self) -> dict[str, D.Hold]:
+        now = self.clock.now()
+        cooldown = timedelta(minutes=self._pol.policy.cooldown_minutes if self._pol.policy else 60)
+        window = timedelta(hours=self.settings.service.pingpong_window_h)
+        moves = self.store.moves_since(now - max(window, cooldown))
+        return D.holds(
+            moves,
+            now=now,
+            cooldown=cooldown,
+            pingpong_window=window,
+            in_flight=[m.vm for m in self._active_migrations()],
+        )
+
+    def breakers(self) -> D.Breakers:
+        now = self.clock.now()
+        b = self.settings.breakers
+        stale_after = timedelta(seconds=b.stale_after_s or 3 * self.settings.intervals.collect_s)
+        failures = [
+            m.updated_at
+            for m in self.executor.migrations(limit=200)
+            if m.state is MigrationState.FAILED
+        ]
+        pause = self.store.flag(PAUSE_FLAG)
+        brk = D.breakers(
+            now=now,
+            pause=dict(pause["value"]) if pause else None,
+            last_collect=self._last_collect,
+            stale_after=stale_after,
+            stale_detail=self._stale_detail,
+            failures=failures,
+            failure_limit=b.failure_limit,
+            failure_window=timedelta(seconds=b.failure_window_s),
+            allow_mandatory=b.allow_mandatory
+            and not (pause is not None and not bool(pause["value"].get("allow_mandatory", True))),
+        )
+        if self._pol.policy is None:
+            brk = D.Breakers(
+                trips=(*brk.trips, D.Trip(reason=D.BreakerReason.NO_POLICY, detail="no policy")),
+                allow_mandatory=False,
+            )
+        return brk
+
+    def _watch_breakers(self, now: datetime) -> None:
+        """Say it in the log and the audit trail when automation pauses or resumes by itself."""
+        brk = self.breakers()
+        text = brk.explain() if brk.open else None
+        if text == self._breaker_open_since:
+            return
+        self._breaker_open_since = text
+        if text:
+            log.warning("automation paused: %s", text, extra=fields(reason="breaker"))
+        else:
+            log.info("automation resumed")
+        self.audit.record(
+            at=now,
+            kind="breaker",
+            who=SYSTEM,
+            result="open" if text else "closed",
+            detail=text or "every breaker closed",
+        )
+
+    def pause(self, *, who: str, reason: str, allow_mandatory: bool = True) -> None:
+        now = self.clock.now()
+        self.store.set_flag(
+            PAUSE_FLAG,
+            {"who": who, "reason": reason, "allow_mandatory": allow_mandatory},
+            who=who,
+            at=now,
+        )
+        self.audit.record(
+            at=now,
+            kind="pause",
+            who=who,
+            result="paused",
+            detail=f"{reason or 'no reason'}; mandatory moves "
+            + ("continue" if allow_mandatory else "stop too"),
+        )
+        self._watch_breakers(now)
+
+    def resume(self, *, who: str) -> None:
+        now = self.clock.now()
+        self.store.set_flag(PAUSE_FLAG, None, who=who, at=now)
+        self.audit.record(at=now, kind="pause", who=who, result="resumed")
+        self._watch_breakers(now)
+
+    # ------------------------------------------------------------------------------------------
+    # balance
+    # ------------------------------------------------------------------------------------------
+    def _maintenance_hosts(self) -> set[str]:
+        return {h for h, s in self.store.host_states().items() if HostState(s).must_evacuate}
+
+    def balance(self, *, who: str = SYSTEM) -> PlanView:
+        """One balance cycle: plan on the current snapshot, then execute, recommend or hold
+        each move according to the automation level and the breakers."""
+        if self._stopping:
+            raise UnavailableError("the service is stopping")
+        t0 = time.monotonic()
+        with self._lock:
+            snap = self.snapshot()
+            policy = self._pol.policy
+            if policy is None:
+                raise UnavailableError("no policy in force")
+            automation = self.automation() or policy.automation
+            now = self.clock.now()
+            plan_id = new_id("plan", now)
+            active = self._active_migrations()
+            busy = [m for m in active if m.priority == Priority.BALANCE.value]
+            brk = self.breakers()
+            holds = self.holds()
+            evacuating = self._maintenance_hosts()
+            if busy:
+                note = f"skipped: {len(busy)} balance migrations of an earlier plan still running"
+                return self._record_empty(plan_id, now, snap, policy, automation, note)
+            if self._stale_detail or (brk.open and not brk.allow_mandatory):
+                pass  # still plan: mandatory moves may continue, the rest is held and shown
+            plan = self.planner.plan(
+                snap,
+                policy,
+                held=frozenset(holds),
+                seed=self.settings.service.plan_seed,
+                time_limit_s=self.settings.service.plan_time_limit_s,
+            )
+            in_flight = {m.vm for m in active}
+            # evacuations belong to the maintenance requests; in-flight VMs to the executor
+            moves = [m for m in plan.moves if m.vm not in in_flight and m.source not in evacuating]
+            parts = D.split_plan(replace(plan, moves=tuple(moves)), automation, brk)
+            execute = parts[D.Disposition.EXECUTE]
+            recommend = parts[D.Disposition.RECOMMEND]
+            held = parts[D.Disposition.HOLD]
+            note = brk.explain() if brk.open else ""
+            self._record_plan(
+                plan_id, now, "balance", plan, policy, automation, execute, recommend, held, note
+            )
+            self._last_plan_id = plan_id
+            if execute:
+                self.executor.submit(
+                    [MoveRequest.from_move(m) for m in execute],
+                    who=f"{SYSTEM} {plan_id}" if who == SYSTEM else who,
+                    plan_id=plan_id,
+                    snapshot_digest=plan.snapshot_digest or snap.digest(),
+                    policy_digest=policy.digest,
+                    made_at=now,
+                )
+            self._sync_recommendations(plan_id, snap, policy, recommend, now)
+            log.info(
+                "plan %s: %s, %d moves (%d executed, %d recommended, %d held), "
+                "imbalance %.4f -> %.4f",
+                plan_id,
+                plan.status.value,
+                len(moves),
+                len(execute),
+                len(recommend),
+                len(held),
+                plan.before.imbalance,
+                plan.after.imbalance,
+                extra=fields(plan_id=plan_id, policy_digest=policy.digest),
+            )
+            for m in execute:
+                log.info(
+                    "execute %s %s -> %s (%s)",
+                    m.vm,
+                    m.source,
+                    m.target,
+                    m.reason_label,
+                    extra=fields(plan_id=plan_id, vm=m.vm, reason=m.reason_label),
+                )
+        self._timed("balance", time.monotonic() - t0)
+        self._timed("solve", plan.solve_seconds)
+        view = self.plan(plan_id)
+        assert view is not None
+        return view
+
+    def _record_empty(
+        self,
+        plan_id: str,
+        now: datetime,
+        snap: Snapshot,
+        policy: Policy,
+        automation: Automation,
+        note: str,
+    ) -> PlanView:
+        imb, mcpu, mmem = imbalance_of(snap, policy)
+        from balancer.plan import Metrics
+
+        m = Metrics(
+            imbalance=imb,
+            cpu_stddev=0.0,
+            memory_stddev=0.0,
+            max_cpu_load=mcpu,
+            max_memory_load=mmem,
+        )
+        plan = Plan(
+            status=PlanStatus.BALANCED,
+            moves=(),
+            blocked=(),
+            before=m,
+            after=m,
+            snapshot_digest=snap.digest(),
+            policy_digest=policy.digest,
+        )
+        self._record_plan(plan_id, now, "balance", plan, policy, automation, [], [], [], note)
+        log.info("plan %s %s", plan_id, note, extra=fields(plan_id=plan_id))
+        view = self.plan(plan_id)
+        assert view is not None
+        return view
+
+    def _record_plan(
+        self,
+        plan_id: str,
+        now: datetime,
+        kind: str,
+        plan: Plan,
+        policy: Policy,
+        automation: Automation,
+        execute: Sequence[Move],
+        recommend: Sequence[Move],
+        held: Sequence[Move],
+        note: str,
+    ) -> None:
+        doc = plan_to_dict(plan)
+        doc["executed"] = [m.vm for m in execute]
+        doc["recommended"] = [m.vm for m in recommend]
+        doc["held"] = [m.vm for m in held]
+        doc["note"] = note
+        self.store.add_plan(
+            PlanRecord(
+                id=plan_id,
+                created_at=now,
+                kind=kind,
+                status=plan.status.value,
+                snapshot_digest=plan.snapshot_digest,
+                policy_digest=policy.digest,
+                automation=automation.value,
+                doc=doc,
+            )
+        )
+
+    def plans(self, *, limit: int = 50) -> list[PlanView]:
+        return [self._plan_view(r) for r in self.store.plans(limit=limit)]
+
+    def plan(self, plan_id: str) -> PlanView | None:
+        r = self.store.plan(plan_id)
+        return None if r is None else self._plan_view(r)
+
+    @staticmethod
+    def _plan_view(r: PlanRecord) -> PlanView:
+        d = r.doc
+        return PlanView(
+            id=r.id,
+            created_at=r.created_at,
+            kind=r.kind,
+            status=r.status,
+            automation=r.automation,
+            snapshot_digest=r.snapshot_digest,
+            policy_digest=r.policy_digest,
+            imbalance_before=float(d.get("before", {}).get("imbalance", 0.0)),
+            imbalance_after=float(d.get("after", {}).get("imbalance", 0.0)),
+            solve_seconds=float(d.get("solve_seconds", 0.0)),
+            moves=[
+                PlannedMove(
+                    vm=m["vm"],
+                    source=m["source"],
+                    target=m["target"],
+                    step=int(m["step"]),
+                    reason=m["reason"],
+                    gain=float(m["gain"]),
+                )
+                for m in d.get("moves", [])
+            ],
+            blocked=[
+                BlockedVM(
+                    vm=b["vm"], reason=b["reason"], detail=b.get("detail", ""), rule=b.get("rule")
+                )
+                for b in d.get("blocked", [])
+            ],
+            executed=list(d.get("executed", [])),
+            recommended=list(d.get("recommended", [])),
+            held=list(d.get("held", [])),
+            note=str(d.get("note", "")),
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # recommendations
+    # ------------------------------------------------------------------------------------------
+    def _sync_recommendations(
+        self,
+        plan_id: str,
+        snap: Snapshot,
+        policy: Policy,
+        moves: Sequence[Move],
+        now: datetime,
+    ) -> None:
+        pending = self.store.recommendations(state=PENDING, limit=10000)
+        wanted = {(m.vm, m.source, m.target): m for m in moves}
+        kept: set[tuple[str, str, str]] = set()
+        for r in pending:
+            key = (r.vm, r.source, r.target)
+            if key in wanted and key not in kept:
+                kept.add(key)
+                continue
+            self.store.decide_recommendation(
+                r.id, state=EXPIRED, at=now, who=None, note=f"superseded by {plan_id}"
+            )
+        for key, m in wanted.items():
+            if key in kept:
+                continue
+            rid = self.store.add_recommendation(
+                at=now,
+                plan_id=plan_id,
+                vm=m.vm,
+                source=m.source,
+                target=m.target,
+                reason=m.reason_label,
+                gain=m.gain,
+                snapshot_digest=snap.digest(),
+                policy_digest=policy.digest,
+                premise=D.premise(snap, m),
+            )
+            log.info(
+                "recommend %s %s -> %s (%s, gain %.4f)",
+                m.vm,
+                m.source,
+                m.target,
+                m.reason_label,
+                m.gain,
+                extra=fields(plan_id=plan_id, vm=m.vm, recommendation_id=rid),
+            )
+
+    def _expire_recommendations(self, snap: Snapshot, now: datetime) -> None:
+        ttl = timedelta(seconds=self.settings.service.recommendation_ttl_s)
+        digest = self._pol.policy.digest if self._pol.policy else ""
+        for r in self.store.recommendations(state=PENDING, limit=10000):
+            why = D.premise_broken(snap, r.vm, r.target, r.premise)
+            if not why and r.created_at + ttl < now:
+                why = "older than the recommendation time-to-live"
+            if not why and digest and r.policy_digest != digest:
+                why = "the policy changed"
+            if why:
+                self.store.decide_recommendation(r.id, state=EXPIRED, at=now, who=None, note=why)
+                log.info(
+                    "recommendation %d expired: %s",
+                    r.id,
+                    why,
+                    extra=fields(vm=r.vm, recommendation_id=r.id, plan_id=r.plan_id),
+                )
+
+    def recommendations(
+        self, *, state: str | None = PENDING, limit: int = 200
+    ) -> list[RecommendationView]:
+        return [_rec_view(r) for r in self.store.recommendations(state=state, limit=limit)]
+
+    def approve(self, rid: int, *, who: str) -> RecommendationView:
+        if self._stopping:
+            raise UnavailableError("the service is stopping")
+        with self._lock:
+            r = self.store.recommendation(rid)
+            if r is None:
+                raise NotFoundError(f"recommendation {rid}: no such recommendation")
+            if r.state != PENDING:
+                raise ConflictError(f"recommendation {rid} is {r.state}, not pending")
+            now = self.clock.now()
+            snap = self.snapshot()
+            why = D.premise_broken(snap, r.vm, r.target, r.premise)
+            if why:
+                self.store.decide_recommendation(rid, state=EXPIRED, at=now, who=None, note=why)
+                raise ConflictError(f"recommendation {rid} expired: {why}")
+            if not self.store.decide_recommendation(rid, state=APPROVED, at=now, who=who):
+                raise ConflictError(f"recommendation {rid} is no longer pending")
+            reason, rule = _parse_reason(r.reason)
+            req = MoveRequest(
+                vm=r.vm,
+                source=r.source,
+                target=r.target,
+                reason=reason,
+                rule=rule,
+                priority=Priority.for_reason(reason),
+                gain=r.gain,
+            )
+            ids = self.executor.submit(
+                [req],
+                who=who,
+                plan_id=r.plan_id,
+                snapshot_digest=r.snapshot_digest,
+                policy_digest=r.policy_digest,
+                made_at=now,
+            )
+            if ids:
+                self.store.link_recommendation(rid, ids[0], at=now)
+            self.audit.record(
+                at=now,
+                kind="recommendation",
+                who=who,
+                result="approved",
+                vm=r.vm,
+                source=r.source,
+                target=r.target,
+                plan_id=r.plan_id,
+                reason=r.reason,
+                policy_digest=r.policy_digest,
+                detail=f"recommendation {rid}; migration {ids[0] if ids else '-'}",
+            )
+            log.info(
+                "recommendation %d approved by %s",
+                rid,
+                who,
+                extra=fields(vm=r.vm, plan_id=r.plan_id, recommendation_id=rid, user=who),
+            )
+        out = self.store.recommendation(rid)
+        assert out is not None
+        return _rec_view(out)
+
+    def reject(self, rid: int, *, who: str, note: str = "") -> RecommendationView:
+        r = self.store.recommendation(rid)
+        if r is None:
+            raise NotFoundError(f"recommendation {rid}: no such recommendation")
+        now = self.clock.now()
+        if not self.store.decide_recommendation(rid, state=REJECTED, at=now, who=who, note=note):
+            raise ConflictError(f"recommendation {rid} is {r.state}, not pending")
+        self.audit.record(
+            at=now,
+            kind="recommendation",
+            who=who,
+            result="rejected",
+            vm=r.vm,
+            source=r.source,
+            target=r.target,
+            plan_id=r.plan_id,
+            reason=r.reason,
+            detail=f"recommendation {rid}: {note or 'no note'}",
+        )
+        out = self.store.recommendation(rid)
+        assert out is not None
+        return _rec_view(out)
+
+    # ------------------------------------------------------------------------------------------
+    # migrations
+    # ------------------------------------------------------------------------------------------
+    def migrations(self, *, active_only: bool = False, limit: int = 200) -> list[MigrationView]:
+        return [
+            _mig_view(m) for m in self.executor.migrations(active_only=active_only, limit=limit)
+        ]
+
+    def request_migration(
+        self, vm: str, target: str, *, priority: str = "normal", who: str
+    ) -> MigrationView:
+        if self._stopping:
+            raise UnavailableError("the service is stopping")
+        prio = MANUAL_PRIORITIES.get(priority)
+        if prio is None:
+            raise InputError(f"priority: {priority!r} is not one of high, normal, low")
+        with self._lock:
+            snap = self.snapshot()
+            try:
+                v = snap.vm(vm)
+            except KeyError:
+                raise NotFoundError(f"vm: no VM named {vm!r}") from None
+            try:
+                h = snap.host(target)
+            except KeyError:
+                raise NotFoundError(f"target: no host named {target!r}") from None
+            if v.host == target:
+                raise ConflictError(f"target: {vm} already runs on {target}")
+            if not h.state.accepts_vms:
+                raise ConflictError(f"target: host {target} is {h.state.value}")
+            if not v.runs_on(h):
+                missing = ", ".join(sorted(v.cpu_features - h.cpu_features))
+                raise ConflictError(f"target: {target}'s CPU lacks {missing} needed by {vm}")
+            if any(m.vm == vm for m in self._active_migrations()):
+                raise ConflictError(f"vm: a migration of {vm} is already queued or running")
+            now = self.clock.now()
+            ids = self.executor.submit(
+                [
+                    MoveRequest(
+                        vm=vm,
+                        source=v.host,
+                        target=target,
+                        reason=MoveReason.MANUAL,
+                        priority=prio,
+                    )
+                ],
+                who=who,
+                plan_id=None,
+                snapshot_digest=snap.digest(),
+                policy_digest=self._pol.policy.digest if self._pol.policy else "",
+                made_at=now,
+            )
+            log.info(
+                "manual migration %s -> %s (%s) by %s",
+                vm,
+                target,
+                priority,
+                who,
+                extra=fields(vm=vm, user=who, migration_id=ids[0] if ids else None),
+            )
+        return self._migration(ids[0])
+
+    def _migration(self, mid: int) -> MigrationView:
+        for m in self.executor.migrations(limit=10000):
+            if m.id == mid:
+                return _mig_view(m)
+        raise NotFoundError(f"migration {mid}: no such migration")
+
+    def cancel_migration(self, mid: int, *, who: str) -> MigrationView:
+        self._migration(mid)
+        if not self.executor.cancel(mid, who=who):
+            raise ConflictError(f"migration {mid} is already finished")
+        return self._migration(mid)
+
+    # ------------------------------------------------------------------------------------------
+    # maintenance
+    # ------------------------------------------------------------------------------------------
+    def _evacuation_plan(self, snap: Snapshot, hosts: set[str], policy: Policy) -> Plan:
+        """Plan only mandatory moves (threshold 1) with ``hosts`` being emptied."""
+        s = snap
+        for h in hosts:
+            if s.host(h).state not in (HostState.UNREACHABLE,):
+                s = s.with_host_state(h, HostState.ENTERING_MAINTENANCE)
+        in_flight = frozenset(m.vm for m in self._active_migrations())
+        return self.planner.plan(
+            s,
+            replace(policy, threshold=1),
+            held=in_flight,
+            seed=self.settings.service.plan_seed,
+            time_limit_s=self.settings.service.plan_time_limit_s,
+        )
+
+    def preflight(self, host: str) -> PreflightView:
+        """Whether ``host`` can be emptied now (with every host already in maintenance), where
+        each of its VMs would go and what blocks the others. Changes nothing."""
+        with self._lock:
+            snap = self.snapshot()
+            policy = self._pol.policy
+            if policy is None:
+                raise UnavailableError("no policy in force")
+            try:
+                h = snap.host(host)
+            except KeyError:
+                raise NotFoundError(f"host: no host named {host!r}") from None
+            others = sorted(self._maintenance_hosts() - {host})
+            vms = {v.name for v in snap.vms_on(host)}
+            if h.state is HostState.UNREACHABLE:
+                return PreflightView(
+                    host=host,
+                    can_enter=False,
+                    reason=f"host {host} is unreachable: its VMs cannot be migrated",
+                    vms=len(vms),
+                    moves=[],
+                    blocked=[BlockedVM(vm=v, reason="unreachable") for v in sorted(vms)],
+                    other_hosts_in_maintenance=others,
+                    solve_seconds=0.0,
+                )
+            plan = self._evacuation_plan(snap, {host, *others}, policy)
+        moves = [m for m in plan.moves if m.vm in vms or m.reason is MoveReason.TEMPORARY]
+        blocked = [b for b in plan.blocked if b.vm in vms]
+        reason = ""
+        if plan.status is PlanStatus.INFEASIBLE:
+            reason = "the rules conflict: " + ", ".join(plan.conflicts)
+        elif blocked:
+            reason = f"{len(blocked)} of {len(vms)} VMs cannot leave {host}: " + "; ".join(
+                _blocked_text(b) for b in blocked[:5]
+            )
+            if others:
+                reason += f" (with {', '.join(others)} in maintenance too)"
+        elif len({m.vm for m in moves if m.vm in vms}) < len(vms):
+            reason = (
+                f"the plan moves only {len({m.vm for m in moves})} of {len(vms)} VMs in one cycle;"
+                " the rest follow"
+            )
+        return PreflightView(
+            host=host,
+            can_enter=not blocked and plan.status is not PlanStatus.INFEASIBLE,
+            reason=reason or f"all {len(vms)} VMs can leave {host}",
+            vms=len(vms),
+            moves=[_planned(m) for m in moves],
+            blocked=[_blocked_view(b) for b in blocked],
+            other_hosts_in_maintenance=others,
+            solve_seconds=plan.solve_seconds,
+        )
+
+    def enter_maintenance(self, host: str, *, who: str, force: bool = False) -> MaintenanceView:
+        """Put ``host`` into ``entering_maintenance`` and evacuate it; refused (with the
+        preflight's reason) when its VMs cannot all leave, unless ``force``."""
+        if self._stopping:
+            raise UnavailableError("the service is stopping")
+        with self._lock:
+            if self.store.active_maintenance(host) is not None:
+                raise ConflictError(f"host: {host} is already entering or in maintenance")
+            pre = self.preflight(host)
+            if not pre.can_enter and not force:
+                self.audit.record(
+                    at=self.clock.now(),
+                    kind="maintenance",
+                    who=who,
+                    result="refused",
+                    source=host,
+                    detail=pre.reason,
+                )
+                raise ConflictError(f"host {host} cannot enter maintenance: {pre.reason}")
+            now = self.clock.now()
+            snap = self.snapshot()
+            original = sorted(v.name for v in snap.vms_on(host))
+            # written before acted on: the request, the host's state, the audit record
+            mid = self.store.add_maintenance(
+                host=host, who=who, at=now, original_vms=original, state=EVACUATING
+            )
+            self.store.set_host_state(host, HostState.ENTERING_MAINTENANCE.value, who=who, at=now)
+            self.audit.record(
+                at=now,
+                kind="maintenance",
+                who=who,
+                result="entering",
+                source=host,
+                detail=f"request {mid}: {len(original)} VMs to evacuate"
+                + ("; forced despite: " + pre.reason if not pre.can_enter else ""),
+            )
+            log.info(
+                "maintenance %d: %s entering maintenance (%d VMs) by %s",
+                mid,
+                host,
+                len(original),
+                who,
+                extra=fields(host=host, user=who),
+            )
+            self._snap = self.overlay(self._raw) if self._raw is not None else None
+            self._advance_maintenance(self.snapshot(), now)
+        return self.maintenance_status(host)
+
+    def exit_maintenance(self, host: str, *, who: str, move_back: bool = False) -> MaintenanceView:
+        with self._lock:
+            req = self.store.active_maintenance(host)
+            if req is None:
+                raise ConflictError(f"host: {host} is not in maintenance")
+            now = self.clock.now()
+            cancelled = 0
+            for m in self._active_migrations():
+                if m.source == host and m.priority == Priority.EVACUATION.value:
+                    cancelled += int(self.executor.cancel(m.id, who=who))
+            self.store.update_maintenance(
+                req.id, at=now, state=EXITED, finished_at=now, exited_by=who
+            )
+            self.store.set_host_state(host, None, who=who, at=now)
+            self.audit.record(
+                at=now,
+                kind="maintenance",
+                who=who,
+                result="exited",
+                source=host,
+                detail=f"request {req.id}; {cancelled} queued evacuations cancelled"
+                + ("; moving its VMs back" if move_back else ""),
+            )
+            log.info(
+                "maintenance %d: %s back to active by %s",
+                req.id,
+                host,
+                who,
+                extra=fields(host=host, user=who),
+            )
+            raw = self._raw or self.port.snapshot()
+            self._snap = self.overlay(raw)
+            if move_back:
+                snap = self._snap
+                in_flight = {m.vm for m in self._active_migrations()}
+                back = [
+                    MoveRequest(
+                        vm=v.name,
+                        source=v.host,
+                        target=host,
+                        reason=MoveReason.MANUAL,
+                        priority=Priority.MANUAL_NORMAL,
+                    )
+                    for v in snap.vms
+                    if v.name in set(req.original_vms)
+                    and v.host != host
+                    and v.name not in in_flight
+                ]
+                if back:
+                    self.executor.submit(
+                        back,
+                        who=who,
+                        plan_id=None,
+                        snapshot_digest=snap.digest(),
+                        policy_digest=self._pol.policy.digest if self._pol.policy else "",
+                        made_at=now,
+                    )
+        return self._maintenance_view(self._maint_row(req.id), self.snapshot())
+
+    def _maint_row(self, mid: int) -> MaintenanceRow:
+        for r in self.store.maintenance_requests(limit=10000):
+            if r.id == mid:
+                return r
+        raise NotFoundError(f"maintenance request {mid}: no such request")
+
+    def maintenance_status(self, host: str | None = None) -> MaintenanceView:
+        if host is None:
+            raise NotFoundError("host: required")
+        snap = self.snapshot()
+        try:
+            snap.host(host)
+        except KeyError:
+            raise NotFoundError(f"host: no host named {host!r}") from None
+        rows = self.store.maintenance_requests(host=host, limit=1)
+        if not rows:
+            raise NotFoundError(f"host: {host} has no maintenance request")
+        return self._maintenance_view(rows[0], snap)
+
+    def maintenance_list(self, *, active_only: bool = False) -> list[MaintenanceView]:
+        snap = self.snapshot()
+        return [
+            self._maintenance_view(r, snap)
+            for r in self.store.maintenance_requests(active_only=active_only, limit=100)
+        ]
+
+    def _advance_maintenance(self, snap: Snapshot, now: datetime) -> None:
+        """Evacuate every host entering maintenance; a host that is empty with nothing in
+        flight becomes ``maintenance``. Records per-VM progress and blockers."""
+        reqs = [r for r in self.store.maintenance_requests(active_only=True, limit=1000)]
+        evac = [r for r in reqs if r.state == EVACUATING]
+        if not evac:
+            return
+        policy = self._pol.policy
+        active = self._active_migrations()
+        recent = self.executor.migrations(limit=2000)
+        evac_hosts = {r.host for r in reqs}
+        plan: Plan | None = None
+        plan_id: str | None = None
+        for req in evac:
+            host = req.host
+            on = {v.name for v in snap.vms_on(host)}
+            mine = [m for m in active if m.source == host]
+            progress: dict[str, dict[str, Any]] = {k: dict(v) for k, v in req.vms.items()}
+            for vm in set(req.original_vms) | on | set(progress):
+                p = progress.setdefault(vm, {"state": "pending", "attempts": 0})
+                try:
+                    where = snap.vm(vm).host
+                except KeyError:
+                    p.update(state="done", detail="the VM no longer exists")
+                    continue
+                if where != host:
+                    p.update(state="done", target=where, fraction=1.0, detail="")
+                    continue
+                mig = next((m for m in mine if m.vm == vm), None)
+                if mig is not None:
+                    p.update(
+                        state="migrating" if mig.state is not MigrationState.QUEUED else "queued",
+                        target=mig.target,
+                        fraction=round(mig.fraction, 4),
+                        migration_id=mig.id,
+                        detail="",
+                    )
+                    continue
+                last = next(
+                    (m for m in recent if m.vm == vm and m.id == p.get("migration_id")), None
+                )
+                if last is not None and last.state in (
+                    MigrationState.FAILED,
+                    MigrationState.ABORTED,
+                    MigrationState.SKIPPED,
+                ):
+                    p["attempts"] = int(p.get("attempts", 0)) + 1
+                    p.update(
+                        state="failed",
+                        fraction=0.0,
+                        migration_id=None,
+                        detail=f"{last.state.value}: {last.error or ''}".strip(": "),
+                    )
+            remaining = [vm for vm in on if progress[vm]["state"] not in ("migrating", "queued")]
+            values: dict[str, Any] = {}
+            if not on and not mine:
+                self.store.set_host_state(host, HostState.MAINTENANCE.value, who=req.who, at=now)
+                values.update(state=IN_MAINTENANCE, finished_at=now, blockers=[], message="empty")
+                self.audit.record(
+                    at=now,
+                    kind="maintenance",
+                    who=req.who,
+                    result="maintenance",
+                    source=host,
+                    detail=f"request {req.id}: {host} is empty and in maintenance",
+                )
+                log.info(
+                    "maintenance %d: %s is empty and in maintenance",
+                    req.id,
+                    host,
+                    extra=fields(host=host),
+                )
+            elif remaining and policy is not None and not self._stopping:
+                retry = [
+                    vm for vm in remaining if int(progress[vm].get("attempts", 0)) < EVAC_ATTEMPTS
+                ]
+                blockers: list[dict[str, str]] = [
+                    {
+                        "vm": vm,
+                        "reason": "migration_failed",
+                        "detail": f"{progress[vm].get('attempts')} attempts failed: "
+                        + str(progress[vm].get("detail", "")),
+                    }
+                    for vm in remaining
+                    if vm not in retry
+                ]
+                if retry:
+                    if plan is None:
+                        plan = self._evacuation_plan(snap, evac_hosts, policy)
+                        plan_id = new_id("evac", now)
+                    assert plan_id is not None
+                    moves = [m for m in plan.moves if m.vm in retry]
+                    brk = self.breakers()
+                    if moves and brk.allows(MoveReason.MAINTENANCE):
+                        self._record_plan(
+                            plan_id,
+                            now,
+                            "maintenance",
+                            replace(plan, moves=tuple(moves)),
+                            policy,
+                            self.automation() or policy.automation,
+                            moves,
+                            [],
+                            [],
+                            f"evacuation of {host}",
+                        )
+                        ids = self.executor.submit(
+                            [MoveRequest.from_move(m, Priority.EVACUATION) for m in moves],
+                            who=req.who,
+                            plan_id=plan_id,
+                            snapshot_digest=plan.snapshot_digest,
+                            policy_digest=policy.digest,
+                            made_at=now,
+                        )
+                        for m, mid in zip(moves, ids, strict=False):
+                            progress[m.vm].update(
+                                state="queued", target=m.target, migration_id=mid, fraction=0.0
+                            )
+                            log.info(
+                                "evacuate %s %s -> %s",
+                                m.vm,
+                                m.source,
+                                m.target,
+                                extra=fields(plan_id=plan_id, vm=m.vm, host=host),
+                            )
+                    elif moves:
+                        blockers.extend(
+                            {"vm": m.vm, "reason": "paused", "detail": brk.explain()} for m in moves
+                        )
+                    for b in plan.blocked:
+                        if b.vm in retry:
+                            progress[b.vm].update(state="blocked", detail=_blocked_text(b))
+                            blockers.append(
+                                {"vm": b.vm, "reason": b.reason.value, "detail": b.detail}
+                            )
+                for vm in remaining:
+                    if vm not in retry:
+                        progress[vm]["state"] = "blocked"
+                values["blockers"] = blockers
+                values["plan_id"] = plan_id or req.plan_id
+                stuck = [b for b in blockers]
+                values["message"] = (
+                    "stuck: " + "; ".join(f"{b['vm']} {b['reason']}" for b in stuck[:10])
+                    if stuck
+                    and not any(p["state"] in ("queued", "migrating") for p in progress.values())
+                    else ""
+                )
+            else:
+                values["blockers"] = [] if not remaining else req.blockers
+            if progress != req.vms or values:
+                self.store.update_maintenance(req.id, at=now, vms=progress, **values)
+
+    def _maintenance_view(self, r: MaintenanceRow, snap: Snapshot) -> MaintenanceView:
+        try:
+            host_state = snap.host(r.host).state.value
+        except KeyError:
+            host_state = "unknown"
+        vms = [
+            VMProgress(
+                vm=vm,
+                state=str(p.get("state", "pending")),
+                target=p.get("target"),
+                fraction=float(p.get("fraction", 0.0) or 0.0),
+                migration_id=p.get("migration_id"),
+                attempts=int(p.get("attempts", 0) or 0),
+                detail=str(p.get("detail", "") or ""),
+            )
+            for vm, p in sorted(r.vms.items())
+        ]
+        total = max(len(r.original_vms), len(vms))
+        on = [v.name for v in snap.vms_on(r.host)] if r.state == EVACUATING else []
+        remaining = len(on)
+        done = max(0, total - remaining)
+        partial = sum(v.fraction for v in vms if v.state == "migrating")
+        percent = 100.0 if total == 0 else min(100.0, 100.0 * (done + partial) / total)
+        eta: float | None = None
+        if r.state == EVACUATING and remaining:
+            eta = self._eta(r, snap, on)
+        blockers = [
+            BlockedVM(vm=b["vm"], reason=b["reason"], detail=b.get("detail", ""))
+            for b in r.blockers
+        ]
+        return MaintenanceView(
+            id=r.id,
+            host=r.host,
+            state=r.state,
+            host_state=host_state,
+            who=r.who,
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+            finished_at=r.finished_at,
+            total_vms=total,
+            remaining_vms=remaining,
+            done_vms=done,
+            percent=round(percent, 1),
+            eta_s=None if eta is None else round(eta, 1),
+            stuck=bool(r.message.startswith("stuck")),
+            message=r.message,
+            blockers=blockers,
+            vms=vms,
+            exited_by=r.exited_by,
+        )
+
+    def _eta(self, r: MaintenanceRow, snap: Snapshot, remaining: Sequence[str]) -> float | None:
+        """Time left: the mean duration of this evacuation's finished migrations (or an
+        estimate from memory at 1 GiB/s) times the remaining VMs, over the per-host limit."""
+        durations = [
+            m.duration_s
+            for m in self.executor.migrations(limit=2000)
+            if m.source == r.host
+            and m.state is MigrationState.SUCCEEDED
+            and m.duration_s is not None
+            and m.created_at >= r.created_at
+        ]
+        vms = snap.vm_map()
+        if durations:
+            per_vm = sum(durations) / len(durations)
+        else:
+            mem = [vms[v].memory_mib for v in remaining if v in vms]
+            per_vm = 1.0 + (sum(mem) / max(1, len(mem))) / 1024.0
+        blocked = {b["vm"] for b in r.blockers}
+        movable = [v for v in remaining if v not in blocked]
+        if not movable:
+            return None
+        lanes = self._pol.policy.limits.concurrent_per_host if self._pol.policy else 2
+        return per_vm * len(movable) / max(1, min(lanes, len(movable)))
+
+    # ------------------------------------------------------------------------------------------
+    # status, history, audit
+    # ------------------------------------------------------------------------------------------
+    def status(self) -> StatusView:
+        snap = self._snap
+        now = self.clock.now()
+        brk = self.breakers()
+        holds = self.holds()
+        loads = snap.loads() if snap else {}
+        imb: tuple[float, float, float] | None = (
+            imbalance_of(snap, self._pol.policy) if snap else None
+        )
+        automation = self.automation()
+        return StatusView(
+            time=now,
+            backend=self.backend_name,
+            hosts=[
+                HostView(
+                    name=h.name,
+                    state=h.state.value,
+                    cpu_cores=h.cpu_cores,
+                    memory_mib=h.memory_mib,
+                    cpu_load=round(loads[h.name].cpu_load, 4),
+                    memory_load=round(loads[h.name].memory_load, 4),
+                    vm_count=loads[h.name].vm_count,
+                    labels=dict(h.labels),
+                )
+                for h in (snap.hosts if snap else ())
+            ],
+            vms=[
+                VMView(
+                    name=v.name,
+                    host=v.host,
+                    vcpus=v.vcpus,
+                    memory_mib=v.memory_mib,
+                    cpu_used_cores=round(v.cpu_used_cores, 3),
+                )
+                for v in (snap.vms if snap else ())
+            ],
+            imbalance=round(imb[0], 6) if imb else None,
+            max_cpu_load=round(imb[1], 4) if imb else None,
+            max_memory_load=round(imb[2], 4) if imb else None,
+            snapshot_digest=snap.digest() if snap else None,
+            last_collect=self._last_collect,
+            last_collect_error=self._collect_error,
+            policy=self.policy_view(),
+            automation=automation.value if automation else None,
+            paused=brk.open,
+            pause_reasons=[BreakerView(reason=t.reason.value, detail=t.detail) for t in brk.trips],
+            mandatory_allowed=brk.allow_mandatory,
+            holds=[
+                HoldView(vm=h.vm, reason=h.reason.value, until=h.until, detail=h.detail)
+                for h in sorted(holds.values(), key=lambda h: h.vm)
+            ],
+            pending_recommendations=len(self.store.recommendations(state=PENDING, limit=10000)),
+            migrations_active=len(self._active_migrations()),
+            last_plan_id=self._last_plan_id,
+            stopping=self._stopping,
+        )
+
+    def history(self, hours: float) -> list[HistoryView]:
+        since = self.clock.now() - timedelta(hours=hours)
+        return [
+            HistoryView(
+                at=p.at,
+                imbalance=round(p.imbalance, 6),
+                max_cpu_load=round(p.max_cpu_load, 4),
+                max_memory_load=round(p.max_memory_load, 4),
+            )
+            for p in self.store.history(since)
+        ]
+
+    def audit_records(self, f: AuditFilter) -> list[AuditItem]:
+        return self.audit.query(f)
+
+    def record_call(self, *, who: str, action: str, detail: str = "", result: str = "ok") -> None:
+        """The audit record of one mutating API call."""
+        self.audit.record(
+            at=self.clock.now(),
+            kind="api",
+            who=who,
+            result=result,
+            detail=f"{action} {detail}".strip(),
+        )
+
+
+def _parse_reason(label: str) -> tuple[MoveReason, str | None]:
+    if label.startswith("rule:"):
+        return MoveReason.RULE, label[5:]
+    try:
+        return MoveReason(label), None
+    except ValueError:
+        return MoveReason.BALANCE, None
+
+
+def _blocked_text(b: Blocked) -> str:
+    text = f"{b.vm} {b.reason.value}"
+    if b.rule:
+        text += f" (rule {b.rule})"
+    if b.detail:
+        text += f": {b.detail}"
+    return text
+
+
+def _planned(m: Move) -> PlannedMove:
+    return PlannedMove(
+        vm=m.vm, source=m.source, target=m.target, step=m.step, reason=m.reason_label, gain=m.gain
+    )
+
+
+def _blocked_view(b: Blocked) -> BlockedVM:
+    return BlockedVM(vm=b.vm, reason=b.reason.value, detail=b.detail, rule=b.rule)
+
+
+def _rec_view(r: RecommendationRow) -> RecommendationView:
+    return RecommendationView(
+        id=r.id,
+        created_at=r.created_at,
+        plan_id=r.plan_id,
+        vm=r.vm,
+        source=r.source,
+        target=r.target,
+        reason=r.reason,
+        gain=round(r.gain, 6),
+        state=r.state,
+        policy_digest=r.policy_digest,
+        decided_by=r.decided_by,
+        decided_at=r.decided_at,
+        migration_id=r.migration_id,
+        note=r.note,
+    )
+
+
+def _mig_view(m: Migration) -> MigrationView:
+    return MigrationView(
+        id=m.id,
+        vm=m.vm,
+        source=m.source,
+        target=m.target,
+        state=m.state.value,
+        priority=m.priority,
+        reason=m.reason,
+        who=m.who,
+        plan_id=m.plan_id,
+        created_at=m.created_at,
+        updated_at=m.updated_at,
+        fraction=round(m.fraction, 4),
+        duration_s=m.duration_s,
+        error=m.error,
+    )

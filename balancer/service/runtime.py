@@ -1,0 +1,185 @@
+"""Wire the service from its settings: backend, store, executor, service, scheduler.
+
+``Runtime.build(settings)`` builds everything without starting it; ``start()`` recovers the
+executor, loads the policy, collects once and starts the jobs; ``stop()`` is the first-signal
+path (drain with a limit) and ``abort()`` the second-signal path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from balancer.errors import BalancerError, LabError
+from balancer.executor import MigrationResult
+from balancer.port import HypervisorPort
+from balancer.service.adapters import ExecutorAdapter, OptimizerPlanner, OverlayPort, StoreAudit
+from balancer.service.core import Service
+from balancer.service.scheduling import Intervals, Scheduler
+from balancer.service.store import ServiceStore
+from balancer.settings import LabBackend, LibvirtBackend, Settings, SimulatedBackend
+from balancer.sim.clock import RealClock
+from balancer.storage import Store
+from policies.loader import load_policy
+
+log = logging.getLogger("balancer.service")
+
+
+def make_port(
+    settings: Settings, *, lab: bool = False
+) -> tuple[HypervisorPort, str, Callable[[], None]]:
+    """The hypervisor port of the configured backend, its name and how to close it."""
+    backend = settings.backend
+    if lab or isinstance(backend, LabBackend):
+        from balancer.lab import Lab
+
+        state_dir = backend.state_dir if isinstance(backend, LabBackend) else None
+        lab_ = Lab(state_dir)
+        started = False
+        if not lab_.exists():
+            log.info("starting the libvirt lab (3 hosts, 6 guests)")
+            lab_ = Lab.up(hosts=3, vms=6, busy=3, state_dir=state_dir)
+            started = True
+        port = lab_.backend()
+
+        def close_lab() -> None:
+            with contextlib.suppress(Exception):
+                port.close()
+            if started:
+                lab_.down()
+
+        return port, "lab", close_lab
+    if isinstance(backend, LibvirtBackend):
+        from balancer.libvirt import HostConfig
+        from balancer.libvirt import LibvirtBackend as Backend
+
+        port_ = Backend(
+            [HostConfig(name=h.name, uri=h.uri, timeout_s=h.timeout_s) for h in backend.hosts]
+        )
+        return port_, "libvirt", lambda: None
+    assert isinstance(backend, SimulatedBackend)
+    from balancer.sim.cluster import SimulatedCluster
+    from balancer.sim.generator import GeneratorSpec, generate
+    from balancer.snapshot_io import load_snapshot
+
+    if backend.snapshot:
+        snap = load_snapshot(backend.snapshot)
+    else:
+        snap = generate(GeneratorSpec(hosts=backend.hosts, vms=backend.vms, seed=backend.seed))
+    if backend.state_file:
+        Path(backend.state_file).parent.mkdir(parents=True, exist_ok=True)
+    sim = SimulatedCluster(
+        snap, clock=RealClock(), link_mib_s=backend.link_mib_s, state_path=backend.state_file
+    )
+    return sim, "simulated", lambda: None
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    service: Service
+    scheduler: Scheduler
+    executor: ExecutorAdapter
+    store: Store
+    close_port: Callable[[], None]
+    result_hooks: list[Callable[[MigrationResult], None]] = field(default_factory=list)
+
+    @staticmethod
+    def build(
+        settings: Settings, *, lab: bool = False, port: HypervisorPort | None = None
+    ) -> Runtime:
+        if settings.database.startswith("sqlite:///"):
+            db_path = Path(settings.database[len("sqlite:///") :])
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+        if port is None:
+            port, name, close_port = make_port(settings, lab=lab)
+        else:
+            name, close_port = "custom", (lambda: None)
+        store = Store.open(settings.database)
+        svc_store = ServiceStore(store.engine)
+        clock = RealClock()
+        hooks: list[Callable[[MigrationResult], None]] = []
+
+        def on_result(r: MigrationResult) -> None:
+            for h in hooks:
+                try:
+                    h(r)
+                except Exception:  # a metrics hook must never break the executor
+                    log.exception("result hook failed")
+
+        policy = load_policy([settings.policy])
+        executor = ExecutorAdapter.build(
+            OverlayPort(port, svc_store.host_states),
+            store,
+            clock=clock,
+            policy=policy,
+            poll_interval_s=settings.service.executor_poll_s,
+            on_result=on_result,
+        )
+        svc = Service(
+            settings=settings,
+            port=port,
+            planner=OptimizerPlanner(),
+            executor=executor,
+            store=svc_store,
+            audit=StoreAudit(store),
+            clock=clock,
+            backend_name=name,
+        )
+        svc.policy_listeners.append(executor.set_policy)
+        sched = Scheduler(
+            svc,
+            store.engine,
+            Intervals(
+                collect_s=settings.intervals.collect_s,
+                balance_s=settings.intervals.balance_s,
+                policy_reload_s=settings.intervals.policy_reload_s,
+            ),
+        )
+        return Runtime(
+            settings=settings,
+            service=svc,
+            scheduler=sched,
+            executor=executor,
+            store=store,
+            close_port=close_port,
+            result_hooks=hooks,
+        )
+
+    def start(self) -> None:
+        self.service.start()
+        self.scheduler.start()
+
+    def begin_stop(self, signal_name: str = "") -> None:
+        self.scheduler.pause()
+        self.service.begin_stop(signal_name=signal_name)
+
+    def drain(self) -> bool:
+        return self.service.drain(self.settings.service.drain_timeout_s)
+
+    def abort(self, reason: str) -> None:
+        self.service.abort_in_flight(reason)
+        self.executor.wait_idle(10.0)
+
+    def close(self) -> None:
+        self.scheduler.shutdown()
+        try:
+            self.service.close()
+        except BalancerError as exc:
+            log.warning("closing: %s", exc)
+        self.store.close()
+        try:
+            self.close_port()
+        except (BalancerError, LabError, OSError) as exc:
+            log.warning("closing the backend: %s", exc)
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

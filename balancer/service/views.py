@@ -1,0 +1,234 @@
+"""What the service shows: plain values built from its state, turned into JSON by the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostView:
+    name: str
+    state: str
+    cpu_cores: int
+    memory_mib: int
+    cpu_load: float
+    memory_load: float
+    vm_count: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VMView:
+    name: str
+    host: str
+    vcpus: int
+    memory_mib: int
+    cpu_used_cores: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoldView:
+    vm: str
+    reason: str
+    until: datetime | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerView:
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyView:
+    digest: str | None
+    path: str
+    automation: str | None
+    automation_override: str | None
+    threshold: int | None
+    cooldown_minutes: int | None
+    loaded_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusView:
+    time: datetime
+    backend: str
+    hosts: list[HostView]
+    vms: list[VMView]
+    imbalance: float | None
+    max_cpu_load: float | None
+    max_memory_load: float | None
+    snapshot_digest: str | None
+    last_collect: datetime | None
+    last_collect_error: str | None
+    policy: PolicyView
+    automation: str | None
+    paused: bool
+    pause_reasons: list[BreakerView]
+    mandatory_allowed: bool
+    holds: list[HoldView]
+    pending_recommendations: int
+    migrations_active: int
+    last_plan_id: str | None
+    stopping: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecommendationView:
+    id: int
+    created_at: datetime
+    plan_id: str
+    vm: str
+    source: str
+    target: str
+    reason: str
+    gain: float
+    state: str
+    policy_digest: str
+    decided_by: str | None
+    decided_at: datetime | None
+    migration_id: int | None
+    note: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationView:
+    id: int
+    vm: str
+    source: str
+    target: str
+    state: str
+    priority: str
+    reason: str
+    who: str
+    plan_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    fraction: float
+    duration_s: float | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlannedMove:
+    vm: str
+    source: str
+    target: str
+    step: int
+    reason: str
+    gain: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockedVM:
+    vm: str
+    reason: str
+    detail: str = ""
+    rule: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanView:
+    id: str
+    created_at: datetime
+    kind: str
+    status: str
+    automation: str
+    snapshot_digest: str
+    policy_digest: str
+    imbalance_before: float
+    imbalance_after: float
+    solve_seconds: float
+    moves: list[PlannedMove]
+    blocked: list[BlockedVM]
+    executed: list[str]
+    recommended: list[str]
+    held: list[str]
+    note: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreflightView:
+    host: str
+    can_enter: bool
+    reason: str
+    vms: int
+    moves: list[PlannedMove]
+    blocked: list[BlockedVM]
+    other_hosts_in_maintenance: list[str]
+    solve_seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VMProgress:
+    vm: str
+    state: str  # pending | queued | migrating | done | blocked | failed
+    target: str | None = None
+    fraction: float = 0.0
+    migration_id: int | None = None
+    attempts: int = 0
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MaintenanceView:
+    id: int
+    host: str
+    state: str  # evacuating | maintenance | exited
+    host_state: str
+    who: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    total_vms: int
+    remaining_vms: int
+    done_vms: int
+    percent: float
+    eta_s: float | None
+    stuck: bool
+    message: str
+    blockers: list[BlockedVM]
+    vms: list[VMProgress]
+    exited_by: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryView:
+    at: datetime
+    imbalance: float
+    max_cpu_load: float
+    max_memory_load: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskView:
+    id: str
+    kind: str
+    args: dict[str, str]
+    who: str
+    created_at: datetime | None
+    schedule: str
+    next_run: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRunView:
+    task_id: str
+    at: datetime
+    kind: str
+    who: str
+    result: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValidationView:
+    ok: bool
+    digest: str | None
+    error: str | None
+    findings: list[str]
