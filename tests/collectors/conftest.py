@@ -5,7 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from balancer.lab.testing import lab_fixture
 from tests.collectors.vmserver import VictoriaMetrics, find_binary
+
+#: the shared libvirt lab (one per test process, shared with the other packages' lab tests)
+lab = lab_fixture()
 
 
 @pytest.fixture
