@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import psutil
 import pytest
 
 from balancer.lab import Lab
@@ -17,17 +18,35 @@ from tests.collectors.helpers import settings
 pytestmark = pytest.mark.lab
 
 
+def qemu_of(vm: str) -> psutil.Process:
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if (p.info["name"] or "").startswith("qemu") and any(
+            f"guest={vm}," in a or a == vm for a in p.info["cmdline"] or ()
+        ):
+            return p
+    raise AssertionError(f"no qemu process for {vm}")
+
+
+def cpu_s(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
+
+
 def test_busy_idle_and_host_load_through_the_window(lab: Lab) -> None:
     lab.wait_counter_running("busy-1", timeout_s=60)
+    qemu = qemu_of("busy-1")
     backend = lab.backend()
     try:
         sampler = PortSampler(backend)
         w = Window(settings(window_s=60, sample_interval_s=1, stale_after_s=30, halflife_s=10))
         sampler.sample(datetime.now(UTC))  # the backend's first reading: rates start here
+        ref_cpu, ref_wall = cpu_s(qemu), time.monotonic()
         for _ in range(5):
             time.sleep(1.2)
             snap, batch = sampler.sample_with_snapshot(datetime.now(UTC))
             w.ingest(batch)
+        # an independent measure of what the guest got: its qemu process's CPU time
+        reference = (cpu_s(qemu) - ref_cpu) / (time.monotonic() - ref_wall)
         now = datetime.now(UTC)
         view = demand_view(w, snap, now)
     finally:
@@ -36,12 +55,16 @@ def test_busy_idle_and_host_load_through_the_window(lab: Lab) -> None:
     demand = view.snapshot
     busy_host = demand.vm("busy-1").host
     busy = demand.vm("busy-1").cpu_used_cores
-    # one vCPU spinning is one core; the lab shares 2 cores with other jobs (load 5 seen: the
-    # guest then gets about half a core), so the lower bound is loose and the contrast is strict
-    assert 0.4 <= busy <= 1.3, f"busy guest: {busy:.2f} cores"
+    measured = w.frame(EntityKind.VM, "cpu_used_cores", now)["busy-1"].mean()
+    # the collectors report what the guest really got ...
+    assert abs(measured - reference) <= 0.1 + 0.2 * reference, (measured, reference)
+    # ... which is one core when the shared 2-core machine leaves it one (other jobs run here:
+    # under a load of 8 the spinning guest was seen getting 0.2 core, and so did its qemu)
+    if reference >= 0.8:
+        assert 0.8 <= busy <= 1.3, f"busy guest: {busy:.2f} cores"
     idle = {v.name: v.cpu_used_cores for v in demand.vms if v.name.startswith("idle-")}
-    assert idle and all(c < 0.25 for c in idle.values()), idle
-    assert busy > 5 * max(idle.values()), (busy, idle)
+    assert idle and all(c < 0.1 for c in idle.values()), idle
+    assert busy > 2 * max(idle.values()), (busy, idle)
     assert view.freshness.balancing_allowed, view.freshness.explain()
 
     # each host sample: total measured = its VMs + its own use (own use >= 0)
