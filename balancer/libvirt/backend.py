@@ -783,6 +783,7 @@ class LibvirtBackend:
 
     # -- migration ---------------------------------------------------------------------------
     def start_migration(self, vm: str, source: str, target: str, options: MigrationOptions) -> str:
+        started = time.monotonic()
         if source == target:
             raise MigrationError(vm, source, target, "source and target are the same host")
         self._state(source)
@@ -824,8 +825,6 @@ class LibvirtBackend:
             params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = [d.target for d in copies]
             if tcfg.migration_uri:
                 params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] = tcfg.migration_uri
-        with contextlib.suppress(libvirt.libvirtError):
-            dom.migrateSetMaxDowntime(int(options.max_downtime_ms), 0)
         job_id = uuid.uuid4().hex[:12]
         job = _Job(
             id=job_id,
@@ -833,7 +832,7 @@ class LibvirtBackend:
             source=source,
             target=target,
             options=options,
-            started=time.monotonic(),
+            started=started,
             dom=dom,
             progress=MigrationProgress(
                 job_id=job_id, vm=vm, source=source, target=target, state=JobState.RUNNING
@@ -863,6 +862,19 @@ class LibvirtBackend:
 
     def _run_job(self, job: _Job, target_uri: str, params: dict[str, Any], flags: int) -> None:
         try:
+            # a QEMU monitor round trip: done here so that start_migration returns at once
+            with contextlib.suppress(libvirt.libvirtError):
+                job.dom.migrateSetMaxDowntime(int(job.options.max_downtime_ms), 0)
+            if job.abort_requested:
+                job.wall_s = time.monotonic() - job.started
+                job.error = MigrationError(
+                    job.vm, job.source, job.target, "aborted before it started"
+                )
+                job.progress = replace(
+                    job.progress, state=JobState.ABORTED, error=job.error.message
+                )
+                job.done.set()
+                return
             job.dom.migrateToURI3(target_uri, params, flags)
         except libvirt.libvirtError as exc:
             job.wall_s = time.monotonic() - job.started
