@@ -18,13 +18,18 @@ from tests.collectors.helpers import settings
 pytestmark = pytest.mark.lab
 
 
-def qemu_of(vm: str) -> psutil.Process:
+def qemu_of(lab: Lab, vm: str) -> psutil.Process:
+    """The qemu process of ``vm`` in *this* lab (other labs on the machine use the same names;
+    the lab's state directory is in the disk path on the command line)."""
     for p in psutil.process_iter(["name", "cmdline"]):
-        if (p.info["name"] or "").startswith("qemu") and any(
-            f"guest={vm}," in a or a == vm for a in p.info["cmdline"] or ()
+        args = p.info["cmdline"] or []
+        if (
+            (p.info["name"] or "").startswith("qemu")
+            and any(a.startswith(f"guest={vm},") for a in args)
+            and any(str(lab.state_dir) in a for a in args)
         ):
             return p
-    raise AssertionError(f"no qemu process for {vm}")
+    raise AssertionError(f"no qemu process for {vm} under {lab.state_dir}")
 
 
 def cpu_s(p: psutil.Process) -> float:
@@ -34,7 +39,7 @@ def cpu_s(p: psutil.Process) -> float:
 
 def test_busy_idle_and_host_load_through_the_window(lab: Lab) -> None:
     lab.wait_counter_running("busy-1", timeout_s=60)
-    qemu = qemu_of("busy-1")
+    qemu = qemu_of(lab, "busy-1")
     backend = lab.backend()
     try:
         sampler = PortSampler(backend)
