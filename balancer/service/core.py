@@ -173,6 +173,7 @@ class Service:
         self._lock = threading.RLock()  # decisions: collect, balance, maintenance
         self._pol = _PolicyState()
         self._raw: Snapshot | None = None
+        self._base: Snapshot | None = None  # with the demand figures, before the overlay
         self._snap: Snapshot | None = None
         self._stale_detail: str | None = None
         self._last_collect: datetime | None = None
@@ -407,9 +408,10 @@ class Service:
                 self._collect_error = str(exc)
                 log.warning("collect failed: %s", exc)
                 raise
-            snap, stale = self.demand.observe(self.overlay(raw), now)
+            base, stale = self.demand.observe(raw, now)
+            snap = self.overlay(base)
             previous = self._raw
-            self._raw, self._snap = raw, snap
+            self._raw, self._base, self._snap = raw, base, snap
             self._stale_detail = stale
             self._last_collect, self._collect_error = now, None
             if previous is not None:
@@ -451,6 +453,11 @@ class Service:
         )
         for vm, src, dst in moved:
             log.info("%s moved %s -> %s", vm, src, dst, extra=fields(vm=vm))
+
+    def _refresh_overlay(self) -> None:
+        """Apply changed administrative host states to the current snapshot at once."""
+        if self._base is not None:
+            self._snap = self.overlay(self._base)
 
     def snapshot(self) -> Snapshot:
         if self._snap is None:
@@ -1089,7 +1096,7 @@ class Service:
                 who,
                 extra=fields(host=host, user=who),
             )
-            self._snap = self.overlay(self._raw) if self._raw is not None else None
+            self._refresh_overlay()
             self._advance_maintenance(self.snapshot(), now)
         return self.maintenance_status(host)
 
@@ -1123,10 +1130,9 @@ class Service:
                 who,
                 extra=fields(host=host, user=who),
             )
-            raw = self._raw or self.port.snapshot()
-            self._snap = self.overlay(raw)
+            self._refresh_overlay()
             if move_back:
-                snap = self._snap
+                snap = self.snapshot()
                 in_flight = {m.vm for m in self._active_migrations()}
                 back = [
                     MoveRequest(
@@ -1236,6 +1242,7 @@ class Service:
             if not on and not mine:
                 self.store.set_host_state(host, HostState.MAINTENANCE.value, who=req.who, at=now)
                 values.update(state=IN_MAINTENANCE, finished_at=now, blockers=[], message="empty")
+                self._refresh_overlay()
                 self.audit.record(
                     at=now,
                     kind="maintenance",

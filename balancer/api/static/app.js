@@ -1,0 +1,194 @@
+// The balancer dashboard: plain JavaScript, no build step. Polls the API every 2 s.
+// The token is kept in localStorage ("balancer.token"); without one the page works only when
+// the service allows anonymous viewers (api.anonymous_viewer: true).
+"use strict";
+
+const KEY = "balancer.token";
+const API = "/api/v1";
+let role = null;
+
+function token() { return localStorage.getItem(KEY) || ""; }
+
+async function api(path, opts = {}) {
+  const headers = Object.assign({ "Content-Type": "application/json" }, opts.headers || {});
+  const t = token();
+  if (t) headers["Authorization"] = "Bearer " + t;
+  const r = await fetch(API + path, Object.assign({}, opts, { headers }));
+  let body = null;
+  try { body = await r.json(); } catch (e) { body = null; }
+  if (!r.ok) {
+    const err = new Error((body && body.error) || r.statusText);
+    err.status = r.status;
+    throw err;
+  }
+  return body;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("data-")) e.setAttribute(k, v);
+    else if (k === "text") e.textContent = v;
+    else e[k] = v;
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+function pct(x) { return x == null ? "-" : Math.round(100 * x) + "%"; }
+
+function bar(kind, value, label) {
+  const w = Math.max(0, Math.min(100, 100 * (value || 0)));
+  return el("div", { class: "bar " + kind, title: label },
+    el("span", { style: `width:${w}%` }), el("i", { text: label }));
+}
+
+function banner(text, bad) {
+  const b = document.getElementById("banner");
+  if (!text) { b.hidden = true; return; }
+  b.hidden = false;
+  b.textContent = text;
+  b.className = "banner" + (bad ? " bad" : "");
+}
+
+function renderStatus(s) {
+  const sum = document.getElementById("summary");
+  sum.replaceChildren(
+    el("span", {}, "backend ", el("b", { text: s.backend }), " · imbalance ",
+      el("b", { id: "imbalance", text: s.imbalance == null ? "-" : s.imbalance.toFixed(4) }),
+      " · automation ", el("b", { id: "automation", text: s.automation || "-" }),
+      " · policy ", el("b", { text: (s.policy.digest || "-").slice(0, 12) }),
+      " · ", el("b", { id: "paused", text: s.paused ? "paused" : "running" })));
+  const msgs = [];
+  if (s.paused) msgs.push("Automation paused: " + s.pause_reasons.map(b => b.detail).join("; "));
+  if (s.policy.last_error) msgs.push("Policy refused (last good kept): " + s.policy.last_error);
+  banner(msgs.join(" — "), !!s.policy.last_error);
+  document.getElementById("imbalance-now").textContent =
+    s.imbalance == null ? "" : "now " + s.imbalance.toFixed(4);
+  const hosts = document.getElementById("hosts");
+  hosts.replaceChildren(...s.hosts.map(h =>
+    el("div", { class: "host", "data-host": h.name, "data-state": h.state },
+      el("div", {}, el("span", { class: "name", text: h.name }),
+        el("span", { class: "state " + h.state, text: h.state.replace("_", " ") }),
+        el("span", { class: "muted", text: `  ${h.vm_count} VMs` })),
+      bar("cpu", h.cpu_load, "CPU " + pct(h.cpu_load)),
+      bar("mem", h.memory_load, "memory " + pct(h.memory_load)))));
+}
+
+function renderMigrations(ms) {
+  const tb = document.querySelector("#migrations tbody");
+  if (!ms.length) { tb.replaceChildren(el("tr", {}, el("td", { colSpan: 6, class: "muted", text: "none" }))); return; }
+  tb.replaceChildren(...ms.map(m => el("tr", { "data-id": m.id },
+    el("td", { text: m.vm }), el("td", { text: `${m.source} → ${m.target}` }),
+    el("td", { text: m.state }),
+    el("td", {}, bar("progress", m.fraction, pct(m.fraction))),
+    el("td", { text: m.priority }), el("td", { text: m.who }))));
+}
+
+function renderRecommendations(rs) {
+  const tb = document.querySelector("#recommendations tbody");
+  const may = role === "operator" || role === "admin";
+  if (!rs.length) { tb.replaceChildren(el("tr", {}, el("td", { colSpan: 5, class: "muted", text: "none pending" }))); return; }
+  tb.replaceChildren(...rs.map(r => {
+    const actions = el("td");
+    if (may) {
+      actions.append(
+        el("button", { class: "approve", "data-id": r.id, text: "Approve", onclick: () => decide(r.id, "approve") }),
+        " ",
+        el("button", { class: "reject", "data-id": r.id, text: "Reject", onclick: () => decide(r.id, "reject") }));
+    }
+    return el("tr", { "data-id": r.id, class: "recommendation" },
+      el("td", { text: r.vm }), el("td", { text: `${r.source} → ${r.target}` }),
+      el("td", { text: r.reason }), el("td", { text: r.gain.toFixed(4) }), actions);
+  }));
+}
+
+function renderMaintenance(ms) {
+  const box = document.getElementById("maintenance");
+  const live = ms.filter(m => m.state !== "exited");
+  if (!live.length) { box.replaceChildren(el("div", { class: "muted", text: "no host in maintenance" })); return; }
+  box.replaceChildren(...live.map(m => el("div", { class: "maint", "data-host": m.host },
+    el("b", { text: m.host }), ` ${m.state} · ${m.done_vms}/${m.total_vms} VMs · ${m.percent.toFixed(0)}%`,
+    m.eta_s != null ? ` · about ${Math.round(m.eta_s)} s left` : "",
+    bar("progress", m.percent / 100, m.percent.toFixed(0) + "%"),
+    m.message ? el("div", { class: m.stuck ? "stuck" : "muted", text: m.message }) : "",
+    ...m.blockers.slice(0, 8).map(b => el("div", { class: "muted", text: `blocked: ${b.vm} ${b.reason} ${b.detail}` })))));
+}
+
+function renderAudit(rs) {
+  const tb = document.querySelector("#audit tbody");
+  tb.replaceChildren(...rs.map(r => el("tr", {},
+    el("td", { text: r.seq }), el("td", { text: new Date(r.at).toLocaleTimeString() }),
+    el("td", { text: r.who }), el("td", { text: r.kind + (r.reason ? " " + r.reason : "") }),
+    el("td", { text: r.vm || "" }),
+    el("td", { text: r.source || r.target ? `${r.source || ""} → ${r.target || ""}` : "" }),
+    el("td", { text: r.result || "" }),
+    el("td", { class: "detail", title: r.error || r.detail || "", text: r.error || r.detail || "" }))));
+}
+
+function renderChart(points) {
+  const svg = document.getElementById("chart");
+  const axis = document.getElementById("chart-axis");
+  if (points.length < 2) { svg.innerHTML = ""; axis.textContent = "collecting…"; return; }
+  const t0 = Date.parse(points[0].at), t1 = Date.parse(points[points.length - 1].at);
+  const ymax = Math.max(0.01, ...points.map(p => p.imbalance)) * 1.1;
+  const xy = points.map(p => [
+    600 * (Date.parse(p.at) - t0) / Math.max(1, t1 - t0),
+    160 - 160 * p.imbalance / ymax]);
+  const path = xy.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
+  svg.innerHTML = `<polyline fill="none" stroke="#3d7be0" stroke-width="2" points="${path}"/>`;
+  axis.replaceChildren(el("span", { text: new Date(t0).toLocaleTimeString() }),
+    el("span", { text: "max " + ymax.toFixed(3) }),
+    el("span", { text: new Date(t1).toLocaleTimeString() }));
+}
+
+async function decide(id, what) {
+  try {
+    await api(`/recommendations/${id}/${what}`, { method: "POST", body: "{}" });
+    banner(`recommendation ${id} ${what === "approve" ? "approved" : "rejected"}`, false);
+  } catch (e) {
+    banner(`${what} ${id}: ${e.message}`, true);
+  }
+  refresh();
+}
+
+async function refresh() {
+  try {
+    const me = await api("/whoami");
+    role = me.role;
+    document.getElementById("whoami").textContent = `${me.user} (${me.role})`;
+  } catch (e) {
+    role = null;
+    document.getElementById("whoami").textContent = "";
+    if (e.status === 401) {
+      document.getElementById("summary").textContent = "Sign in with an API token to see the cluster.";
+      return;
+    }
+  }
+  try {
+    const [s, ms, rs, mt, au, hi] = await Promise.all([
+      api("/status"), api("/migrations?active=true&limit=50"), api("/recommendations?state=pending"),
+      api("/maintenance?active=true"), api("/audit?limit=15"), api("/history?hours=6")]);
+    renderStatus(s); renderMigrations(ms); renderRecommendations(rs);
+    renderMaintenance(mt); renderAudit(au); renderChart(hi);
+    document.body.dataset.loaded = "true";
+  } catch (e) {
+    banner("cannot load: " + e.message, true);
+  }
+}
+
+document.getElementById("login").addEventListener("submit", ev => {
+  ev.preventDefault();
+  const v = document.getElementById("token").value.trim();
+  if (v) localStorage.setItem(KEY, v);
+  document.getElementById("token").value = "";
+  refresh();
+});
+document.getElementById("logout").addEventListener("click", () => {
+  localStorage.removeItem(KEY);
+  refresh();
+});
+
+refresh();
+setInterval(refresh, 2000);
