@@ -19,7 +19,12 @@ from ortools.sat.python import cp_model
 
 from balancer.model import HostState
 from balancer.optimizer.context import LOAD_SCALE, Context, is_soft_vm_host, vm_host_allows
-from balancer.optimizer.metrics import average_loads, weights
+from balancer.optimizer.metrics import (
+    DEVIATION_BREAKPOINTS,
+    average_loads,
+    deviation_penalty,
+    weights,
+)
 from policies.model import RuleKind
 
 #: 1.0 of total load deviation in objective units (weights are percentages, loads 1e5)
@@ -29,9 +34,10 @@ MAX_LOAD_WEIGHT = 1.0
 #: cost of leaving a VM on a host that must be emptied / on a quarantined host
 EVACUATION_PENALTY = 10_000 * OBJ_UNIT
 QUARANTINE_PENALTY = 1_000 * OBJ_UNIT
-#: deterministic-time units granted per second of time limit (measured: about 2 wall s per
-#: unit with two interleaved workers on the 2-core reference machine)
-DETERMINISTIC_PER_SECOND = 0.4
+#: deterministic-time units granted per second of time limit. Measured on the 2-core reference
+#: machine with two interleaved workers: 0.13 to 0.2 units per wall second, so the deterministic
+#: limit normally stops the search first and the result does not depend on machine load
+DETERMINISTIC_PER_SECOND = 0.1
 #: name of the assumption that stands for limits.moves_per_cycle in conflict reports
 BUDGET = "limits.moves_per_cycle"
 
@@ -61,6 +67,15 @@ class Build:
     #: name of a hard rule (or BUDGET) -> its enforcement literal
     enforce: dict[str, cp_model.IntVar] = field(default_factory=dict)
     objective: list[cp_model.LinearExprT] = field(default_factory=list)
+    #: the hint for every variable (a complete hint lets CP-SAT start from it at once)
+    hints: dict[int, tuple[cp_model.IntVar, int]] = field(default_factory=dict)
+
+    def hint(self, var: cp_model.IntVar, value: int) -> None:
+        if self.inp.hint is not None:
+            self.hints[var.index] = (var, value)
+
+    def hinted(self, var: cp_model.IntVar) -> int:
+        return self.hints[var.index][1] if var.index in self.hints else 0
 
     @property
     def ctx(self) -> Context:
@@ -69,6 +84,7 @@ class Build:
     def literal(self, name: str) -> cp_model.IntVar:
         if name not in self.enforce:
             self.enforce[name] = self.model.new_bool_var(f"enforce[{name}]")
+            self.hint(self.enforce[name], 1)
         return self.enforce[name]
 
     def on(self, v: int, h: int) -> cp_model.LinearExprT:
@@ -87,6 +103,9 @@ def assignment(b: Build) -> None:
     for v, hosts in b.inp.candidates.items():
         b.x[v] = {h: b.model.new_bool_var(f"x[{v},{h}]") for h in hosts}
         b.model.add_exactly_one(b.x[v].values())
+        if b.inp.hint is not None:
+            for h, var in b.x[v].items():
+                b.hint(var, 1 if b.inp.hint[v] == h else 0)
 
 
 def capacity(b: Build) -> None:
@@ -130,6 +149,7 @@ def capacity(b: Build) -> None:
         else:
             receives = b.model.new_bool_var(f"receives[{h}]")
             b.model.add_max_equality(receives, incoming[h])
+            b.hint(receives, max(b.hinted(var) for var in incoming[h]))
             b.model.add(cpu <= ctx.host_cpu_cap[h]).only_enforce_if(receives)
             b.model.add(mem <= ctx.host_mem_cap[h]).only_enforce_if(receives)
 
@@ -207,7 +227,8 @@ def move_budget(b: Build) -> None:
 
 # -- objective terms -----------------------------------------------------------------------------
 def imbalance(b: Build) -> None:
-    """Total weighted deviation of active hosts' loads from the average, plus max load."""
+    """Weighted deviation penalty of active hosts' loads from the average (convex, see
+    :func:`balancer.optimizer.metrics.deviation_penalty`), plus the max load."""
     ctx, start = b.ctx, b.inp.start
     w_cpu, w_mem = weights(ctx)
     avg_cpu, avg_mem = average_loads(ctx)
@@ -229,20 +250,32 @@ def imbalance(b: Build) -> None:
                 const[start[v]] += demand[v] * LOAD_SCALE // cap[start[v]]
         target = round(avg * LOAD_SCALE)
         top = b.model.new_int_var(0, 100 * LOAD_SCALE, "max_load")
+        top_hint = 0
         for h in range(ctx.n_hosts):
             if not ctx.balanced_host(h):
                 continue
             load = const[h] + cp_model.LinearExpr.weighted_sum(
                 [t[0] for t in terms[h]], [t[1] for t in terms[h]]
             )
+            load_hint = const[h] + sum(c * b.hinted(var) for var, c in terms[h])
+            top_hint = max(top_hint, load_hint)
             if terms[h]:
-                dev = b.model.new_int_var(0, 100 * LOAD_SCALE, f"dev[{h}]")
-                b.model.add(dev >= load - target)
-                b.model.add(dev >= target - load)
-                b.objective.append(w * dev)
+                # convex piecewise-linear deviation: one more unit of slope past each breakpoint
+                for k, t in enumerate(DEVIATION_BREAKPOINTS):
+                    step = round(t * LOAD_SCALE)
+                    over = b.model.new_int_var(0, 100 * LOAD_SCALE, f"over[{h},{k}]")
+                    under = b.model.new_int_var(0, 100 * LOAD_SCALE, f"under[{h},{k}]")
+                    b.model.add(over >= load - target - step)
+                    b.model.add(under >= target - load - step)
+                    b.hint(over, max(0, load_hint - target - step))
+                    b.hint(under, max(0, target - load_hint - step))
+                    b.objective.append(w * (over + under))
             else:
-                b.objective.append(w * abs(const[h] - target))
+                b.objective.append(
+                    round(w * LOAD_SCALE * deviation_penalty((const[h] - target) / LOAD_SCALE))
+                )
             b.model.add(top >= load)
+        b.hint(top, top_hint)
         b.objective.append(round(w * MAX_LOAD_WEIGHT) * top)
 
 
@@ -302,10 +335,8 @@ def build(inp: ModelInput) -> Build:
     for _, module in CONSTRAINTS + OBJECTIVES:
         module(b)
     b.model.minimize(sum(b.objective))
-    if inp.hint is not None:
-        for v, hosts in b.x.items():
-            for h, var in hosts.items():
-                b.model.add_hint(var, 1 if inp.hint[v] == h else 0)
+    for var, value in b.hints.values():
+        b.model.add_hint(var, value)
     return b
 
 

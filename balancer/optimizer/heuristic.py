@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 from balancer.optimizer.context import Context
 from balancer.optimizer.filters import Loads, anti_affinity_conflict, fits, in_affinity_group
-from balancer.optimizer.metrics import average_loads, weights
+from balancer.optimizer.metrics import average_loads, deviation_penalty, weights
 
 #: per move, how many of the hot host's largest VMs (per CPU-feature class) and how many
 #: targets are tried
-TOP_VMS = 16
-TOP_TARGETS = 3
+TOP_VMS = 8
+TOP_TARGETS = 6
 
 
 @dataclass(slots=True, kw_only=True)
@@ -43,14 +43,20 @@ class Scorer:
     def term(self, h: int, cpu: int, mem: int) -> float:
         if not self.ctx.balanced_host(h):
             return 0.0
-        return self.w_cpu * abs(cpu / self.ctx.host_cores[h] - self.avg_cpu) + self.w_mem * abs(
-            mem / self.ctx.host_mem[h] - self.avg_mem
-        )
+        return self.w_cpu * deviation_penalty(
+            cpu / self.ctx.host_cores[h] - self.avg_cpu
+        ) + self.w_mem * deviation_penalty(mem / self.ctx.host_mem[h] - self.avg_mem)
 
     def excess(self, h: int, loads: Loads) -> float:
         """Signed weighted distance above the average (negative: below)."""
         return self.w_cpu * (loads.cpu[h] / self.ctx.host_cores[h] - self.avg_cpu) + self.w_mem * (
             loads.mem[h] / self.ctx.host_mem[h] - self.avg_mem
+        )
+
+    def above(self, h: int, loads: Loads) -> bool:
+        """Whether some weighted resource of the host is above the average."""
+        return (self.w_cpu > 0 and loads.cpu[h] / self.ctx.host_cores[h] > self.avg_cpu) or (
+            self.w_mem > 0 and loads.mem[h] / self.ctx.host_mem[h] > self.avg_mem
         )
 
     def delta(self, loads: Loads, v: int, a: int, b: int) -> float:
@@ -123,30 +129,53 @@ def balance(
     for vms_on in on_host.values():
         vms_on.sort(key=lambda v: (-ctx.vm_cpu[v] - ctx.vm_mem[v] // 64, v))
     active = [h for h in range(ctx.n_hosts) if ctx.balanced_host(h)]
+    receivers = [h for h in active if ctx.accepts(h)]
     done: set[int] = set()
     moves = 0
+    since_reset = 0
     while moves < budget:
-        hot = [h for h in active if h not in done and scorer.excess(h, loads) > 0]
+        excess = {h: scorer.excess(h, loads) for h in active}
+        hot = [h for h in active if h not in done and scorer.above(h, loads)]
         if not hot:
-            break
-        a = max(hot, key=lambda h: (scorer.excess(h, loads), -h))
-        cold = sorted(
-            (h for h in active if ctx.accepts(h)), key=lambda h: (scorer.excess(h, loads), h)
+            if since_reset == 0:
+                break
+            # hosts given up on may have a move now that others have shed load
+            done.clear()
+            since_reset = 0
+            continue
+        a = max(hot, key=lambda h: (scorer.term(h, loads.cpu[h], loads.mem[h]), -h))
+        # targets in three orders (coldest overall, in CPU, in memory), interleaved
+        orders = (
+            sorted(receivers, key=lambda h: (excess[h], h)),
+            sorted(receivers, key=lambda h: (loads.cpu[h] / ctx.host_cores[h], h)),
+            sorted(receivers, key=lambda h: (loads.mem[h] / ctx.host_mem[h], h)),
         )
+        cold = list(dict.fromkeys(h for trio in zip(*orders, strict=True) for h in trio))
         best: tuple[float, int, int] | None = None
-        per_class: dict[frozenset[str], int] = {}
-        tries: list[int] = []
+        per_class: dict[frozenset[int], int] = {}
+        allowed: dict[frozenset[int], list[int]] = {}
+        now = {a: scorer.term(a, loads.cpu[a], loads.mem[a])}
         for v in on_host[a]:
-            key = ctx.snapshot.vms[v].cpu_features
-            if v not in moved and per_class.get(key, 0) < TOP_VMS:
-                per_class[key] = per_class.get(key, 0) + 1
-                tries.append(v)
-        for v in tries:
+            key = candidates[v]
+            if per_class.get(key, 0) >= TOP_VMS:
+                continue
+            per_class[key] = per_class.get(key, 0) + 1
+            if key not in allowed:
+                allowed[key] = [b for b in cold if b in key]
             tried = 0
-            for b in cold:
-                if b == a or not _allowed(ctx, placement, loads, v, b, candidates):
+            for b in allowed[key]:
+                if not fits(ctx, loads, v, b) or anti_affinity_conflict(ctx, placement, v, b):
                     continue
-                score = scorer.delta(loads, v, a, b) + costs.get(v, 0.0)
+                if b not in now:
+                    now[b] = scorer.term(b, loads.cpu[b], loads.mem[b])
+                c, m = ctx.vm_cpu[v], ctx.vm_mem[v]
+                score = (
+                    scorer.term(a, loads.cpu[a] - c, loads.mem[a] - m)
+                    + scorer.term(b, loads.cpu[b] + c, loads.mem[b] + m)
+                    - now[a]
+                    - now[b]
+                    + costs.get(v, 0.0)
+                )
                 if best is None or (score, v, b) < best:
                     best = (score, v, b)
                 tried += 1
@@ -161,5 +190,6 @@ def balance(
         moved.add(v)
         on_host[a].remove(v)
         moves += 1
+        since_reset += 1
         done.discard(b)
     return placement

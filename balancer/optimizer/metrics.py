@@ -135,3 +135,20 @@ def average_loads(ctx: Context) -> tuple[float, float]:
     cores = sum(h.cpu_cores for h in ctx.snapshot.hosts if h.state.accepts_vms)
     mem = sum(h.memory_mib for h in ctx.snapshot.hosts if h.state.accepts_vms)
     return (cpu_demand / cores if cores else 0.0, mem_demand / mem if mem else 0.0)
+
+
+#: the deviation penalty is convex piecewise linear in ``d = load - average``: slope 1 up to
+#: the first breakpoint, then one more per breakpoint passed (an integer-friendly stand-in
+#: for the square, so that spreading load between two hot hosts also pays)
+DEVIATION_BREAKPOINTS: tuple[float, ...] = (0.0, 0.05, 0.10, 0.20, 0.40)
+
+
+def deviation_penalty(d: float) -> float:
+    """Penalty of one host's load being ``d`` away from the average (one resource)."""
+    a = d if d >= 0 else -d
+    total = 0.0
+    for t in DEVIATION_BREAKPOINTS:
+        if a <= t:
+            break
+        total += a - t
+    return total
