@@ -42,7 +42,7 @@ from balancer.service.store import MoveRecord
 from balancer.sim.clock import ManualClock
 from balancer.sim.cluster import DEFAULT_LINK_MIB_S, SimulatedCluster
 from balancer.simulation.decide import Decider, Decision
-from balancer.simulation.execute import StepRunner
+from balancer.simulation.execute import ExecutorRunner, StepRunner
 from balancer.simulation.figures import (
     Figures,
     Flight,
@@ -54,6 +54,7 @@ from balancer.simulation.figures import (
     tick_overload,
 )
 from balancer.simulation.spec import PAPER_VM_TYPES, HostType, VMType
+from balancer.storage import Store
 from collectors.sampler import batch_from_snapshot
 from collectors.settings import CollectorSettings
 from collectors.trace import TraceSampler, TraceSet
@@ -84,6 +85,8 @@ class SimConfig:
     #: steps to simulate (None: the whole trace)
     steps: int | None = None
     start: datetime = START
+    #: "executor": the balancer's executor (journal in memory); "steps": the light adapter
+    runner: str = "executor"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,6 +241,9 @@ def simulate_day(
     idle = np.array([host_types[h.name].idle_w for h in hosts], dtype=np.float64)
     peak = np.array([host_types[h.name].peak_w for h in hosts], dtype=np.float64)
     vm_pos = {n: i for i, n in enumerate(names)}
+    if config.runner not in ("executor", "steps"):
+        raise InputError(f"unknown runner {config.runner!r} (executor | steps)")
+    store = Store.open("sqlite://") if config.runner == "executor" and policy else None
 
     history: list[MoveRecord] = []
     ticks: list[TickRecord] = []
@@ -276,9 +282,15 @@ def simulate_day(
         # execute
         outcomes = []
         if decision.execute:
-            runner = StepRunner(
-                cluster, clock, limits=limits, options=options, time_limit_s=time_limit
-            )
+            runner: StepRunner | ExecutorRunner
+            if store is not None and policy is not None:
+                runner = ExecutorRunner(
+                    cluster, clock, policy=policy, store=store, plan_id=f"sim-{label}-{k}"
+                )
+            else:
+                runner = StepRunner(
+                    cluster, clock, limits=limits, options=options, time_limit_s=time_limit
+                )
             outcomes = runner.run(decision.execute, start_before=now + timedelta(seconds=tick_s))
         flights = []
         mib = 0.0
@@ -368,6 +380,8 @@ def simulate_day(
         if progress is not None:
             progress(k + 1, steps)
 
+    if store is not None:
+        store.close()
     figures = summarize(ticks, migrations, hosts=len(hosts))
     return DayResult(
         label=label,

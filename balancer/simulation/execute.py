@@ -1,6 +1,8 @@
 """Carry out a decision's moves on a hypervisor port, with the clock of the simulation.
 
-:class:`StepRunner` is a small adapter in the executor's place (see docs/simulation.md): moves
+:class:`ExecutorRunner` (the default) hands them to the balancer's executor.
+:class:`StepRunner` is the small adapter written before the executor landed (kept for
+comparison and as a light fallback, ``SimConfig.runner = "steps"``): moves
 run in the planner's step order (a move starts only when every move of earlier steps is
 final), at most ``limits.concurrent_total`` at once and ``limits.concurrent_per_host`` per host;
 just before it starts each move is re-checked (the VM must still run on its source). Between
@@ -16,9 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from balancer.errors import HypervisorError
-from balancer.plan import Move
+from balancer.executor import Executor, ExecutorConfig, Result
+from balancer.plan import Metrics, Move, Plan, PlanStatus
 from balancer.port import Clock, HypervisorPort, JobState, MigrationOptions
-from policies.model import Limits
+from balancer.storage import Store
+from policies.model import Limits, Policy
 
 #: poll period while migrations run (simulated seconds)
 POLL_S = 0.25
@@ -129,3 +133,72 @@ class StepRunner:
                     )
                 )
         return outcomes
+
+
+class ExecutorRunner:
+    """Runs moves with the balancer's own executor (:class:`balancer.executor.Executor`: its
+    queue, limits, pre-start re-check, time limits, journal and audit trail), on a journal in
+    an in-memory SQLite store. Same interface as :class:`StepRunner`."""
+
+    def __init__(
+        self,
+        port: HypervisorPort,
+        clock: Clock,
+        *,
+        policy: Policy,
+        store: Store,
+        plan_id: str,
+        poll_s: float = POLL_S,
+    ) -> None:
+        self._clock = clock
+        self._plan_id = plan_id
+        self._ex = Executor(
+            port,
+            store,
+            clock=clock,
+            config=ExecutorConfig.from_policy(policy, poll_interval_s=poll_s),
+            policy=policy,
+        )
+
+    def run(self, moves: Sequence[Move], *, start_before: datetime) -> list[Outcome]:
+        plan = Plan(
+            status=PlanStatus.MOVES,
+            moves=tuple(moves),
+            blocked=(),
+            before=_NO_METRICS,
+            after=_NO_METRICS,
+        )
+        ex = self._ex
+        sub = ex.submit_plan(
+            plan, who="simulation", made_at=self._clock.now(), plan_id=self._plan_id
+        )
+        budget = (start_before - self._clock.now()).total_seconds()
+        if not ex.run(timeout_s=max(0.0, budget)):
+            ex.stop_dispatch()  # nothing new starts after the tick; what runs finishes
+            ex.run()
+            for q in ex.status().queued:
+                ex.cancel(q.request_id, who="simulation")
+        by_key = {(m.vm, m.source, m.target): m for m in moves}
+        outcomes: list[Outcome] = []
+        for r in ex.results(sub.request_ids):
+            m = by_key.get((r.vm, r.source, r.target))
+            if m is None or r.result is Result.SUPERSEDED:
+                continue
+            ended = r.ended_at or self._clock.now()
+            started = ended - timedelta(seconds=r.duration_s or 0.0)
+            outcomes.append(
+                Outcome(
+                    move=m,
+                    started=started,
+                    ended=ended,
+                    succeeded=r.result is Result.SUCCEEDED,
+                    data_mib=r.data_copied_mib or 0.0,
+                    error=r.error or r.skip_reason or "",
+                )
+            )
+        return outcomes
+
+
+_NO_METRICS = Metrics(
+    imbalance=0.0, cpu_stddev=0.0, memory_stddev=0.0, max_cpu_load=0.0, max_memory_load=0.0
+)
