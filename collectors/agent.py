@@ -22,7 +22,7 @@ import httpx
 from balancer.errors import InputError
 from collectors.hostagent import HostAgentSampler
 from collectors.influx import InfluxExporter
-from collectors.samples import HostSample, Psi, PsiLine, PsiResource, SampleBatch
+from collectors.samples import HostSample, Psi, PsiLine, PsiResource, SampleBatch, SampleSource
 
 log = logging.getLogger("balancer.collectors.agent")
 
@@ -122,6 +122,7 @@ def host_sample_from_doc(doc: Mapping[str, Any]) -> HostSample:
             psi=psi,
             net_rx_bps=None if doc["net_rx_bps"] is None else float(doc["net_rx_bps"]),
             net_tx_bps=None if doc["net_tx_bps"] is None else float(doc["net_tx_bps"]),
+            source=SampleSource.AGENT,
         )
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InputError(f"host sample: bad {field}: {exc}", subject=str(doc.get("host"))) from exc

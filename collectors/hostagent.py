@@ -15,7 +15,15 @@ from pathlib import Path
 
 import psutil
 
-from collectors.samples import HostSample, Psi, PsiLine, PsiResource, SampleBatch, epoch_s
+from collectors.samples import (
+    HostSample,
+    Psi,
+    PsiLine,
+    PsiResource,
+    SampleBatch,
+    SampleSource,
+    epoch_s,
+)
 
 MIB = 1024 * 1024
 PRESSURE_DIR = Path("/proc/pressure")
@@ -125,6 +133,7 @@ class HostAgentSampler:
             psi=read_psi(self._pressure_dir),
             net_rx_bps=_rate(prev.rx_bytes, cur.rx_bytes, dt),
             net_tx_bps=_rate(prev.tx_bytes, cur.tx_bytes, dt),
+            source=SampleSource.AGENT,
         )
         return SampleBatch(time=now, hosts=(sample,))
 

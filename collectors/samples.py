@@ -20,6 +20,14 @@ class EntityKind(StrEnum):
     VM = "vm"
 
 
+class SampleSource(StrEnum):
+    """Who measured a host sample. A host with a fresh agent sample ignores the port's: the
+    agent sees the whole host (its own processes included) at the host itself."""
+
+    PORT = "port"
+    AGENT = "agent"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PsiLine:
     """One line of /proc/pressure/<resource>: share of time (percent) some/all tasks stalled."""
@@ -73,6 +81,7 @@ class HostSample:
     psi: Psi | None = None
     net_rx_bps: float | None = None
     net_tx_bps: float | None = None
+    source: SampleSource = SampleSource.PORT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,7 +30,14 @@ import pandas as pd
 
 from balancer.model import HostState, Snapshot
 from collectors.demand import demand
-from collectors.samples import EntityKind, SampleBatch, epoch_s, from_epoch_s
+from collectors.samples import (
+    EntityKind,
+    HostSample,
+    SampleBatch,
+    SampleSource,
+    epoch_s,
+    from_epoch_s,
+)
 from collectors.settings import CollectorSettings
 
 VM_FIELDS = ("cpu_used_cores", "memory_used_mib")
@@ -216,25 +223,42 @@ class Window:
         #: held by every ingest and by demand_view/freshness (the service ingests from the API
         #: thread and decides on the scheduler thread)
         self.lock = threading.RLock()
+        #: latest agent sample time per host (agent samples win over the port's)
+        self._agent_last: dict[str, float] = {}
 
     # -- ingest ------------------------------------------------------------------------------
-    def ingest(self, batch: SampleBatch) -> None:
-        """Add a batch: VM samples first, then host samples (their overhead uses the VMs')."""
-        if batch.vms:
-            by_time: dict[float, list[int]] = {}
-            for i, s in enumerate(batch.vms):
-                by_time.setdefault(epoch_s(s.time), []).append(i)
-            for t, idx in sorted(by_time.items()):
-                vms = [batch.vms[i] for i in idx]
-                self.ingest_vm_columns(
-                    t,
-                    [s.vm for s in vms],
-                    [s.host for s in vms],
-                    np.fromiter((s.cpu_used_cores for s in vms), _DTYPE, len(vms)),
-                    np.fromiter((s.memory_used_mib for s in vms), _DTYPE, len(vms)),
-                )
-        for h in batch.hosts:
-            self.ingest_host(epoch_s(h.time), h.host, h.cpu_used_cores, h.memory_used_mib)
+    def ingest(self, batch: SampleBatch) -> SampleBatch:
+        """Add a batch: VM samples first, then host samples (their overhead uses the VMs').
+
+        A port host sample is left out while the host has an agent sample not older than
+        ``stale_after_s`` (the agent measures the whole host). Returns what was taken (for
+        export, so a host's series has one writer)."""
+        with self.lock:
+            if batch.vms:
+                by_time: dict[float, list[int]] = {}
+                for i, s in enumerate(batch.vms):
+                    by_time.setdefault(epoch_s(s.time), []).append(i)
+                for t, idx in sorted(by_time.items()):
+                    vms = [batch.vms[i] for i in idx]
+                    self.ingest_vm_columns(
+                        t,
+                        [s.vm for s in vms],
+                        [s.host for s in vms],
+                        np.fromiter((s.cpu_used_cores for s in vms), _DTYPE, len(vms)),
+                        np.fromiter((s.memory_used_mib for s in vms), _DTYPE, len(vms)),
+                    )
+            taken: list[HostSample] = []
+            for h in batch.hosts:
+                t = epoch_s(h.time)
+                if h.source is SampleSource.AGENT:
+                    self._agent_last[h.host] = max(t, self._agent_last.get(h.host, t))
+                elif t - self._agent_last.get(h.host, -math.inf) <= self.settings.stale_after_s:
+                    continue
+                self.ingest_host(t, h.host, h.cpu_used_cores, h.memory_used_mib)
+                taken.append(h)
+        if len(taken) == len(batch.hosts):
+            return batch
+        return replace(batch, hosts=tuple(taken))
 
     def ingest_vm_columns(
         self,

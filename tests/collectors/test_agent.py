@@ -28,7 +28,7 @@ from collectors.agent import (
     run_agent,
 )
 from collectors.hostagent import HostAgentSampler
-from collectors.samples import HostSample, Psi, PsiLine, PsiResource
+from collectors.samples import HostSample, Psi, PsiLine, PsiResource, SampleSource
 from tests.collectors.helpers import at
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +76,7 @@ def sample(t: float, host: str = "hv1") -> HostSample:
         psi=psi,
         net_rx_bps=10.0,
         net_tx_bps=None,
+        source=SampleSource.AGENT,
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from balancer.model import HostState
-from collectors.samples import EntityKind, SampleBatch
+from collectors.samples import EntityKind, SampleBatch, SampleSource
 from collectors.window import Window, demand_view, freshness
 from tests.collectors.helpers import at, host_sample, settings, vm_batch
 from tests.factories import make_host, make_snapshot, make_vm
@@ -162,3 +164,15 @@ def test_out_of_order_sample_is_stored_but_does_not_become_latest() -> None:
     assert w.last_sample(EntityKind.VM, "v1") == at(100)
     assert w.vms.host_of[w.vms.index["v1"]] == "h2"
     assert w.frame(EntityKind.VM, "cpu_used_cores", at(100))["v1"].tolist() == [1.0, 2.0]
+
+
+def test_agent_host_samples_win_over_the_port_while_fresh() -> None:
+    w = Window(settings(stale_after_s=60))
+    agent = replace(host_sample(at(0), "h1", 3.0, 0), source=SampleSource.AGENT)
+    assert w.ingest(SampleBatch(time=at(0), hosts=(agent,))).hosts == (agent,)
+    port = host_sample(at(20), "h1", 1.0, 0)
+    assert w.ingest(SampleBatch(time=at(20), hosts=(port,))).hosts == ()  # left out
+    later = host_sample(at(100), "h1", 1.0, 0)  # the agent went quiet: the port counts again
+    assert w.ingest(SampleBatch(time=at(100), hosts=(later,))).hosts == (later,)
+    frame = w.frame(EntityKind.HOST, "cpu_used_cores", at(100))
+    assert frame["h1"].dropna().tolist() == [3.0, 1.0]
