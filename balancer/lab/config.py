@@ -72,6 +72,15 @@ def libvirtd_conf(*, tcp_port: int, host_uuid: str, log_path: str) -> str:
     )
 
 
+def images_pool_xml() -> str:
+    """A directory pool over the host's own (not shared) image directory: a migration with
+    storage copy pre-creates the copied disks in it on the target."""
+    return (
+        "<pool type='dir'><name>images</name>"
+        "<target><path>/var/lib/libvirt/images</path></target></pool>"
+    )
+
+
 def qemu_conf(*, migration_port_min: int, migration_port_max: int) -> str:
     return "\n".join(
         [
@@ -126,7 +135,7 @@ def domain_xml(
     for i, path in enumerate(extra_disks):
         fmt = "qcow2" if path.endswith(".qcow2") else "raw"
         disks.append(
-            f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}' cache='none'/>"
+            f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>"
             f"<source file='{escape(path)}'/><target dev='vd{chr(ord('b') + i)}' bus='virtio'/>"
             "</disk>"
         )

@@ -40,6 +40,7 @@ from balancer.lab.config import (
     HostPlan,
     domain_xml,
     host_name,
+    images_pool_xml,
     libvirtd_conf,
     port_plan,
     qemu_conf,
@@ -374,6 +375,8 @@ class Lab:
                 lab._launch(p)
             for p in plans[1:]:
                 lab._wait_ready(p)
+            for p in plans:
+                lab._define_pool(p)
             for i in range(1, vms + 1):
                 kind = GuestKind.BUSY if i <= busy else GuestKind.IDLE
                 lab.define_vm(
@@ -581,6 +584,16 @@ class Lab:
         finally:
             conn.close()
         return parse_xp_word(out)
+
+    def qemu_pid(self, vm: str, host: str | None = None) -> int:
+        """The pid of the QEMU process running ``vm``."""
+        hosts = [host] if host else self.where(vm)
+        if len(hosts) != 1:
+            raise LabError(f"guest {vm} runs on {len(hosts)} hosts ({hosts}), expected one")
+        pids = self._qemu_pids(self.host(hosts[0]), names=(vm,))
+        if not pids:
+            raise LabError(f"no QEMU process for {vm} on {hosts[0]}")
+        return pids[0]
 
     def wait_counter_running(self, vm: str, timeout_s: float = 60.0) -> int:
         """Wait until the busy guest has booted and its counter moves; return its value."""
@@ -798,6 +811,17 @@ class Lab:
                 if plan.name == state.poor_host:
                     text = strip_cpu_feature(text, state.lacking_feature)
                 (dst / f.name).write_text(text)
+
+    def _define_pool(self, plan: HostPlan) -> None:
+        conn = self.connect(plan.name)
+        try:
+            pool = conn.storagePoolDefineXML(images_pool_xml(), 0)
+            pool.setAutostart(1)
+            pool.create(0)
+        except Exception as exc:
+            raise LabError(f"cannot define the image pool on {plan.name}: {exc}") from exc
+        finally:
+            conn.close()
 
     def _destroy_all(self, plan: HostPlan) -> None:
         conn = self.connect(plan.name, timeout_s=3.0)

@@ -86,3 +86,46 @@ def test_vm_with_local_disk_needs_storage_copy(lab: Lab, backend: LibvirtBackend
         assert lab.where("local-1") == [host]
     finally:
         lab.remove_vm("local-1")
+
+
+def test_local_disk_is_copied_when_asked(lab: Lab, backend: LibvirtBackend) -> None:
+    import subprocess
+
+    host = lab.host_names()[0]
+    target = _other(lab, host)
+    image = lab.state_dir / "hosts" / host / "lib" / "images" / "local-2.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True, timeout=30
+    )
+    lab.define_vm("local-2", host, extra_disks=["/var/lib/libvirt/images/local-2.qcow2"])
+    try:
+        record = backend.migrate(
+            "local-2", host, target, MigrationOptions(copy_storage=True), timeout_s=120
+        )
+        assert record.progress.state is JobState.SUCCEEDED
+        assert lab.where("local-2") == [target]
+        assert (lab.state_dir / "hosts" / target / "lib" / "images" / "local-2.qcow2").exists()
+    finally:
+        lab.remove_vm("local-2")
+
+
+def test_post_copy_migration_of_a_busy_guest(
+    lab: Lab, backend: LibvirtBackend, busy_vm: str
+) -> None:
+    """Limited bandwidth keeps pre-copy going long enough for the switch to post-copy."""
+    backend.snapshot()  # connections and lifecycle events before the migration starts
+    (source,) = lab.where(busy_vm)
+    target = _other(lab, source, avoid=lab.poor_host)
+    before = lab.read_counter(busy_vm)
+    record = backend.migrate(
+        busy_vm,
+        source,
+        target,
+        MigrationOptions(post_copy=True, bandwidth_mib_s=4, auto_converge=False),
+        timeout_s=120,
+    )
+    assert record.progress.state is JobState.SUCCEEDED
+    assert lab.where(busy_vm) == [target]
+    assert lab.read_counter(busy_vm, host=target) > before
+    kinds = [(e.host, e.kind.value) for e in backend.events() if e.vm == busy_vm]
+    assert (target, "migrated_in") in kinds, kinds

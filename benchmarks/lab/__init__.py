@@ -1,0 +1,1 @@
+"""Lab live-migration benchmark: python -m benchmarks.lab.run"""
