@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from balancer.simulation.figures import Figures, TickRecord
 from balancer.simulation.run import RunResult
@@ -171,16 +172,44 @@ def _plot_heatmap(result: RunResult, path: Path) -> None:
 def _plot_imbalance(result: RunResult, path: Path) -> None:
     imb = np.array([t.imbalance for _, t in _tick_rows(result)])
     hours = _hours(result)
+    tick_s = result.days[0].tick_s if result.days else 300.0
+    per_hour = max(1, round(3600.0 / tick_s))
+    series = pd.Series(imb)
     fig, ax = plt.subplots(figsize=(10, 4))
-    ax.plot(hours, imb, lw=1, label="imbalance (stddev of host CPU loads)")
+    ax.plot(hours, imb, lw=0.6, color="0.6", label="per interval")
+    ax.plot(
+        hours,
+        series.rolling(per_hour, min_periods=1).mean(),
+        lw=1.5,
+        color="tab:green",
+        label="mean over the last hour",
+    )
+    ax.plot(
+        hours,
+        series.rolling(per_hour, min_periods=1).quantile(0.95),
+        lw=1.2,
+        color="tab:red",
+        label="p95 over the last hour",
+    )
     if len(imb):
-        ax.axhline(float(imb.mean()), color="tab:green", ls="--", label=f"mean {imb.mean():.3f}")
-        p95 = float(np.percentile(imb, 95))
-        ax.axhline(p95, color="tab:red", ls=":", label=f"p95 {p95:.3f}")
+        ax.axhline(
+            float(imb.mean()),
+            color="tab:green",
+            ls="--",
+            lw=0.8,
+            label=f"run mean {imb.mean():.3f}",
+        )
+        ax.axhline(
+            float(np.percentile(imb, 95)),
+            color="tab:red",
+            ls=":",
+            lw=0.8,
+            label=f"run p95 {np.percentile(imb, 95):.3f}",
+        )
     ax.set_xlabel("hours")
-    ax.set_ylabel("imbalance")
+    ax.set_ylabel("imbalance (stddev of host CPU loads)")
     ax.set_title(f"Imbalance over time - {result.policy}")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
