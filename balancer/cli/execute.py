@@ -13,7 +13,7 @@ import click
 
 from balancer.cli.common import handle_errors, json_option, print_json, print_table
 from balancer.errors import InputError
-from balancer.executor.runner import PlanRun, run_plan_file
+from balancer.executor.runner import PlanRun, outcomes_json, run_plan_file
 from balancer.executor.types import ExecutorConfig, ExecutorStatus, Result
 from balancer.storage import audit as audit_mod
 from balancer.storage.audit import AuditQuery
@@ -168,19 +168,7 @@ def execute(
 
 def _print_run(run: PlanRun, as_json: bool) -> None:
     if as_json:
-        print_json(
-            [
-                {
-                    "vm": r.vm,
-                    "source": r.source,
-                    "target": r.target,
-                    "outcome": r.result.value,
-                    "duration_s": r.duration_s,
-                    "downtime_ms": None if r.downtime_ms is None else round(r.downtime_ms, 1),
-                }
-                for r in run.results
-            ]
-        )
+        print_json(outcomes_json(run))
         return
     title = f"plan {run.plan_id}" + (" (resumed)" if run.resumed else "")
     if run.superseded:

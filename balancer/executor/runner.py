@@ -129,3 +129,18 @@ def run_plan_file(
         )
     finally:
         store.close()
+
+
+def outcomes_json(run: PlanRun) -> list[dict[str, object]]:
+    """The ``--json`` form of ``balancer execute``: one object per migration of the plan."""
+    return [
+        {
+            "vm": r.vm,
+            "source": r.source,
+            "target": r.target,
+            "outcome": r.result.value,
+            "duration_s": r.duration_s,
+            "downtime_ms": None if r.downtime_ms is None else round(r.downtime_ms, 1),
+        }
+        for r in run.results
+    ]
