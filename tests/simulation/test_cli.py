@@ -8,7 +8,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from balancer.cli import cli
+from balancer.model import VM, Host, Snapshot
 from balancer.simulation.report import OUTPUT_FILES, SUMMARY_KEYS
+from balancer.snapshot_io import dump_snapshot
 from tests.simulation.helpers import DEFAULT_POLICY, write_trace_dir
 
 HOSTS = "3x(2c,16G)"
@@ -113,3 +115,28 @@ def test_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
         assert res.exit_code != 0, args
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, res.output)
+
+
+def test_hosts_from_a_snapshot_file(tmp_path: Path) -> None:
+    traces = write_trace_dir(tmp_path / "traces", days=1)
+    hosts = tuple(Host(name=f"node{i}", cpu_cores=4, memory_mib=32768) for i in range(2))
+    vm = VM(name="ignored", host="node0", vcpus=1, memory_mib=1024)
+    dump_snapshot(Snapshot(hosts=hosts, vms=(vm,)), tmp_path / "snap.json")
+    res = CliRunner().invoke(
+        cli,
+        [
+            "simulate",
+            "--traces",
+            str(traces),
+            "--hosts",
+            str(tmp_path / "snap.json"),
+            "--policy",
+            "none",
+            "--steps",
+            "3",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["hosts"] == 2 and doc["vms"] == 12 and doc["ticks"] == 3

@@ -64,6 +64,11 @@ def test_a_flat_trace_gets_no_moves() -> None:
     assert result.figures.decisions == 24
 
 
+def test_the_decision_interval_is_a_multiple_of_the_trace_step() -> None:
+    result = simulate(flat(steps=12), decider=service(), interval_s=900.0)
+    assert result.figures.decisions == 4 and result.figures.ticks == 12
+
+
 def test_manual_automation_recommends_and_never_moves() -> None:
     policy = replace(default_policy(), automation=Automation.MANUAL)
     result = simulate(hot_spot(), decider=service(policy))
