@@ -162,3 +162,23 @@ def test_history_read_against_a_server_without_flux_is_a_clear_error(
     with pytest.raises(StorageError, match="cannot read history") as info:
         rebuild_window_from_influx(Window(CollectorSettings()), s, datetime.now(UTC))
     assert victoria_metrics.url in str(info.value) and "test-token" not in str(info.value)
+
+
+def test_agent_pushes_host_samples_to_influx(
+    victoria_metrics: VictoriaMetrics, tmp_path: Path
+) -> None:
+    import threading
+
+    from collectors.agent import InfluxTarget, run_agent
+    from collectors.hostagent import HostAgentSampler
+
+    cluster = f"t{uuid.uuid4().hex[:8]}"
+    target = InfluxTarget(InfluxExporter(settings(victoria_metrics, tmp_path, cluster)))
+    sampler = HostAgentSampler(datetime.now(UTC), host="hv-agent")
+    n = run_agent(sampler, [target], interval_s=0.1, stop=threading.Event(), max_cycles=3)
+    assert n == 3
+    series = victoria_metrics.wait_for_points(f'{{cluster="{cluster}",host="hv-agent"}}', 3 * 6)
+    names = {s["metric"]["__name__"] for s in series}
+    assert {"host_cpu_used_cores", "host_memory_used_mib", "host_net_rx_bps"} <= names
+    cpu = next(s for s in series if s["metric"]["__name__"] == "host_cpu_used_cores")
+    assert len(cpu["values"]) == 3 and len(set(cpu["timestamps"])) == 3
