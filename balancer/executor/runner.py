@@ -129,6 +129,9 @@ def run_plan_file(
         )
     finally:
         store.close()
+        close = getattr(port, "close", None)
+        if lab and callable(close):
+            close()
 
 
 def outcomes_json(run: PlanRun) -> list[dict[str, object]]:
