@@ -433,7 +433,14 @@ def _finish(
                 )
             )
             continue
-        if v in must_repair and must_repair[v] not in {ctx.rules[ri].name for ri in still_violated}:
+        leaving = ctx.host_state[start[v]].must_evacuate or (
+            ctx.host_state[start[v]] is HostState.QUARANTINED
+        )
+        if (
+            not leaving
+            and v in must_repair
+            and must_repair[v] not in {ctx.rules[ri].name for ri in still_violated}
+        ):
             continue  # the rule was repaired by moving other members
         if v in frozen and ctx.can_move(v):
             rule_name = next(

@@ -12,7 +12,7 @@ from balancer.plan_io import plan_to_dict
 from balancer.planner import make_plan
 from policies.model import RuleMode
 from tests.factories import make_host, make_snapshot, make_vm
-from tests.optimizer.helpers import aff, anti, policy, vm_host
+from tests.optimizer.helpers import TIME_LIMIT_S, aff, anti, policy, vm_host
 
 
 def _hosts(n: int = 3) -> list:
@@ -24,7 +24,7 @@ def test_affinity_and_anti_affinity_on_the_same_pair() -> None:
         _hosts(), [make_vm("a", "h1"), make_vm("b", "h2"), make_vm("c", "h3"), make_vm("d", "h3")]
     )
     rules = (aff("together", "a", "b"), anti("apart", "a", "b"), anti("unrelated", "c", "d"))
-    plan = make_plan(snap, policy(3, rules=rules), time_limit_s=2)
+    plan = make_plan(snap, policy(3, rules=rules), time_limit_s=TIME_LIMIT_S)
     assert plan.status is PlanStatus.INFEASIBLE
     assert plan.conflicts == ("apart", "together")
     assert not plan.moves
@@ -42,14 +42,16 @@ def test_pins_and_anti_affinity_conflict_names_only_the_culprits() -> None:
         anti("cd-apart", "c", "d"),
         vm_host("d-not-h3", ("d",), ("h3",), RuleMode.MUST_NOT),
     )
-    plan = make_plan(snap, policy(3, rules=rules), time_limit_s=2)
+    plan = make_plan(snap, policy(3, rules=rules), time_limit_s=TIME_LIMIT_S)
     assert plan.status is PlanStatus.INFEASIBLE
     assert plan.conflicts == ("a-on-h1", "ab-apart", "b-on-h1")
 
 
 def test_anti_affinity_group_larger_than_the_cluster() -> None:
     snap = make_snapshot(_hosts(2), [make_vm(f"w{i}", "h1") for i in range(3)])
-    sol = optimize(snap, policy(1, rules=(anti("spread", "w0", "w1", "w2"),)), time_limit_s=2)
+    sol = optimize(
+        snap, policy(1, rules=(anti("spread", "w0", "w1", "w2"),)), time_limit_s=TIME_LIMIT_S
+    )
     assert sol.status is PlanStatus.INFEASIBLE and sol.conflicts == ("spread",)
     with pytest.raises(InfeasibleError) as err:
         require_feasible(sol)
