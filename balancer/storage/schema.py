@@ -12,6 +12,7 @@ Tables live on :data:`metadata`; the service adds its own tables to the same obj
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -155,7 +156,12 @@ audit_head = sa.Table(
 
 def create_schema(engine: sa.Engine) -> None:
     """Create every missing table (idempotent) and the audit head row."""
-    metadata.create_all(engine)
+    try:
+        metadata.create_all(engine)
+    except (sa.exc.ProgrammingError, sa.exc.IntegrityError, sa.exc.OperationalError):
+        # another process (a second service instance) created them at the same moment
+        time.sleep(0.5)
+        metadata.create_all(engine)
     from balancer.storage.audit import GENESIS_HASH
 
     try:

@@ -33,13 +33,13 @@ from tests.factories import make_host, make_snapshot, make_vm
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = int(os.environ.get("BALANCER_KILL_SEED", "20261127"))
-KILLS = 18
+KILLS = 15
 
 
 def _cluster() -> tuple[object, list[dict[str, object]]]:
     hosts = [make_host(f"h{i}", memory_mib=65536) for i in range(4)]
     vms = [
-        make_vm(f"vm{i:02d}", f"h{i % 4}", memory_mib=512, dirty_rate_mib_s=0.0) for i in range(36)
+        make_vm(f"vm{i:02d}", f"h{i % 4}", memory_mib=512, dirty_rate_mib_s=0.0) for i in range(32)
     ]
     moves: list[dict[str, object]] = []
     for i, v in enumerate(vms):
@@ -64,7 +64,7 @@ def _cluster() -> tuple[object, list[dict[str, object]]]:
 def _check_any_time(db: str, state: Path, snap: object) -> None:
     sim = SimulatedCluster(snap, clock=RealClock(), state_path=state)  # type: ignore[arg-type]
     names = [v.name for v in sim.snapshot().vms]
-    assert len(names) == len(set(names)) == 36
+    assert len(names) == len(set(names)) == 32
     for n in names:
         assert sim.locate(n) is not None
     store = Store.open(db)
@@ -107,7 +107,7 @@ def test_sigkill_at_random_points_loses_nothing_and_does_nothing_twice(tmp_path:
                                  stderr=subprocess.PIPE)  # fmt: skip
             procs.append(p)
             try:
-                p.wait(timeout=rng.uniform(0.6, 2.2))
+                p.wait(timeout=rng.uniform(0.5, 2.0))
             except subprocess.TimeoutExpired:
                 p.send_signal(signal.SIGKILL)
                 p.wait(timeout=10)
@@ -128,7 +128,7 @@ def test_sigkill_at_random_points_loses_nothing_and_does_nothing_twice(tmp_path:
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
-    assert kills >= 12, f"only {kills} kills landed during the plan"
+    assert kills >= 10, f"only {kills} kills landed during the plan"
     assert len(out) == len(moves)
     assert {o["outcome"] for o in out} == {"succeeded"}
 
