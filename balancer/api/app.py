@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,10 +22,19 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -85,36 +94,81 @@ class RejectBody(_Body):
 
 
 class EnterBody(_Body):
-    force: bool = Field(default=False, description="enter even when the preflight refuses")
+    force: StrictBool = Field(default=False, description="enter even when the preflight refuses")
 
 
 class ExitBody(_Body):
-    move_back: bool = Field(default=False, description="move the host's VMs back afterwards")
+    move_back: StrictBool = Field(default=False, description="move the host's VMs back afterwards")
 
 
 class PauseBody(_Body):
     reason: str = Field(default="", max_length=2000)
-    allow_mandatory: bool = Field(default=True, description="let evacuations continue")
+    allow_mandatory: StrictBool = Field(default=True, description="let evacuations continue")
 
 
 class AutomationBody(_Body):
     level: Literal["manual", "partial", "full", "policy"]
 
 
+PolicyFileName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,100}\.ya?ml$")
+]
+
+
+def _no_numbers(v: object) -> object:
+    """A time is an ISO 8601 string, not a number of seconds."""
+    if isinstance(v, int | float) or (isinstance(v, str) and _NUMBER.fullmatch(v.strip())):
+        raise ValueError("an ISO 8601 date and time with a zone is required")
+    return v
+
+
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+When = Annotated[AwareDatetime, BeforeValidator(_no_numbers)]
+
+
+class PolicyFile(_Body):
+    name: PolicyFileName = Field(description="a file name of the policy directory")
+    text: str = Field(max_length=1_000_000, description="its candidate content (YAML)")
+
+
 class ValidateBody(_Body):
-    files: dict[str, str] = Field(
+    files: list[PolicyFile] = Field(
         min_length=1,
-        description="file name in the policy directory -> its candidate text",
+        max_length=100,
+        description="candidate files; the other files of the policy directory stay as they are",
     )
 
 
-class TaskBody(_Body):
-    kind: Literal["migrate", "maintenance_enter", "maintenance_exit", "automation", "balance"]
-    args: dict[str, str] = Field(default_factory=dict)
-    at: datetime | None = Field(default=None, description="one-off: when (with a time zone)")
-    cron: str | None = Field(
-        default=None, min_length=1, max_length=200, description="recurring: 5-field cron, UTC"
-    )
+class TaskArgs(_Body):
+    """The arguments of a task; which are required depends on its kind (see docs)."""
+
+    vm: str | None = Field(default=None, min_length=1, max_length=200)
+    target: str | None = Field(default=None, min_length=1, max_length=200)
+    priority: Literal["high", "normal", "low"] | None = None
+    host: str | None = Field(default=None, min_length=1, max_length=200)
+    move_back: StrictBool | None = None
+    level: Literal["manual", "partial", "full", "policy"] | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for k, v in self.model_dump(exclude_none=True).items():
+            out[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+        return out
+
+
+TaskKindName = Literal["migrate", "maintenance_enter", "maintenance_exit", "automation", "balance"]
+
+
+class OneOffTask(_Body):
+    kind: TaskKindName
+    args: TaskArgs = Field(default_factory=TaskArgs)
+    at: When = Field(description="when, with a time zone (e.g. 2026-12-01T02:00:00Z)")
+
+
+class RecurringTask(_Body):
+    kind: TaskKindName
+    args: TaskArgs = Field(default_factory=TaskArgs)
+    cron: str = Field(min_length=1, max_length=200, description="5-field cron, UTC")
 
 
 class Done(BaseModel):
@@ -211,8 +265,16 @@ def create_app(rt: Runtime) -> FastAPI:
         return _err(422, f"{loc}: {msg}" if loc else msg, loc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # one path may be served by several routes (GET and POST): list them all
+            allowed: set[str] = set()
+            for route in app.routes:
+                if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
+                    allowed |= route.methods or set()
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
         return _err(exc.status_code, str(exc.detail), None, **headers)
 
     @app.exception_handler(BalancerError)
@@ -303,7 +365,9 @@ def create_app(rt: Runtime) -> FastAPI:
         response_model=RecommendationView,
         tags=["recommendations"],
     )
-    def approve(p: Operator, rid: Annotated[int, PathParam(ge=1)]) -> RecommendationView:
+    def approve(
+        p: Operator, rid: Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+    ) -> RecommendationView:
         return svc.approve(rid, who=p.user)
 
     @app.post(
@@ -312,7 +376,9 @@ def create_app(rt: Runtime) -> FastAPI:
         tags=["recommendations"],
     )
     def reject(
-        p: Operator, rid: Annotated[int, PathParam(ge=1)], body: RejectBody | None = None
+        p: Operator,
+        rid: Annotated[int, PathParam(ge=1, le=2**31 - 1)],
+        body: RejectBody | None = None,
     ) -> RecommendationView:
         return svc.reject(rid, who=p.user, note=body.note if body else "")
 
@@ -348,7 +414,9 @@ def create_app(rt: Runtime) -> FastAPI:
         return svc.request_migration(body.vm, body.target, priority=body.priority, who=p.user)
 
     @app.post(f"{v1}/migrations/{{mid}}/cancel", response_model=MigrationView, tags=["migrations"])
-    def cancel_migration(p: Operator, mid: Annotated[int, PathParam(ge=1)]) -> MigrationView:
+    def cancel_migration(
+        p: Operator, mid: Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+    ) -> MigrationView:
         return svc.cancel_migration(mid, who=p.user)
 
     # -- maintenance -------------------------------------------------------------------------
@@ -402,25 +470,31 @@ def create_app(rt: Runtime) -> FastAPI:
 
     @app.post(f"{v1}/policy/validate", response_model=ValidationView, tags=["policy"])
     def validate(_p: Viewer, body: ValidateBody) -> ValidationView:
-        return svc.validate_policy(body.files)
+        return svc.validate_policy({f.name: f.text for f in body.files})
 
     # -- scheduled tasks ---------------------------------------------------------------------
     @app.get(f"{v1}/tasks", response_model=list[TaskView], tags=["tasks"])
     def tasks(_p: Viewer) -> list[TaskView]:
         return sched.tasks()
 
-    @app.get(f"{v1}/tasks/runs", response_model=list[TaskRunView], tags=["tasks"])
+    @app.get(f"{v1}/task-runs", response_model=list[TaskRunView], tags=["tasks"])
     def task_runs(
         _p: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> list[TaskRunView]:
         return sched.runs(limit)
 
     @app.post(f"{v1}/tasks", response_model=TaskView, status_code=201, tags=["tasks"])
-    def add_task(p: Operator, body: TaskBody) -> TaskView:
+    def add_task(p: Operator, body: OneOffTask | RecurringTask) -> TaskView:
         kind = TaskKind(body.kind)
         if p.role < Role[kind.role.upper()]:
             raise HTTPException(403, f"{p.user} ({p.role.label}) may not schedule {kind.value}")
-        return sched.add_task(kind=kind, args=body.args, who=p.user, at=body.at, cron=body.cron)
+        return sched.add_task(
+            kind=kind,
+            args=body.args.as_dict(),
+            who=p.user,
+            at=body.at if isinstance(body, OneOffTask) else None,
+            cron=body.cron if isinstance(body, RecurringTask) else None,
+        )
 
     @app.delete(f"{v1}/tasks/{{task_id}}", response_model=Done, tags=["tasks"])
     def cancel_task(p: Operator, task_id: Name) -> Done:
@@ -431,17 +505,14 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.get(f"{v1}/audit", response_model=list[AuditItem], tags=["audit"])
     def audit(
         _p: Viewer,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: When | None = None,
+        until: When | None = None,
         vm: Annotated[str | None, Query(max_length=200)] = None,
         host: Annotated[str | None, Query(max_length=200)] = None,
         user: Annotated[str | None, Query(max_length=200)] = None,
         kind: Annotated[str | None, Query(max_length=20)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[AuditItem]:
-        for name, t in (("since", since), ("until", until)):
-            if t is not None and t.tzinfo is None:
-                raise InputError(f"{name}: a time zone is required (e.g. ...Z)")
         return svc.audit_records(
             AuditFilter(
                 since=since, until=until, vm=vm, host=host, user=user, kind=kind, limit=limit

@@ -358,12 +358,12 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Schedule a task, e.g. ``schedule add migrate --at 2026-12-01T02:00Z --arg vm=vm007
         --arg target=h03``."""
-        parsed: dict[str, str] = {}
+        parsed: dict[str, str | bool] = {}
         for a in args:
             if "=" not in a:
                 raise ServiceError(f"--arg {a!r}: use KEY=VALUE")
             k, v = a.split("=", 1)
-            parsed[k] = v
+            parsed[k] = v.lower() in ("1", "true", "yes") if k == "move_back" else v
         if at is not None:
             try:
                 datetime.fromisoformat(at.replace("Z", "+00:00"))

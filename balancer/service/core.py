@@ -22,6 +22,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from balancer.errors import BalancerError, HypervisorError, InputError, PolicyError
 from balancer.model import HostState, Snapshot, stddev
 from balancer.plan import Blocked, Move, MoveReason, Plan, PlanStatus
@@ -272,7 +274,7 @@ class Service:
         now = self.clock.now()
         self._pol.fingerprint = fp
         try:
-            policy = load_policy([self.policy_path])
+            policy = _load_policy(self.policy_path)
             errors = [str(f) for f in lint(policy, self._snap) if f.severity is Severity.ERROR]
             if errors:
                 raise PolicyError("; ".join(errors), path=str(self.policy_path))
@@ -338,7 +340,7 @@ class Service:
                     raise InputError(f"files: {name!r}: policy files end in .yaml or .yml")
                 (root / name).write_text(text)
             try:
-                policy = load_policy([root])
+                policy = _load_policy(root)
             except PolicyError as exc:
                 msg = str(exc).replace(str(root) + "/", "")
                 return ValidationView(ok=False, digest=None, error=msg, findings=[])
@@ -1496,6 +1498,15 @@ class Service:
             result=result,
             detail=f"{action} {detail}".strip(),
         )
+
+
+def _load_policy(path: Path) -> Policy:
+    """:func:`policies.loader.load_policy`, with every unreadable file a PolicyError too."""
+    try:
+        return load_policy([path])
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PolicyError(f"cannot read the policy: {first}", path=str(path)) from exc
 
 
 def _parse_reason(label: str) -> tuple[MoveReason, str | None]:

@@ -28,7 +28,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from balancer.errors import BalancerError, InputError
-from balancer.service.errors import NotFoundError
+from balancer.service.errors import ConflictError, NotFoundError
 from balancer.service.logs import fields
 from balancer.service.views import TaskRunView, TaskView
 from policies.model import Automation
@@ -75,10 +75,10 @@ class TaskKind(StrEnum):
 def check_args(kind: TaskKind, args: dict[str, str]) -> None:
     for key in kind.required:
         if not args.get(key):
-            raise InputError(f"args.{key}: required for a {kind.value} task")
+            raise ConflictError(f"args.{key}: required for a {kind.value} task")
     extra = set(args) - set(kind.required) - set(kind.optional)
     if extra:
-        raise InputError(f"args.{sorted(extra)[0]}: not an argument of a {kind.value} task")
+        raise ConflictError(f"args.{sorted(extra)[0]}: not an argument of a {kind.value} task")
     if kind is TaskKind.MIGRATE and args.get("priority", "normal") not in ("high", "normal", "low"):
         raise InputError("args.priority: one of high, normal, low")
     if kind is TaskKind.AUTOMATION and args["level"] not in ("manual", "partial", "full", "policy"):
@@ -256,7 +256,7 @@ class Scheduler:
             if at.tzinfo is None:
                 raise InputError("at: a time zone is required (e.g. 2026-12-01T02:00:00Z)")
             if at <= now:
-                raise InputError("at: the time is in the past")
+                raise ConflictError("at: the time is in the past")
             trigger = DateTrigger(run_date=at, timezone=UTC)
             schedule = f"at {at.astimezone(UTC).isoformat()}"
         else:
@@ -264,7 +264,7 @@ class Scheduler:
             try:
                 trigger = CronTrigger.from_crontab(cron, timezone=UTC)
             except ValueError as exc:
-                raise InputError(f"cron: {exc}") from exc
+                raise ConflictError(f"cron: {exc}") from exc
             schedule = f"cron {cron}"
         task_id = f"task-{now:%Y%m%dT%H%M%S}-{kind.value}-{abs(hash((who, now))) % 10**6:06d}"
         job = self.scheduler.add_job(

@@ -212,7 +212,7 @@ def test_bad_policy_edit_keeps_the_last_good_one(tmp_path: Path) -> None:
         check = svc.post(
             "/policy/validate",
             user="vic",
-            json={"files": {"default.yaml": "automation: sideways\n"}},
+            json={"files": [{"name": "default.yaml", "text": "automation: sideways\n"}]},
         )
         assert not check["ok"] and "automation" in check["error"]
         # a good edit applies and clears the error

@@ -1,0 +1,91 @@
+"""The dashboard in a real browser: Debian's chromium, headless, driven by Playwright.
+
+The page loads, shows the hosts of a running demo service, and approving a recommendation
+from the page works. Without chromium (or playwright) the test skips, unless
+BALANCER_REQUIRE_SERVICES=1, where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.service.running import TOKENS, running, wait_for, write_settings
+
+CHROMIUM = os.environ.get("BALANCER_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+
+def _need(reason: str) -> None:
+    if os.environ.get("BALANCER_REQUIRE_SERVICES"):
+        pytest.fail(f"{reason} (BALANCER_REQUIRE_SERVICES=1: browser tests must run)")
+    pytest.skip(reason)
+
+
+def test_dashboard_shows_hosts_and_approves_a_recommendation(tmp_path: Path) -> None:
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        _need(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        _need("playwright for Python is not installed (pip install -e '.[dev]')")
+
+    cfg = write_settings(tmp_path, policy={"automation": "manual"})
+    with running(cfg) as svc:
+        recs = wait_for("recommendations", lambda: svc.get("/recommendations"), timeout_s=60)
+        hosts = [h["name"] for h in svc.get("/status")["hosts"]]
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(30_000)
+                page.goto(svc.url + "/")
+                # without a token: the page asks for one
+                expect(page.locator("#summary")).to_contain_text("Sign in")
+                page.fill("#token", TOKENS["bob"])
+                page.click("#save-token")
+                expect(page.locator("#whoami")).to_have_text("bob (operator)")
+                # every host of the running service, with its CPU and memory bars
+                expect(page.locator("#hosts .host")).to_have_count(len(hosts))
+                for h in hosts:
+                    card = page.locator(f'#hosts .host[data-host="{h}"]')
+                    expect(card.locator(".bar.cpu")).to_have_count(1)
+                    expect(card.locator(".bar.mem")).to_have_count(1)
+                expect(page.locator("#automation")).to_have_text("manual")
+                # approve the first pending recommendation from the page
+                button = page.locator("#recommendations button.approve").first
+                expect(button).to_be_visible()
+                rid = int(button.get_attribute("data-id") or "0")
+                assert rid in {r["id"] for r in recs} or rid > 0
+                button.click()
+                expect(page.locator("#banner")).to_contain_text(f"recommendation {rid} approved")
+                # the token survives a reload (localStorage)
+                page.reload()
+                expect(page.locator("#whoami")).to_have_text("bob (operator)")
+            finally:
+                browser.close()
+
+        approved = [r for r in svc.get("/recommendations", params={"state": "approved"})]
+        assert [(r["id"], r["decided_by"]) for r in approved] == [(rid, "bob")]
+        mid = approved[0]["migration_id"]
+        wait_for(
+            "the approved migration",
+            lambda: any(
+                m["id"] == mid and m["state"] == "succeeded" for m in svc.get("/migrations")
+            ),
+            timeout_s=60,
+        )
