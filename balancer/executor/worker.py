@@ -107,6 +107,10 @@ class ExecutorWorker:
                 self.last_error = str(exc)
                 self._needs_recovery = True
                 log.error("executor tick failed: %s", exc)
+            except Exception as exc:  # a supervisor loop: log it, rebuild, keep the worker alive
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._needs_recovery = True
+                log.exception("executor tick failed unexpectedly")
             self._wake.wait(poll)
             self._wake.clear()
 
