@@ -17,6 +17,7 @@ The mounts exist only inside the hosts' namespaces and vanish with their process
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -27,10 +28,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from balancer.errors import LabError
 from balancer.lab.bootsector import COUNTER_GPA, GuestKind, boot_sector, parse_xp_word
@@ -69,6 +71,7 @@ DEFAULT_LACKING_FEATURE = "clwb"
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 
+T = TypeVar("T")
 _children: dict[int, subprocess.Popen[bytes]] = {}
 _children_lock = threading.Lock()
 
@@ -295,6 +298,26 @@ def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
+def _bounded(fn: Callable[[], T], timeout_s: float) -> T:
+    """``fn()`` in a daemon thread; TimeoutError when it takes longer (a hung libvirtd)."""
+    fut: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:  # handed to the caller
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name="lab-call", daemon=True).start()
+    return fut.result(timeout=timeout_s)
+
+
+def _open_bounded(uri: str, timeout_s: float) -> libvirt.virConnect:
+    import libvirt
+
+    return _bounded(lambda: libvirt.open(uri), timeout_s)
+
+
 def _tail(path: Path, lines: int = 6) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -397,9 +420,11 @@ class Lab:
         if state is not None:
             _quiet_libvirt()
             for plan in state.hosts:
-                if self._daemon_pid(plan) is not None:
+                pid = self._daemon_pid(plan)
+                if pid is not None:
+                    _signal([pid], signal.SIGCONT)  # in case a test froze it
                     with contextlib.suppress(Exception):
-                        self._destroy_all(plan)
+                        _bounded(functools.partial(self._destroy_all, plan), 15.0)
             for plan in state.hosts:
                 self.stop_host(plan.name, timeout_s=STOP_TIMEOUT_S)
         leftovers = _pids_referring_to(root)
@@ -616,10 +641,12 @@ class Lab:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return libvirt.open(plan.uri)
-            except libvirt.libvirtError as exc:
+                return _open_bounded(plan.uri, max(0.5, deadline - time.monotonic()))
+            except (libvirt.libvirtError, TimeoutError) as exc:
                 if time.monotonic() >= deadline:
-                    raise LabError(f"lab host {host} ({plan.uri}) does not answer: {exc}") from exc
+                    raise LabError(
+                        f"lab host {host} ({plan.uri}) does not answer: {exc or 'timeout'}"
+                    ) from exc
             time.sleep(0.1)
 
     def start_host(self, host: str) -> None:
@@ -636,6 +663,7 @@ class Lab:
         if pid is None:
             return
         _signal([pid], signal.SIGTERM)
+        _signal([pid], signal.SIGCONT)  # a frozen daemon must run to exit
         if _wait_gone([pid], timeout_s):
             _signal([pid], signal.SIGKILL)
             _wait_gone([pid], 5.0)
@@ -661,14 +689,29 @@ class Lab:
         with contextlib.suppress(FileNotFoundError):
             (self._host_dir(plan) / "libvirtd.pid").unlink()
 
-    def backend(self, **kwargs: Any) -> LibvirtBackend:
-        """A :class:`balancer.libvirt.LibvirtBackend` for this lab's hosts."""
+    def freeze_host(self, host: str) -> None:
+        """SIGSTOP the host's libvirtd: it accepts connections but never answers (a hung host)."""
+        pid = self._daemon_pid(self.host(host))
+        if pid is None:
+            raise LabError(f"lab host {host} is not running")
+        _signal([pid], signal.SIGSTOP)
+
+    def thaw_host(self, host: str) -> None:
+        """SIGCONT the host's libvirtd after :meth:`freeze_host`."""
+        pid = self._daemon_pid(self.host(host))
+        if pid is not None:
+            _signal([pid], signal.SIGCONT)
+
+    def backend(self, *, timeout_s: float = 5.0, **kwargs: Any) -> LibvirtBackend:
+        """A :class:`balancer.libvirt.LibvirtBackend` for this lab's hosts (``timeout_s`` per
+        host call; other keyword arguments go to the backend)."""
         from balancer.libvirt import HostConfig, LibvirtBackend
 
         configs = [
             HostConfig(
                 name=h.name,
                 uri=h.uri,
+                timeout_s=timeout_s,
                 migration_uri="tcp://127.0.0.1",
                 listen_address="127.0.0.1",
                 measure_host_overhead=False,
@@ -781,8 +824,8 @@ class Lab:
         reaper = int((hdir / "reaper.pid").read_text()) if (hdir / "reaper.pid").exists() else 0
         while time.monotonic() < deadline:
             try:
-                conn = libvirt.open(plan.uri)
-            except libvirt.libvirtError:
+                conn = _open_bounded(plan.uri, 10.0)
+            except (libvirt.libvirtError, TimeoutError):
                 if reaper and not _alive(reaper) and self._daemon_pid(plan) is None:
                     break
                 time.sleep(0.1)

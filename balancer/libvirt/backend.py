@@ -287,13 +287,18 @@ class LibvirtBackend:
             ids, st.callback_ids = st.callback_ids, []
         if conn is None:
             return
-        for cid in ids:
+
+        def release(conn: libvirt.virConnect = conn) -> None:
+            # RPCs to a host that may hang: never on the caller's thread
+            for cid in ids:
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.domainEventDeregisterAny(cid)
             with contextlib.suppress(libvirt.libvirtError):
-                conn.domainEventDeregisterAny(cid)
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.unregisterCloseCallback()
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+                conn.unregisterCloseCallback()
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+        threading.Thread(target=release, name="libvirt-release", daemon=True).start()
 
     def _mark_unreachable(self, st: _HostState, why: str) -> None:
         self._drop(st)

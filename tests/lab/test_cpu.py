@@ -7,7 +7,7 @@ import pytest
 from balancer.lab import Lab
 from balancer.libvirt import LibvirtBackend
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
 
 def test_vm_needing_a_feature_a_host_lacks_is_incompatible_with_it(

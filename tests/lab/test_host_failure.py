@@ -12,7 +12,7 @@ from balancer.libvirt import LibvirtBackend
 from balancer.model import HostState
 from balancer.port import JobState, MigrationOptions
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
 
 def test_stopped_libvirtd_makes_host_unreachable_and_it_comes_back(
@@ -83,3 +83,27 @@ def test_out_of_band_start_and_stop_are_seen_as_events(lab: Lab, backend: Libvir
         assert time.monotonic() < deadline, f"no stop event: {backend.events()[-5:]}"
         time.sleep(0.05)
     assert backend.locate("oob-1") is None
+
+
+def test_hung_host_times_out_as_unreachable_and_recovers(lab: Lab) -> None:
+    """A libvirtd that accepts but never answers costs one timeout, not the whole cycle."""
+    backend = lab.backend(timeout_s=2.0, warmup_s=0)
+    host = lab.host_names()[1]
+    try:
+        backend.snapshot()
+        lab.freeze_host(host)
+        try:
+            started = time.monotonic()
+            snap = backend.snapshot()
+            took = time.monotonic() - started
+            assert snap.host(host).state is HostState.UNREACHABLE
+            assert all(h.state is HostState.ACTIVE for h in snap.hosts if h.name != host)
+            assert took < 6.0, f"a hung host held the snapshot for {took:.1f}s"
+        finally:
+            lab.thaw_host(host)
+        deadline = time.monotonic() + 30
+        while backend.snapshot().host(host).state is not HostState.ACTIVE:
+            assert time.monotonic() < deadline, "the host did not come back after SIGCONT"
+            time.sleep(0.5)
+    finally:
+        backend.close()

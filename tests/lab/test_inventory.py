@@ -11,7 +11,7 @@ import pytest
 from balancer.lab import Lab
 from balancer.libvirt import LibvirtBackend
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
 
 def test_inventory_matches_libvirt(lab: Lab, backend: LibvirtBackend) -> None:

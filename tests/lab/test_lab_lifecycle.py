@@ -13,7 +13,7 @@ import pytest
 from balancer.lab import Lab
 from balancer.lab.testing import require_lab
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 BALANCER = [sys.executable, "-c", "from balancer.cli import main; main()"]
 
 

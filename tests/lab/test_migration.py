@@ -11,7 +11,7 @@ from balancer.lab import Lab
 from balancer.libvirt import LibvirtBackend
 from balancer.port import JobState, MigrationOptions
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
 
 def _other(lab: Lab, host: str, *, avoid: str | None = None) -> str:
