@@ -345,6 +345,17 @@ class Executor:
                 if w.abort_reason is None:
                     self._abort(w, AbortReason.SHUTDOWN, now, f"abort all by {who}")
 
+    def reconfigure(
+        self, *, policy: Policy | None = None, config: ExecutorConfig | None = None
+    ) -> None:
+        """A new policy and/or configuration (limits, timeouts, migration options): applies to
+        work not yet started; migrations in flight keep their options."""
+        with self._lock:
+            if policy is not None:
+                self.policy = policy
+            if config is not None:
+                self.config = config
+
     def stop_dispatch(self) -> None:
         """Start no new migration (queued work stays queued in the journal)."""
         with self._lock:
