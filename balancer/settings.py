@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from balancer.errors import SettingsError
 from balancer.yamlfile import validate_yaml
+from collectors.settings import CollectorSettings
 
 
 class _Strict(BaseModel):
@@ -136,6 +137,19 @@ class Settings(_Strict):
     log_json: bool = False
     breakers: Breakers = Field(default_factory=Breakers)
     service: ServiceOptions = Field(default_factory=ServiceOptions)
+    #: sample window, demand and staleness (docs/collectors.md); by default the window samples
+    #: at the collect interval
+    collectors: CollectorSettings | None = None
+
+    def collector_settings(self) -> CollectorSettings:
+        if self.collectors is not None:
+            return self.collectors
+        interval = self.intervals.collect_s
+        return CollectorSettings(
+            sample_interval_s=interval,
+            window_s=max(3600.0, 2 * interval),
+            stale_after_s=max(120.0, 3 * interval),
+        )
 
 
 def load_settings(path: str | Path) -> Settings:

@@ -19,6 +19,7 @@ from balancer.executor import MigrationResult
 from balancer.port import HypervisorPort
 from balancer.service.adapters import ExecutorAdapter, OptimizerPlanner, OverlayPort, StoreAudit
 from balancer.service.core import Service
+from balancer.service.demand import WindowDemand
 from balancer.service.scheduling import Intervals, Scheduler
 from balancer.service.store import ServiceStore
 from balancer.settings import LabBackend, LibvirtBackend, Settings, SimulatedBackend
@@ -129,6 +130,7 @@ class Runtime:
             store=svc_store,
             audit=StoreAudit(store),
             clock=clock,
+            demand=WindowDemand(settings.collector_settings()),
             backend_name=name,
         )
         svc.policy_listeners.append(executor.set_policy)
