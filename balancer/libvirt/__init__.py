@@ -15,6 +15,7 @@ from balancer.libvirt.backend import (
     MigrationRecord,
     VMCpuFit,
     backend_for_uris,
+    backend_from_settings,
 )
 from balancer.libvirt.events import VMEvent, VMEventKind, ensure_event_loop
 
@@ -28,5 +29,6 @@ __all__ = [
     "VMEvent",
     "VMEventKind",
     "backend_for_uris",
+    "backend_from_settings",
     "ensure_event_loop",
 ]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import libvirt
 
@@ -1010,6 +1010,26 @@ class LibvirtBackend:
         if rec.error is not None:
             raise rec.error
         return rec
+
+
+class HostSettings(Protocol):
+    """What the service settings say about one libvirt host (``balancer.settings.LibvirtHost``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def uri(self) -> str: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+
+def backend_from_settings(hosts: Iterable[HostSettings], **kwargs: Any) -> LibvirtBackend:
+    """A backend for the hosts of the settings file's ``backend: {kind: libvirt, hosts: [...]}``."""
+    return LibvirtBackend(
+        [HostConfig(name=h.name, uri=h.uri, timeout_s=h.timeout_s) for h in hosts], **kwargs
+    )
 
 
 def backend_for_uris(uris: Iterable[str], **kwargs: Any) -> LibvirtBackend:

@@ -57,3 +57,18 @@ def test_host_error_and_fault_without_details() -> None:
     bare.err = None
     fault = LibvirtFault.of(bare)
     assert fault.code == 0 and fault.message == "just text"
+
+
+def test_backend_from_settings_uses_names_uris_and_timeouts() -> None:
+    from balancer.libvirt import backend_from_settings
+    from balancer.settings import LibvirtHost
+
+    backend = backend_from_settings(
+        [LibvirtHost(name="a", uri="qemu+tcp://127.0.0.1:1/system", timeout_s=1.5)],
+        warmup_s=0,
+    )
+    try:
+        assert backend.host_names == ["a"]
+        assert backend._state("a").config.timeout_s == 1.5
+    finally:
+        backend.close()
