@@ -27,8 +27,9 @@ def test_help_and_version() -> None:
 
 def test_snapshot_writes_a_loadable_file(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
-    code, out, _ = run("snapshot", "--hosts", "5", "--vms", "50", "--seed", "3", "-o", str(path),
-                       "--json")
+    code, out, _ = run(
+        "snapshot", "--hosts", "5", "--vms", "50", "--seed", "3", "-o", str(path), "--json"
+    )
     assert code == 0
     doc = json.loads(out)
     snap = load_snapshot(path)
@@ -45,17 +46,20 @@ def test_policy_check_each_shipped_file_passes() -> None:
 def test_policy_check_directory_against_the_demo_snapshot(tmp_path: Path) -> None:
     snap = tmp_path / "s.json"
     assert run("snapshot", "-o", str(snap))[0] == 0  # the demo's cluster: 8 hosts, 200 VMs
-    code, out, err = run("policy", "check", str(REPO / "config" / "policies"), "--snapshot",
-                         str(snap), "--json")
+    code, out, err = run(
+        "policy", "check", str(REPO / "config" / "policies"), "--snapshot", str(snap), "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["ok"] is True
 
 
 def test_policy_check_reports_contradictions_and_fails(tmp_path: Path) -> None:
     p = tmp_path / "bad.yaml"
-    p.write_text("rules:\n"
-                 "  - {name: together, kind: affinity, vms: [vm001, vm002]}\n"
-                 "  - {name: apart, kind: anti_affinity, vms: [vm001, vm002]}\n")
+    p.write_text(
+        "rules:\n"
+        "  - {name: together, kind: affinity, vms: [vm001, vm002]}\n"
+        "  - {name: apart, kind: anti_affinity, vms: [vm001, vm002]}\n"
+    )
     code, _out, err = run("policy", "check", str(p))
     assert code == 2
     assert "'together'" in err and "'apart'" in err and "bad.yaml:2" in err
@@ -64,8 +68,12 @@ def test_policy_check_reports_contradictions_and_fails(tmp_path: Path) -> None:
 def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
     p = tmp_path / "bad.yaml"
     p.write_text("threshold: 7\n")
-    proc = subprocess.run([sys.executable, "-m", "balancer", "policy", "check", str(p)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "balancer", "policy", "check", str(p)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0

@@ -17,8 +17,9 @@ OPTS = MigrationOptions()
 
 def cluster(tmp: Path | None = None) -> tuple[SimulatedCluster, ManualClock]:
     clock = ManualClock()
-    return SimulatedCluster(small_cluster(), clock=clock,
-                            state_path=tmp / "state.json" if tmp else None), clock
+    return SimulatedCluster(
+        small_cluster(), clock=clock, state_path=tmp / "state.json" if tmp else None
+    ), clock
 
 
 def test_is_a_hypervisor_port() -> None:
@@ -60,9 +61,10 @@ def test_refusals_are_typed_and_name_vm_and_hosts() -> None:
 
 
 def test_cpu_incompatible_target_is_refused() -> None:
-    snap = make_snapshot([make_host("new", cpu_features={"avx512f", "avx"}),
-                          make_host("old", cpu_features={"avx"})],
-                         [make_vm("v", "new", cpu_features={"avx512f"})])
+    snap = make_snapshot(
+        [make_host("new", cpu_features={"avx512f", "avx"}), make_host("old", cpu_features={"avx"})],
+        [make_vm("v", "new", cpu_features={"avx512f"})],
+    )
     c = SimulatedCluster(snap, clock=ManualClock())
     assert not c.can_run("v", "old") and c.can_run("v", "new")
     with pytest.raises(MigrationError, match="lacks avx512f"):
@@ -70,9 +72,14 @@ def test_cpu_incompatible_target_is_refused() -> None:
 
 
 def test_target_memory_is_reserved_while_in_flight() -> None:
-    snap = make_snapshot([make_host("a", memory_mib=8192), make_host("b", memory_mib=8192)],
-                         [make_vm("v1", "a", memory_mib=4096), make_vm("v2", "a", memory_mib=4096),
-                          make_vm("w", "b", memory_mib=1024)])
+    snap = make_snapshot(
+        [make_host("a", memory_mib=8192), make_host("b", memory_mib=8192)],
+        [
+            make_vm("v1", "a", memory_mib=4096),
+            make_vm("v2", "a", memory_mib=4096),
+            make_vm("w", "b", memory_mib=1024),
+        ],
+    )
     c = SimulatedCluster(snap, clock=ManualClock())
     c.start_migration("v1", "a", "b", OPTS)
     with pytest.raises(MigrationError, match="not enough free memory"):
