@@ -22,6 +22,8 @@ from balancer.optimizer.metrics import average_loads, deviation_penalty, weights
 #: targets are tried
 TOP_VMS = 8
 TOP_TARGETS = 6
+#: improving moves applied per round (to distinct targets)
+BATCH = 4
 
 
 @dataclass(slots=True, kw_only=True)
@@ -131,6 +133,7 @@ def balance(
     active = [h for h in range(ctx.n_hosts) if ctx.balanced_host(h)]
     receivers = [h for h in active if ctx.accepts(h)]
     done: set[int] = set()
+    chained: set[int] = set()
     moves = 0
     since_reset = 0
     while moves < budget:
@@ -141,6 +144,7 @@ def balance(
                 break
             # hosts given up on may have a move now that others have shed load
             done.clear()
+            chained.clear()
             since_reset = 0
             continue
         a = max(hot, key=lambda h: (scorer.term(h, loads.cpu[h], loads.mem[h]), -h))
@@ -155,7 +159,21 @@ def balance(
         per_class: dict[frozenset[int], int] = {}
         allowed: dict[frozenset[int], list[int]] = {}
         now = {a: scorer.term(a, loads.cpu[a], loads.mem[a])}
-        for v in on_host[a]:
+        found: list[tuple[float, int, int]] = []
+        # VMs that relieve the host's overloaded resource(s) most come first
+        over_cpu = loads.cpu[a] / ctx.host_cores[a] - scorer.avg_cpu
+        over_mem = loads.mem[a] / ctx.host_mem[a] - scorer.avg_mem
+        ranked = sorted(
+            on_host[a],
+            key=lambda v: (
+                -(
+                    scorer.w_cpu * over_cpu * ctx.vm_cpu[v] / ctx.host_cores[a]
+                    + scorer.w_mem * over_mem * ctx.vm_mem[v] / ctx.host_mem[a]
+                ),
+                v,
+            ),
+        )
+        for v in ranked:
             key = candidates[v]
             if per_class.get(key, 0) >= TOP_VMS:
                 continue
@@ -176,13 +194,57 @@ def balance(
                     - now[b]
                     + costs.get(v, 0.0)
                 )
+                if score < 0:
+                    found.append((score, v, b))
                 if best is None or (score, v, b) < best:
                     best = (score, v, b)
                 tried += 1
                 if tried >= TOP_TARGETS:
                     break
+        if best is not None and best[0] < 0:
+            # apply the best few improving moves to distinct targets, each re-scored first
+            found.sort()
+            taken: set[int] = set()
+            used_targets: set[int] = set()
+            for _, v, b in found:
+                if len(taken) >= BATCH or moves >= budget:
+                    break
+                if v in taken or b in used_targets or not fits(ctx, loads, v, b):
+                    continue
+                if anti_affinity_conflict(ctx, placement, v, b):
+                    continue
+                if taken and scorer.delta(loads, v, a, b) + costs.get(v, 0.0) >= 0:
+                    continue
+                loads.move(ctx, v, a, b)
+                placement[v] = b
+                moved.add(v)
+                on_host[a].remove(v)
+                moves += 1
+                since_reset += 1
+                done.discard(b)
+                taken.add(v)
+                used_targets.add(b)
+            continue
         if best is None or best[0] >= 0:
-            done.add(a)
+            chain = None
+            worst = max(active, key=lambda h: (scorer.term(h, loads.cpu[h], loads.mem[h]), -h))
+            if moves + 2 <= budget and a == worst and a not in chained:
+                chained.add(a)
+                chain = _chain(
+                    ctx, scorer, loads, placement, a, on_host, moved, candidates, costs, cold
+                )
+            if chain is None:
+                done.add(a)
+                continue
+            (u, b_u, c_u), (v, a_v, b_v) = chain
+            for vm, src, dst in ((u, b_u, c_u), (v, a_v, b_v)):
+                loads.move(ctx, vm, src, dst)
+                placement[vm] = dst
+                moved.add(vm)
+                on_host[src].remove(vm)
+                done.discard(dst)
+            moves += 2
+            since_reset += 1
             continue
         _, v, b = best
         loads.move(ctx, v, a, b)
@@ -193,3 +255,68 @@ def balance(
         since_reset += 1
         done.discard(b)
     return placement
+
+
+#: chain search breadth: VMs of the hot host, their targets, VMs to make room there, and
+#: where those go
+CHAIN_VMS = 4
+CHAIN_TARGETS = 4
+CHAIN_ROOM_VMS = 8
+CHAIN_ROOM_TARGETS = 3
+
+
+def _chain(
+    ctx: Context,
+    scorer: Scorer,
+    loads: Loads,
+    placement: list[int],
+    a: int,
+    on_host: Mapping[int, list[int]],
+    moved: set[int],
+    candidates: Mapping[int, frozenset[int]],
+    costs: Mapping[int, float],
+    cold: Sequence[int],
+) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """Two moves that together pay when neither does alone: VM ``u`` leaves host ``b`` for a
+    colder host ``c`` so that VM ``v`` of the hot host ``a`` can take its place (a CPU-feature
+    class that only fits on a few hosts gets room there from VMs that fit anywhere)."""
+    best: tuple[float, int, int, int, int] | None = None
+    seen: dict[frozenset[int], int] = {}
+    for v in on_host[a]:
+        if v in moved:
+            continue
+        key = candidates[v]
+        if seen.get(key, 0) >= CHAIN_VMS:
+            continue
+        seen[key] = seen.get(key, 0) + 1
+        targets = [b for b in cold if b in key][:CHAIN_TARGETS]
+        for b in targets:
+            if anti_affinity_conflict(ctx, placement, v, b):
+                continue
+            rooms = [u for u in on_host[b] if u not in moved and candidates[u] != key]
+            for u in rooms[:CHAIN_ROOM_VMS]:
+                tried = 0
+                for c in cold:
+                    if c in (a, b) or c not in candidates[u]:
+                        continue
+                    if not fits(ctx, loads, u, c) or anti_affinity_conflict(ctx, placement, u, c):
+                        continue
+                    tried += 1
+                    first = scorer.delta(loads, u, b, c)
+                    loads.move(ctx, u, b, c)
+                    if fits(ctx, loads, v, b):
+                        score = (
+                            first
+                            + scorer.delta(loads, v, a, b)
+                            + costs.get(u, 0.0)
+                            + costs.get(v, 0.0)
+                        )
+                        if score < 0 and (best is None or (score, v, b, u, c) < best):
+                            best = (score, v, b, u, c)
+                    loads.move(ctx, u, c, b)
+                    if tried >= CHAIN_ROOM_TARGETS:
+                        break
+    if best is None:
+        return None
+    _, v, b, u, c = best
+    return (u, b, c), (v, a, b)

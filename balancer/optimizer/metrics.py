@@ -140,7 +140,7 @@ def average_loads(ctx: Context) -> tuple[float, float]:
 #: the deviation penalty is convex piecewise linear in ``d = load - average``: slope 1 up to
 #: the first breakpoint, then one more per breakpoint passed (an integer-friendly stand-in
 #: for the square, so that spreading load between two hot hosts also pays)
-DEVIATION_BREAKPOINTS: tuple[float, ...] = (0.0, 0.05, 0.10, 0.20, 0.40)
+DEVIATION_BREAKPOINTS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.10, 0.20, 0.40)
 
 
 def deviation_penalty(d: float) -> float:
