@@ -202,6 +202,7 @@ class LibvirtBackend:
         self._hosts: dict[str, _HostState] = {h.name: _HostState(config=h) for h in hosts}
         self._lock = threading.RLock()
         self._samples: dict[tuple[str, str], stats.CpuSample] = {}
+        self._running: dict[tuple[str, str], bool] = {}
         self._dominfo: dict[tuple[str, str, int], domxml.DomainInfo] = {}
         self._compat: dict[tuple[str, str, str], bool] = {}
         self._expanded: dict[tuple[str, str], frozenset[str]] = {}
@@ -473,6 +474,10 @@ class LibvirtBackend:
                         cores = stats.cores_used(self._samples.get(key), cur)
                         self._samples[key] = cur
                 new = new or cores is None
+                with self._lock:
+                    self._running[(host, dinfo.name)] = (
+                        st_.get("state.state") == libvirt.VIR_DOMAIN_RUNNING
+                    )
                 if self._measure_dirty_rate:
                     with contextlib.suppress(libvirt.libvirtError):
                         dom.startDirtyRateCalc(1, 0)
@@ -491,9 +496,12 @@ class LibvirtBackend:
                         dirty_rate_mib_s=stats.dirty_rate_mib_s(st_),
                     )
                 )
+            names = {v.name for v in vms}
             with self._lock:
                 for k in [k for k in self._samples if k[0] == host and k not in seen]:
                     del self._samples[k]
+                for k2 in [k for k in self._running if k[0] == host and k[1] not in names]:
+                    del self._running[k2]
             overhead_cpu = 0.0
             overhead_mem = 0
             if cfg.measure_host_overhead:
@@ -575,10 +583,16 @@ class LibvirtBackend:
             st.last_host, st.last_vms = host, host_vms
             hosts.append(host)
             vms.extend(host_vms)
-        # a VM seen on two hosts is mid-migration (or was stale on an unreachable host)
+
+        # a VM seen on two hosts is mid-migration (the target holds a paused incoming copy)
+        # or stale on an unreachable host: keep the reachable, running one
+        def rank(v: VM) -> tuple[bool, bool]:
+            reachable = self._hosts[v.host].unreachable_since is None
+            return reachable, self._running.get((v.host, v.name), True)
+
         seen: dict[str, VM] = {}
         for v in vms:
-            if v.name not in seen or self._hosts[seen[v.name].host].unreachable_since is not None:
+            if v.name not in seen or rank(v) > rank(seen[v.name]):
                 seen[v.name] = v
         return Snapshot(hosts=tuple(hosts), vms=tuple(seen.values()))
 

@@ -60,6 +60,10 @@ def test_progress_and_abort_keep_the_vm_on_its_source(lab: Lab, backend: Libvirt
         time.sleep(0.05)
     assert progress.state is JobState.RUNNING
     assert progress.data_total_mib > 0 and progress.data_remaining_mib > 0
+    # mid-migration the target holds a paused incoming copy: the snapshot still shows one VM,
+    # on the source, where it runs
+    snap = backend.snapshot()
+    assert [v.host for v in snap.vms if v.name == vm] == [source]
 
     backend.abort(job_id)
     final = backend.wait(job_id, timeout_s=30)
