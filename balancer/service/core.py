@@ -1190,11 +1190,20 @@ class Service:
         """Evacuate every host entering maintenance; a host that is empty with nothing in
         flight becomes ``maintenance``. Records per-VM progress and blockers."""
         reqs = [r for r in self.store.maintenance_requests(active_only=True, limit=1000)]
-        evac = [r for r in reqs if r.state == EVACUATING]
+        if not reqs:
+            return
+        active = self._active_migrations()
+        busy = {m.source for m in active} | {m.target for m in active}
+        # hosts being emptied, and hosts in maintenance that something moved a VM onto
+        evac = [
+            r
+            for r in reqs
+            if r.state == EVACUATING
+            or (r.state == IN_MAINTENANCE and (snap.vms_on(r.host) or r.host in busy))
+        ]
         if not evac:
             return
         policy = self._pol.policy
-        active = self._active_migrations()
         recent = self.executor.migrations(limit=2000)
         evac_hosts = {r.host for r in reqs}
         plan: Plan | None = None
@@ -1203,6 +1212,7 @@ class Service:
             host = req.host
             on = {v.name for v in snap.vms_on(host)}
             mine = [m for m in active if m.source == host]
+            inbound = [m for m in active if m.target == host]
             progress: dict[str, dict[str, Any]] = {k: dict(v) for k, v in req.vms.items()}
             for vm in set(req.original_vms) | on | set(progress):
                 p = progress.setdefault(vm, {"state": "pending", "attempts": 0})
@@ -1241,7 +1251,9 @@ class Service:
                     )
             remaining = [vm for vm in on if progress[vm]["state"] not in ("migrating", "queued")]
             values: dict[str, Any] = {}
-            if not on and not mine:
+            if not on and not mine and not inbound:
+                if req.state != EVACUATING:
+                    continue
                 self.store.set_host_state(host, HostState.MAINTENANCE.value, who=req.who, at=now)
                 values.update(state=IN_MAINTENANCE, finished_at=now, blockers=[], message="empty")
                 self._refresh_overlay()

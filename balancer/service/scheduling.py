@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -187,11 +187,14 @@ class Scheduler:
             name="collect",
             next_run_time=now,
         )
+        # the first balance cycle comes soon after the first samples, not a full period later
+        first = min(self.intervals.balance_s, 2 * self.intervals.collect_s)
         s.add_job(
             self._balance,
             IntervalTrigger(seconds=self.intervals.balance_s),
             id="balance",
             name="balance",
+            next_run_time=now + timedelta(seconds=first),
         )
         s.add_job(
             self._reload,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -36,9 +37,14 @@ def test_full_automation_balances_skewed_load_within_a_few_cycles(tmp_path: Path
         assert migs and all(m["state"] == "succeeded" for m in migs), migs
         # every move is explained and attributed to its plan
         assert all(m["plan_id"] and m["reason"] for m in migs)
-        # nothing ping-pongs: no VM moved twice
+        # nothing ping-pongs: no VM moved twice; moved VMs are held by the cooldown
         vms = [m["vm"] for m in migs]
         assert len(vms) == len(set(vms))
+        holds = {h["vm"]: h for h in svc.get("/status")["holds"]}
+        assert {v for v in vms if holds.get(v, {}).get("reason") == "cooldown"}, holds
+        # structured JSON logs carry the plan id and the VM on the lines that concern them
+        lines = [json.loads(x) for x in svc.log_path.read_text().splitlines() if x.startswith("{")]
+        assert any(x.get("plan_id") == migs[0]["plan_id"] and x.get("vm") for x in lines)
         # the audit trail holds the decisions and the outcomes, and verifies
     store = Store.open(f"sqlite:///{tmp_path / 'balancer.db'}")
     try:
@@ -65,6 +71,35 @@ def test_manual_nothing_moves_until_approved(tmp_path: Path) -> None:
             assert c.post(f"/recommendations/{recs[0]['id']}/approve").status_code == 403
 
         rec = next(r for r in recs if r["reason"] == "balance")
+        # a recommendation expires when the cluster changes under it: move its VM by hand
+        other = next(
+            (r for r in recs if r["vm"] != rec["vm"] and r["target"] != rec["target"]), None
+        )
+        if other is not None:
+            svc.post("/migrations", user="bob", json={"vm": other["vm"], "target": other["target"]})
+            gone = wait_for(
+                "the recommendation to expire",
+                lambda: next(
+                    (
+                        r
+                        for r in svc.get("/recommendations", params={"state": "expired"})
+                        if r["id"] == other["id"]
+                    ),
+                    None,
+                ),
+                timeout_s=60,
+            )
+            assert "now runs on" in gone["note"] or "superseded" in gone["note"], gone
+            wait_for(
+                "no migration in flight",
+                lambda: not svc.get("/migrations", params={"active": True}),
+            )
+            rec = wait_for(
+                "a pending balance recommendation",
+                lambda: next(
+                    (r for r in svc.get("/recommendations") if r["reason"] == "balance"), None
+                ),
+            )
         done = svc.post(f"/recommendations/{rec['id']}/approve", user="bob")
         assert done["state"] == "approved" and done["decided_by"] == "bob"
         assert done["migration_id"]
@@ -73,9 +108,9 @@ def test_manual_nothing_moves_until_approved(tmp_path: Path) -> None:
             lambda: _placement(svc)[rec["vm"]] == rec["target"],
             timeout_s=60,
         )
-        migs = svc.get("/migrations")
-        assert [m["vm"] for m in migs] == [rec["vm"]]
-        assert migs[0]["who"] == "bob"
+        migs = [m for m in svc.get("/migrations") if m["vm"] == rec["vm"]]
+        assert len(migs) == 1 and migs[0]["who"] == "bob"
+        assert {m["reason"] for m in svc.get("/migrations")} <= {"manual", "balance"}
         # approving again is refused, naming the state
         with svc.client("bob") as c:
             r = c.post(f"/recommendations/{rec['id']}/approve")
@@ -223,3 +258,42 @@ def test_bad_policy_edit_keeps_the_last_good_one(tmp_path: Path) -> None:
             timeout_s=30,
         )
         assert fixed["last_error"] is None and fixed["threshold"] == 4
+
+
+def test_several_hosts_in_maintenance_while_capacity_allows(tmp_path: Path) -> None:
+    cfg = write_settings(
+        tmp_path, hosts=5, vms=30, policy={"automation": "partial", "threshold": 1}
+    )
+    with running(cfg) as svc:
+        hosts = [h["name"] for h in wait_for("a status", lambda: svc.get("/status")["hosts"])]
+        entered: list[str] = []
+        refusal = None
+        with svc.client("bob") as c:
+            for h in sorted(
+                hosts, key=lambda name: -len(svc.get(f"/maintenance/{name}/preflight")["moves"])
+            ):
+                r = c.post(f"/maintenance/{h}/enter", json={})
+                if r.status_code == 200:
+                    entered.append(h)
+                    continue
+                assert r.status_code == 409, r.text
+                refusal = (h, r.json()["error"])
+                if len(entered) >= 2:
+                    break
+        assert len(entered) >= 2, (entered, refusal)
+        assert refusal is not None, f"every host entered maintenance: {entered}"
+        host, error = refusal
+        assert error.startswith(f"host {host} cannot enter maintenance:")
+        assert "cannot leave" in error or "conflict" in error
+        # the refused host stays active; the others are emptied
+        for h in entered:
+            wait_for(
+                f"{h} in maintenance",
+                lambda h=h: svc.get(f"/maintenance/{h}")["state"] == "maintenance",
+                timeout_s=120,
+            )
+        status = {h["name"]: h for h in svc.get("/status")["hosts"]}
+        assert status[host]["state"] == "active"
+        assert all(status[h]["vm_count"] == 0 for h in entered)
+        refused = svc.get("/audit", params={"kind": "maintenance", "host": host})
+        assert refused and refused[0]["result"] == "refused" and refused[0]["who"] == "bob"
