@@ -181,6 +181,13 @@ def _with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
     return fut.result(timeout=timeout_s)
 
 
+def _start_dirty_rate_calc(doms: Sequence[libvirt.virDomain]) -> None:
+    """Start a one-second dirty-rate measurement on each VM (read by the next snapshot)."""
+    for dom in doms:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.startDirtyRateCalc(1, 0)
+
+
 class LibvirtBackend:
     """HypervisorPort on real libvirt hosts."""
 
@@ -457,9 +464,13 @@ class LibvirtBackend:
             self._host_cpu(st, conn)
             now = time.monotonic()
             records = conn.getAllDomainStats(
-                DOMAIN_STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+                DOMAIN_STATS,
+                libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+                # never wait for a VM busy in a job (an incoming migration holds its job)
+                | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
             )
             vms: list[VM] = []
+            calc: list[libvirt.virDomain] = []
             new = False
             seen: set[tuple[str, str]] = set()
             for dom, st_ in records:
@@ -478,9 +489,10 @@ class LibvirtBackend:
                     self._running[(host, dinfo.name)] = (
                         st_.get("state.state") == libvirt.VIR_DOMAIN_RUNNING
                     )
-                if self._measure_dirty_rate:
-                    with contextlib.suppress(libvirt.libvirtError):
-                        dom.startDirtyRateCalc(1, 0)
+                if self._measure_dirty_rate and st_.get("state.state") == (
+                    libvirt.VIR_DOMAIN_RUNNING
+                ):
+                    calc.append(dom)
                 features: frozenset[str] = frozenset()
                 if dinfo.cpu_xml is not None:
                     features = self._expand(conn, dinfo.domain_type, dinfo.cpu_xml)
@@ -496,6 +508,14 @@ class LibvirtBackend:
                         dirty_rate_mib_s=stats.dirty_rate_mib_s(st_),
                     )
                 )
+            if calc:
+                # starting a measurement needs a job: a VM busy migrating would make us wait
+                threading.Thread(
+                    target=_start_dirty_rate_calc,
+                    args=(calc,),
+                    name=f"dirtyrate {host}",
+                    daemon=True,
+                ).start()
             names = {v.name for v in vms}
             with self._lock:
                 for k in [k for k in self._samples if k[0] == host and k not in seen]:
