@@ -13,7 +13,9 @@ BalancerError                    every error we raise on purpose; has ``exit_cod
 │   ├── VMNotFoundError          the VM is on no reachable host
 │   └── MigrationError           a live migration failed: which VM, hosts, and what the backend said
 ├── StorageError                 the journal / audit store (exit 5)
-│   └── AuditChainError          the hash chain does not verify: names the first bad record
+│   ├── AuditChainError          the hash chain does not verify: names the first bad record
+│   └── FencedError              the database refused a write from a lease epoch that is no
+│                                longer the cluster's (another instance leads it now)
 ├── ServiceError                 talking to the running service (exit 6)
 └── LabError                     the local lab cannot be set up: says what is missing (exit 7)
 ```
@@ -130,6 +132,16 @@ class AuditChainError(StorageError):
     def __init__(self, message: str, *, record_id: int | None = None) -> None:
         super().__init__(message, subject=str(record_id) if record_id is not None else None)
         self.record_id = record_id
+
+
+class FencedError(StorageError):
+    """A write carried a fencing token (cluster, epoch) that no longer holds the cluster's
+    lease: another instance has taken the cluster over, so this one must step down."""
+
+    def __init__(self, message: str, *, cluster: str, epoch: int) -> None:
+        super().__init__(message, subject=cluster)
+        self.cluster = cluster
+        self.epoch = epoch
 
 
 class ServiceError(BalancerError):

@@ -12,8 +12,10 @@ from balancer.storage.audit import AuditEntry, AuditQuery, AuditRecord
 from balancer.storage.db import default_url, make_engine, normalize_url
 from balancer.storage.journal import (
     ACTIVE_STATES,
+    FENCED_SQLSTATE,
     FINAL_STATES,
     IN_FLIGHT_STATES,
+    Fence,
     JournalEvent,
     NewPlan,
     NewRequest,
@@ -26,11 +28,13 @@ from balancer.storage.schema import create_schema, metadata
 
 __all__ = [
     "ACTIVE_STATES",
+    "FENCED_SQLSTATE",
     "FINAL_STATES",
     "IN_FLIGHT_STATES",
     "AuditEntry",
     "AuditQuery",
     "AuditRecord",
+    "Fence",
     "JournalEvent",
     "NewPlan",
     "NewRequest",

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from balancer.errors import StorageError
+from balancer.errors import FencedError, StorageError
 from balancer.storage import audit as audit_mod
 from balancer.storage.audit import AuditEntry, AuditQuery, AuditRecord
 from balancer.storage.db import make_engine, redact
@@ -37,6 +37,24 @@ SUPERSEDED = "superseded"
 ACTIVE_STATES = frozenset({QUEUED, STARTING, RUNNING, ABORTING})
 IN_FLIGHT_STATES = frozenset({STARTING, RUNNING, ABORTING})
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, ABORTED, SKIPPED, SUPERSEDED})
+
+
+#: the SQLSTATE the fencing trigger raises (balancer/ha/fence.py): a write from an old epoch
+FENCED_SQLSTATE = "BF001"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fence:
+    """The fencing token a leader's writes carry: the cluster and the epoch of its lease.
+    Every transaction of a fenced store sets it (``balancer.fence``); on PostgreSQL with the
+    fencing trigger installed, a write whose epoch no longer holds the lease is refused."""
+
+    cluster: str
+    epoch: int
+
+    @property
+    def setting(self) -> str:
+        return f"{self.epoch}:{self.cluster}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +179,8 @@ class Store:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.url = redact(engine.url.render_as_string(hide_password=False))
+        #: the fencing token every transaction carries (None: an unfenced writer)
+        self.fence: Fence | None = None
         try:
             create_schema(engine)
         except SQLAlchemyError as exc:
@@ -173,6 +193,15 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def fenced(self, fence: Fence | None) -> Store:
+        """The same store (same engine, no schema work) whose every transaction carries
+        ``fence``; writes from an epoch that lost the lease raise :class:`FencedError`."""
+        other = Store.__new__(Store)
+        other.engine = self.engine
+        other.url = self.url
+        other.fence = fence
+        return other
 
     # -- transactions ------------------------------------------------------------------------
     def _tx(self) -> AbstractContextManager[sa.Connection]:
@@ -464,8 +493,20 @@ def _first_line(exc: BaseException) -> str:
 @contextmanager
 def _transaction(store: Store) -> Iterator[sa.Connection]:
     """One transaction; database errors become :class:`StorageError` (one line, the cause kept)."""
+    fence = store.fence
     try:
         with store.engine.begin() as conn:
+            if fence is not None:
+                conn.execute(
+                    sa.text("SELECT set_config('balancer.fence', :f, true)"), {"f": fence.setting}
+                )
             yield conn
     except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None)
+        if fence is not None and getattr(orig, "sqlstate", None) == FENCED_SQLSTATE:
+            raise FencedError(
+                f"store {store.url}: write refused: {_first_line(exc)}",
+                cluster=fence.cluster,
+                epoch=fence.epoch,
+            ) from exc
         raise StorageError(f"store {store.url}: {_first_line(exc)}") from exc
