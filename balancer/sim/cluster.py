@@ -10,15 +10,22 @@
 * Optional state file: with ``state_path`` every change is written atomically to disk and read
   back on construction, so the *hypervisors* outlive a balancer process that is killed — a
   migration in flight keeps going (its completion is computed from the clock) exactly as
-  libvirt's would while the balancer is down.
+  libvirt's would while the balancer is down. Several processes may share one state file (a
+  standby and the leader of the high-availability service): every operation holds an exclusive
+  ``fcntl.flock`` on ``<state file>.lock`` and reads the file again when another process
+  changed it, so each operation sees and extends the latest state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import json
 import math
+import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -154,10 +161,45 @@ class SimulatedCluster:
         self._pending_faults: dict[str, tuple[str, float, str]] = {}  # vm -> (kind, at, msg)
         self._seq = itertools.count(1)
         self._snap = snapshot
-        if self._state_path and self._state_path.exists():
-            self._load()
-        else:
-            self._save()
+        self._depth = 0
+        self._stamp: tuple[int, int, int] | None = None
+        with self._synced():
+            if self._state_path is None or self._stamp is None:
+                self._save()
+
+    @contextlib.contextmanager
+    def _synced(self) -> Iterator[None]:
+        """The thread lock and, with a state file, the file lock across processes (re-entrant
+        within this object), with the state read again when another process changed it."""
+        with self._lock:
+            if self._state_path is None or self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            lock_path = self._state_path.with_name(self._state_path.name + ".lock")
+            with open(lock_path, "a+") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                self._depth = 1
+                try:
+                    stamp = self._file_stamp()
+                    if stamp is not None and stamp != self._stamp:
+                        self._load()
+                        self._stamp = stamp
+                    yield
+                finally:
+                    self._depth = 0
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        assert self._state_path is not None
+        try:
+            st = os.stat(self._state_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     # -- persistence -------------------------------------------------------------------------
     def _load(self) -> None:
@@ -184,6 +226,7 @@ class SimulatedCluster:
                 "seq": seq,
             },
         )
+        self._stamp = self._file_stamp()
 
     # -- time --------------------------------------------------------------------------------
     def _elapsed(self, job: _Job, now: datetime) -> float:
@@ -230,7 +273,7 @@ class SimulatedCluster:
 
     # -- HypervisorPort ----------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        with self._lock:
+        with self._synced():
             self._advance()
             if not self._unreachable:
                 return self._snap
@@ -243,14 +286,14 @@ class SimulatedCluster:
             )
 
     def can_run(self, vm: str, host: str) -> bool:
-        with self._lock:
+        with self._synced():
             try:
                 return self._snap.vm(vm).runs_on(self._snap.host(host))
             except KeyError:
                 return False
 
     def start_migration(self, vm: str, source: str, target: str, options: MigrationOptions) -> str:
-        with self._lock:
+        with self._synced():
             self._advance()
             try:
                 v = self._snap.vm(vm)
@@ -307,7 +350,7 @@ class SimulatedCluster:
             return job.job_id
 
     def progress(self, job_id: str) -> MigrationProgress:
-        with self._lock:
+        with self._synced():
             self._advance()
             job = self._jobs.get(job_id)
             if job is None:
@@ -339,7 +382,7 @@ class SimulatedCluster:
             )
 
     def abort(self, job_id: str) -> None:
-        with self._lock:
+        with self._synced():
             self._advance()
             job = self._jobs.get(job_id)
             if job is not None and job.state is JobState.RUNNING:
@@ -347,7 +390,7 @@ class SimulatedCluster:
                 self._save()
 
     def locate(self, vm: str) -> str | None:
-        with self._lock:
+        with self._synced():
             self._advance()
             try:
                 host = self._snap.vm(vm).host
@@ -360,18 +403,18 @@ class SimulatedCluster:
         self, vm: str, *, at_fraction: float = 0.5, message: str = "injected failure"
     ) -> None:
         """The next migration of ``vm`` fails once it reaches ``at_fraction``."""
-        with self._lock:
+        with self._synced():
             self._pending_faults[vm] = ("fail", at_fraction, message)
             self._save()
 
     def inject_stall(self, vm: str, *, at_fraction: float = 0.3) -> None:
         """The next migration of ``vm`` stops making progress at ``at_fraction``."""
-        with self._lock:
+        with self._synced():
             self._pending_faults[vm] = ("stall", at_fraction, "")
             self._save()
 
     def set_reachable(self, host: str, reachable: bool) -> None:
-        with self._lock:
+        with self._synced():
             self._snap.host(host)
             self._advance()
             if reachable:
@@ -382,12 +425,12 @@ class SimulatedCluster:
             self._save()
 
     def set_host_state(self, host: str, state: HostState) -> None:
-        with self._lock:
+        with self._synced():
             self._snap = self._snap.with_host_state(host, state)
             self._save()
 
     def set_vm_cpu(self, vm: str, cpu_used_cores: float) -> None:
-        with self._lock:
+        with self._synced():
             self._snap = self._snap.with_vms(
                 replace(v, cpu_used_cores=cpu_used_cores) if v.name == vm else v
                 for v in self._snap.vms
@@ -396,7 +439,7 @@ class SimulatedCluster:
 
     def set_cpu_usage(self, usage: dict[str, float]) -> None:
         """Set the measured CPU of many VMs at once (trace replay, demos)."""
-        with self._lock:
+        with self._synced():
             self._snap = self._snap.with_vms(
                 replace(v, cpu_used_cores=usage[v.name]) if v.name in usage else v
                 for v in self._snap.vms
@@ -407,7 +450,7 @@ class SimulatedCluster:
         """The newest job migrating ``vm`` to ``target`` started at or after ``since`` (running
         or final), or None. Lets the executor recover a migration it started but whose job id it
         could not write down before it was killed."""
-        with self._lock:
+        with self._synced():
             self._advance()
             found = [
                 j
@@ -417,5 +460,5 @@ class SimulatedCluster:
             return max(found, key=lambda j: j.started).job_id if found else None
 
     def jobs(self) -> list[MigrationProgress]:
-        with self._lock:
+        with self._synced():
             return [self.progress(j) for j in list(self._jobs)]
