@@ -6,7 +6,8 @@ instruction per line with its mnemonic) does:
 1. normalise CS, set up a stack, enable A20 and switch to 32-bit flat protected mode;
 2. fill ``fill_mib`` MiB of RAM from 1 MiB upwards with a non-zero pattern, so a migration has
    real pages to copy (zero pages are nearly free to migrate);
-3. ``busy``: spin forever, incrementing the 32-bit counter at guest-physical
+3. ``dirty``: rewrite the fill region over and over, counting the passes in the counter;
+   ``busy``: spin forever, incrementing the 32-bit counter at guest-physical
    :data:`COUNTER_GPA` once every ``2**16`` iterations of a delay loop (about ten thousand
    increments per second under KVM: it takes days to wrap). The vCPU runs at 100 %.
    ``idle``: halt with interrupts off, using no CPU at all.
@@ -33,6 +34,9 @@ _LOAD_ADDR = 0x7C00
 class GuestKind(StrEnum):
     BUSY = "busy"
     IDLE = "idle"
+    #: rewrites its whole fill region in a loop (hundreds of MiB/s of dirty pages) and counts
+    #: the passes: a pre-copy migration of it does not converge without help
+    DIRTY = "dirty"
 
 
 def boot_sector(kind: GuestKind, *, fill_mib: int = 8) -> bytes:
@@ -74,6 +78,15 @@ def boot_sector(kind: GuestKind, *, fill_mib: int = 8) -> bytes:
         loop = len(code)
         code += b"\xb9" + struct.pack("<I", DELAY_LOOP)  # mov ecx, DELAY_LOOP
         code += b"\xe2\xfe"  # loop $
+        code += b"\xff\x05" + struct.pack("<I", COUNTER_GPA)  # inc dword [COUNTER]
+        code += b"\xeb" + struct.pack("<b", loop - (len(code) + 2))  # jmp loop
+    elif kind is GuestKind.DIRTY:
+        code += b"\xc7\x05" + struct.pack("<II", COUNTER_GPA, 0)  # mov dword [COUNTER], 0
+        loop = len(code)
+        code += b"\xbf" + struct.pack("<I", FILL_START_GPA)  # mov edi, FILL_START
+        code += b"\xb9" + struct.pack("<I", fill_mib * 1024 * 1024 // 4)  # mov ecx, dwords
+        code += b"\x40"  # inc eax            (a new pattern each pass)
+        code += b"\xf3\xab"  # rep stosd
         code += b"\xff\x05" + struct.pack("<I", COUNTER_GPA)  # inc dword [COUNTER]
         code += b"\xeb" + struct.pack("<b", loop - (len(code) + 2))  # jmp loop
     else:

@@ -67,3 +67,23 @@ def test_parse_xp_output() -> None:
     assert parse_xp_word("0000000000007e00: 0xffffffff") == 0xFFFFFFFF
     with pytest.raises(ValueError):
         parse_xp_word("unknown command")
+
+
+def test_dirty_guest_rewrites_its_memory_in_a_loop() -> None:
+    dirty = boot_sector(GuestKind.DIRTY, fill_mib=8)
+    inc = b"\xff\x05" + struct.pack("<I", COUNTER_GPA)
+    assert inc in dirty
+    # the loop body: reload edi/ecx, change the pattern, rep stosd, count, jump back
+    body = (
+        b"\xbf"
+        + struct.pack("<I", FILL_START_GPA)
+        + b"\xb9"
+        + struct.pack("<I", 8 * 1024 * 1024 // 4)
+        + b"\x40\xf3\xab"
+        + inc
+    )
+    at = dirty.index(body, dirty.index(b"\xc7\x05"))
+    jump = at + len(body)
+    assert (
+        dirty[jump] == 0xEB and jump + 2 + struct.unpack("<b", dirty[jump + 1 : jump + 2])[0] == at
+    )
