@@ -127,8 +127,52 @@ class ServiceOptions(_Strict):
     executor_poll_s: float = Field(default=1.0, gt=0)
 
 
-class Settings(_Strict):
+class HA(_Strict):
+    """High availability (docs/deployment.md): several instances share the database (it must be
+    PostgreSQL); each cluster is led by the instance holding its lease."""
+
+    #: this instance's name, unique in the deployment (e.g. the host name)
+    instance: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")
+    #: how long a lease lasts without renewal: a dead leader's clusters move after about this
+    lease_seconds: float = Field(default=15.0, ge=1.0, le=3600.0)
+    #: how often the leases are renewed and free ones sought (default: a quarter of the lease)
+    renew_seconds: float | None = Field(default=None, gt=0)
+    #: an instance counts as alive (for spreading the clusters) when seen within this long
+    #: (default: two leases)
+    alive_seconds: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> HA:
+        if self.renew_seconds is not None and self.renew_seconds >= self.lease_seconds / 2:
+            raise ValueError("renew_seconds must be under half of lease_seconds")
+        return self
+
+    @property
+    def renew_s(self) -> float:
+        return self.renew_seconds or self.lease_seconds / 4
+
+    @property
+    def alive_s(self) -> float:
+        return self.alive_seconds or 2 * self.lease_seconds
+
+
+class ClusterSettings(_Strict):
+    """One cluster of a deployment that serves several (``clusters:``)."""
+
+    #: the cluster's name; its journal, audit trail and service tables live in the PostgreSQL
+    #: schema ``cluster_<name>``
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,40}$")
     backend: Backend
+    policy: str = "config/policies"
+
+
+#: the name of the one cluster of a settings file without ``clusters:``
+DEFAULT_CLUSTER = "default"
+
+
+class Settings(_Strict):
+    #: the hypervisors (required unless ``clusters`` lists them per cluster)
+    backend: Backend = None  # type: ignore[assignment]
     policy: str = "config/policies"
     database: str = "sqlite:///state/balancer.db"
     api: Api = Field(default_factory=Api)
@@ -140,6 +184,33 @@ class Settings(_Strict):
     #: sample window, demand and staleness (docs/collectors.md); by default the window samples
     #: at the collect interval
     collectors: CollectorSettings | None = None
+    #: several instances with leader election (absent: one instance, no election)
+    ha: HA | None = None
+    #: several clusters in one deployment (absent: one cluster, ``default``, from ``backend``
+    #: and ``policy`` above)
+    clusters: list[ClusterSettings] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _clusters_and_ha(self) -> Settings:
+        if self.clusters is None and self.backend is None:
+            raise ValueError("backend: required (or list the clusters under clusters:)")
+        if self.clusters is not None:
+            names = [c.name for c in self.clusters]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"clusters: the name {dup[0]!r} is used twice")
+        postgres = self.database.startswith(("postgresql://", "postgres://"))
+        if self.ha is not None and not postgres:
+            raise ValueError("ha: needs database: postgresql://... (shared by the instances)")
+        if self.clusters is not None and len(self.clusters) > 1 and not postgres:
+            raise ValueError("clusters: several clusters need database: postgresql://...")
+        return self
+
+    def cluster_list(self) -> list[ClusterSettings]:
+        """The clusters this deployment serves (one, ``default``, unless ``clusters:``)."""
+        if self.clusters is not None:
+            return list(self.clusters)
+        return [ClusterSettings(name=DEFAULT_CLUSTER, backend=self.backend, policy=self.policy)]
 
     def collector_settings(self) -> CollectorSettings:
         if self.collectors is not None:

@@ -183,6 +183,8 @@ class Executor:
         self._recent: deque[MigrationResult] = deque(maxlen=1000)
         self._recovered = False
         self._stopping = False
+        #: a standby (high availability): requests are written to the journal, never run here
+        self._standby = False
 
     # -- public API --------------------------------------------------------------------------
     def recover(self) -> list[MigrationResult]:
@@ -190,6 +192,7 @@ class Executor:
         that was in flight is asked after and its real outcome recorded (or it is followed
         on); queued work is queued again. Returns the outcomes recorded now."""
         with self._lock:
+            self._standby = False
             self._queue.clear()
             self._inflight.clear()
             before = len(self._recent)
@@ -211,6 +214,8 @@ class Executor:
             self._ensure_recovered()
             now = self.clock.now()
             rid = self.store.add_request(_new_request(request), at=now)
+            if self._standby:
+                return rid  # the leader takes it from the journal
             self._queue[rid] = _Work(
                 request_id=rid,
                 vm=request.vm,
@@ -286,7 +291,7 @@ class Executor:
             if superseded:
                 for rid in ids:
                     self._note_result(result_of(self.store.request(rid)))
-            else:
+            elif not self._standby:
                 self._plans[pid] = made
                 for rid, req in zip(ids, reqs, strict=True):
                     self._queue[rid] = _Work(
@@ -323,7 +328,51 @@ class Executor:
             if w is not None and w.abort_reason is None:
                 self._abort(w, AbortReason.CANCELLED, now, f"cancelled by {who}")
                 return True
+            if self._standby and self.store.request(request_id).state == j.QUEUED:
+                # the leader's start is conditional on ``queued``: it will not start it
+                return self.store.finish(
+                    request_id,
+                    Outcome(
+                        result=Result.SKIPPED.value,
+                        skip_reason=SkipReason.CANCELLED.value,
+                        error=f"cancelled by {who}",
+                    ),
+                    at=now,
+                )
             return False
+
+    def stand_by(self) -> None:
+        """Become a standby (high availability: another instance leads the cluster): forget
+        the in-memory queue and flights, which the leader owns, and only write new requests to
+        the journal for the leader to take. :meth:`recover` makes this a leader again."""
+        with self._lock:
+            self._queue.clear()
+            self._inflight.clear()
+            self._plans.clear()
+            self._recovered = True
+            self._standby = True
+
+    @property
+    def standby(self) -> bool:
+        return self._standby
+
+    def adopt_queued(self) -> int:
+        """Queue the requests another process wrote to the journal since the recovery (a
+        standby took them from its API); returns how many."""
+        with self._lock:
+            if self._standby or not self._recovered:
+                return 0
+            added = 0
+            for r in self.store.requests(states={j.QUEUED}):
+                if r.id in self._queue or r.id in self._inflight:
+                    continue
+                if r.plan_id and r.plan_id not in self._plans:
+                    p = self.store.plan(r.plan_id)
+                    if p is not None:
+                        self._plans[r.plan_id] = p.made_at
+                self._queue[r.id] = _Work.from_row(r)
+                added += 1
+            return added
 
     def cancel_plan(self, plan_id: str, *, who: str = "balancer") -> int:
         with self._lock:
