@@ -53,6 +53,12 @@ def test_qemu_conf_runs_guests_as_root_without_virtlogd_or_security_driver() -> 
         assert line in conf
 
 
+def _attr(el: ET.Element, path: str, name: str) -> str | None:
+    found = el.find(path)
+    assert found is not None, path
+    return found.get(name)
+
+
 def test_domain_xml_boots_from_the_shared_read_only_disk() -> None:
     xml = domain_xml(
         name="busy-1",
@@ -65,11 +71,11 @@ def test_domain_xml_boots_from_the_shared_read_only_disk() -> None:
     root = ET.fromstring(xml)
     assert root.get("type") == "qemu"
     assert root.findtext("name") == "busy-1"
-    assert root.findtext("memory") == "64" and root.find("memory").get("unit") == "MiB"
+    assert root.findtext("memory") == "64" and _attr(root, "memory", "unit") == "MiB"
     disk = root.find("devices/disk")
     assert disk is not None and disk.find("readonly") is not None
-    assert disk.find("source").get("file") == "/lab/disks/busy.img"
-    assert disk.find("target").get("bus") == "virtio"
+    assert _attr(disk, "source", "file") == "/lab/disks/busy.img"
+    assert _attr(disk, "target", "bus") == "virtio"
     assert root.find("cpu") is None
 
 
@@ -89,9 +95,9 @@ def test_domain_xml_requires_cpu_features_and_adds_writable_disks() -> None:
         ("require", "clwb")
     ]
     disks = root.findall("devices/disk")
-    assert disks[1].find("target").get("dev") == "vdb"
+    assert _attr(disks[1], "target", "dev") == "vdb"
     assert disks[1].find("readonly") is None
-    assert disks[1].find("driver").get("type") == "qcow2"
+    assert _attr(disks[1], "driver", "type") == "qcow2"
     with pytest.raises(ValueError):
         domain_xml(name="v", uuid="u", kind=GuestKind.IDLE, disk_path="/d", domain_type="xen")
 
@@ -119,8 +125,8 @@ def test_strip_cpu_feature_only_touches_host_cpu_sections() -> None:
 
 
 def test_missing_prerequisites_name_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(lab_module.shutil, "which", lambda tool, path=None: None)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    monkeypatch.setattr("shutil.which", lambda tool, path=None: None)
     missing = lab_module.missing_prerequisites()
     assert missing[0].startswith("root (running as uid 1000")
     assert "libvirtd (apt-get install libvirt-daemon-system)" in missing
