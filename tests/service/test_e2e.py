@@ -297,3 +297,35 @@ def test_several_hosts_in_maintenance_while_capacity_allows(tmp_path: Path) -> N
         assert all(status[h]["vm_count"] == 0 for h in entered)
         refused = svc.get("/audit", params={"kind": "maintenance", "host": host})
         assert refused and refused[0]["result"] == "refused" and refused[0]["who"] == "bob"
+
+
+def test_a_stuck_evacuation_names_its_blockers(tmp_path: Path) -> None:
+    cfg = write_settings(tmp_path, policy={"automation": "partial", "threshold": 1})
+    with running(cfg) as svc:
+        hosts = [h["name"] for h in wait_for("a status", lambda: svc.get("/status")["hosts"])]
+        pre = next(
+            (p for h in hosts if not (p := svc.get(f"/maintenance/{h}/preflight"))["can_enter"]),
+            None,
+        )
+        assert pre is not None, "the generated cluster has CPU generations no host can take"
+        host = pre["host"]
+        blocked = {b["vm"]: b["reason"] for b in pre["blocked"]}
+        assert "cannot leave" in pre["reason"]
+        # refused without --force, naming the blockers
+        with svc.client("bob") as c:
+            r = c.post(f"/maintenance/{host}/enter", json={})
+            assert r.status_code == 409
+            assert all(vm in r.json()["error"] for vm in list(blocked)[:5])
+        svc.post(f"/maintenance/{host}/enter", user="bob", json={"force": True})
+        stuck = wait_for(
+            "the evacuation to report itself stuck",
+            lambda: (s := svc.get(f"/maintenance/{host}"))["stuck"] and s,
+            timeout_s=90,
+        )
+        assert stuck["state"] == "evacuating" and stuck["host_state"] == "entering_maintenance"
+        assert stuck["message"].startswith("stuck:")
+        assert {b["vm"]: b["reason"] for b in stuck["blockers"]} == blocked
+        assert stuck["remaining_vms"] == len(blocked)
+        assert stuck["eta_s"] is None
+        for vm in stuck["vms"]:
+            assert vm["state"] == ("blocked" if vm["vm"] in blocked else "done"), vm
