@@ -61,6 +61,7 @@ from balancer.service.store import (
 from balancer.service.views import (
     BlockedVM,
     BreakerView,
+    ClusterLeaderView,
     HistoryView,
     HoldView,
     HostView,
@@ -187,6 +188,12 @@ class Service:
         self.timings: list[Callable[[str, float], None]] = []
         #: called with every newly applied policy (the executor's limits follow it)
         self.policy_listeners: list[Callable[[Policy], None]] = []
+        #: high availability (balancer.ha): does this instance lead the cluster now? A standby
+        #: reads the cluster and takes requests into the database, but collects, evacuates and
+        #: runs tasks only as leader
+        self.leading: Callable[[], bool] = lambda: True
+        #: high availability: each cluster's leader as this instance sees it (status)
+        self.cluster_status: Callable[[], Sequence[Any]] = lambda: ()
 
     # ------------------------------------------------------------------------------------------
     # lifecycle
@@ -416,6 +423,9 @@ class Service:
             self._raw, self._base, self._snap = raw, base, snap
             self._stale_detail = stale
             self._last_collect, self._collect_error = now, None
+            if not self.leading():  # a standby: read the cluster, write nothing
+                self._raw = None
+                return snap
             if previous is not None:
                 self._note_moves(previous, raw, now)
             imb, mcpu, mmem = imbalance_of(snap, self._pol.policy)
@@ -1189,6 +1199,8 @@ class Service:
     def _advance_maintenance(self, snap: Snapshot, now: datetime) -> None:
         """Evacuate every host entering maintenance; a host that is empty with nothing in
         flight becomes ``maintenance``. Records per-VM progress and blockers."""
+        if not self.leading():
+            return  # the leader of the cluster evacuates (balancer.ha)
         reqs = [r for r in self.store.maintenance_requests(active_only=True, limit=1000)]
         if not reqs:
             return
@@ -1484,6 +1496,12 @@ class Service:
             migrations_active=len(self._active_migrations()),
             last_plan_id=self._last_plan_id,
             stopping=self._stopping,
+            clusters=[
+                ClusterLeaderView(
+                    cluster=c.cluster, role=c.role, leader=c.leader, epoch=c.epoch, since=c.since
+                )
+                for c in self.cluster_status()
+            ],
         )
 
     def history(self, hours: float) -> list[HistoryView]:

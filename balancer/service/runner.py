@@ -38,6 +38,10 @@ def serve(settings: Settings, *, lab: bool = False) -> int:
     """Run until signalled; returns the exit code."""
     from balancer.api.app import create_app
 
+    if settings.ha is not None or settings.clusters is not None:
+        from balancer.ha.serve import serve_ha
+
+        return serve_ha(settings, lab=lab)
     setup_logging(as_json=settings.log_json)
     sock = _bind(settings.api.host, settings.api.port)
     rt = Runtime.build(settings, lab=lab)

@@ -100,6 +100,9 @@ def run_task(task_id: str, kind: str, args: dict[str, str], who: str) -> None:
     if svc is None:
         log.error("task %s: no running service", task_id)
         return
+    if not svc.leading():
+        log.warning("task %s: not run: this instance no longer leads the cluster", task_id)
+        return
     svc_run_task(svc, task_id, TaskKind(kind), args, who)
 
 
@@ -175,7 +178,8 @@ class Scheduler:
     def _on_error(self, event: JobExecutionEvent) -> None:
         log.error("job %s failed: %s", event.job_id, event.exception)
 
-    def start(self) -> None:
+    def start(self, *, paused: bool = False) -> None:
+        """Start the jobs; ``paused``: a standby (balancer.ha) holds them until it leads."""
         global _service
         _service = self.svc
         s = self.scheduler
@@ -202,7 +206,7 @@ class Scheduler:
             id="policy_reload",
             name="policy reload",
         )
-        s.start()
+        s.start(paused=paused)
 
     def pause(self) -> None:
         """Stop running jobs and tasks (a stopping service takes no new work)."""

@@ -55,6 +55,19 @@ class PolicyView:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterLeaderView:
+    """One cluster of a high-availability deployment as this instance sees it."""
+
+    cluster: str
+    #: this instance's role for the cluster: leader | standby
+    role: str
+    #: the instance holding the lease (None: nobody now)
+    leader: str | None
+    epoch: int | None
+    since: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatusView:
     time: datetime
     backend: str
@@ -76,6 +89,8 @@ class StatusView:
     migrations_active: int
     last_plan_id: str | None
     stopping: bool
+    #: high availability: each cluster's leader instance, epoch and since when (balancer.ha)
+    clusters: list[ClusterLeaderView] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
