@@ -115,20 +115,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--days", type=int, default=10)
     ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of results.json and run only the days missing there",
+    )
+    ap.add_argument(
         "--render",
         action="store_true",
         help="only rewrite the table from benchmarks/simulation/results.json",
     )
     args = ap.parse_args()
+    rows: list[dict[str, object]] = []
     if args.render:
         rows = json.loads(RESULTS.read_text())
         _write(rows, len({r["day"] for r in rows}))
         return
     files = trace_files(TRACES)[: args.days]
     config = SimConfig(seed=0)
-    rows: list[dict[str, object]] = []
+    if args.resume and RESULTS.exists():
+        rows = json.loads(RESULTS.read_text())
     for f in files:
         for name, policy in ((NONE, NONE), ("default", POLICY)):
+            if any(r["day"] == day_label(f) and r["policy"] == name for r in rows):
+                continue
             t0 = time.perf_counter()
             result = run(f, HOSTS, policy, config, days=1)
             wall = time.perf_counter() - t0
