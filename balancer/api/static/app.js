@@ -79,11 +79,18 @@ function renderStatus(s) {
 function renderMigrations(ms) {
   const tb = document.querySelector("#migrations tbody");
   if (!ms.length) { tb.replaceChildren(el("tr", {}, el("td", { colSpan: 6, class: "muted", text: "none" }))); return; }
-  tb.replaceChildren(...ms.map(m => el("tr", { "data-id": m.id },
-    el("td", { text: m.vm }), el("td", { text: `${m.source} → ${m.target}` }),
+  const order = { running: 0, starting: 0, aborting: 0, queued: 1 };
+  const sorted = ms.slice().sort((a, b) => (order[a.state] ?? 2) - (order[b.state] ?? 2) || a.id - b.id);
+  const shown = sorted.slice(0, 20);
+  const rows = shown.map(m => el("tr", { "data-id": m.id, "data-state": m.state },
+    el("td", { text: m.vm }), el("td", { class: "nowrap", text: `${m.source} → ${m.target}` }),
     el("td", { text: m.state }),
     el("td", {}, bar("progress", m.fraction, pct(m.fraction))),
-    el("td", { text: m.priority }), el("td", { text: m.who }))));
+    el("td", { text: m.priority }), el("td", { class: "detail", title: m.who, text: m.who })));
+  if (sorted.length > shown.length) {
+    rows.push(el("tr", {}, el("td", { colSpan: 6, class: "muted", text: `and ${sorted.length - shown.length} more queued` })));
+  }
+  tb.replaceChildren(...rows);
 }
 
 function renderRecommendations(rs) {
