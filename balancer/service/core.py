@@ -1267,7 +1267,12 @@ class Service:
                 if req.state != EVACUATING:
                     continue
                 self.store.set_host_state(host, HostState.MAINTENANCE.value, who=req.who, at=now)
-                values.update(state=IN_MAINTENANCE, finished_at=now, blockers=[], message="empty")
+                values.update(
+                    state=IN_MAINTENANCE,
+                    finished_at=now,
+                    blockers=[],
+                    message=f"{host} is empty and in maintenance",
+                )
                 self._refresh_overlay()
                 self.audit.record(
                     at=now,

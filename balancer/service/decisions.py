@@ -24,6 +24,11 @@ class HoldReason(StrEnum):
     IN_FLIGHT = "in_flight"  # a migration of it is queued or running
 
 
+#: move reasons that count for ping-pong: a round trip made only of operator-intended moves
+#: (an evacuation and its move-back, two manual moves) is not thrashing
+AUTOMATIC = frozenset({"balance", "consolidate", "external"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Hold:
     vm: str
@@ -52,7 +57,9 @@ def holds(
                 (
                     earlier
                     for earlier in recent[:i]
-                    if earlier.source == later.target and earlier.target == later.source
+                    if earlier.source == later.target
+                    and earlier.target == later.source
+                    and (earlier.reason in AUTOMATIC or later.reason in AUTOMATIC)
                 ),
                 None,
             )

@@ -40,6 +40,12 @@ def test_a_to_b_to_a_within_a_day_is_held_and_reported() -> None:
     # a round trip longer ago than the window is forgotten
     old = [_mv("vm1", "h1", "h2", 2000), _mv("vm1", "h2", "h1", 1500)]
     assert D.holds(old, now=NOW, cooldown=COOL, pingpong_window=DAY) == {}
+    # an evacuation and its move-back are what the operator asked for, not thrashing
+    back = [
+        _mv("vm1", "h1", "h2", 600, reason="maintenance"),
+        _mv("vm1", "h2", "h1", 300, reason="manual"),
+    ]
+    assert D.holds(back, now=NOW, cooldown=COOL, pingpong_window=DAY) == {}
     # A -> B -> C is no ping-pong
     chain = [_mv("vm1", "h1", "h2", 600), _mv("vm1", "h2", "h3", 300)]
     assert D.holds(chain, now=NOW, cooldown=COOL, pingpong_window=DAY) == {}
