@@ -41,6 +41,7 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -238,8 +239,15 @@ class Seat:
 class Node:
     """This instance: its seats and the election thread."""
 
-    def __init__(self, settings: Settings, seats: list[Seat], leases: LeaseStore | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        seats: list[Seat],
+        leases: LeaseStore | None,
+        engine: sa.Engine | None = None,
+    ) -> None:
         self.settings = settings
+        self.engine = engine
         self.seats: dict[str, Seat] = {}
         self.leases = leases
         ha = settings.ha
@@ -258,8 +266,8 @@ class Node:
         clusters = settings.cluster_list()
         elected = settings.ha is not None
         leases: LeaseStore | None = None
+        base = make_engine(settings.database)
         if elected or settings.clusters is not None:
-            base = make_engine(settings.database)
             try:
                 if base.dialect.name == "postgresql":
                     install_ha_schema(base)
@@ -273,7 +281,36 @@ class Node:
                 raise StorageError(f"cannot prepare the database: {exc}") from exc
             if elected:
                 leases = LeaseStore(base)
-        node = Node(settings, [], leases)
+        node = Node(settings, [], leases, base if base.dialect.name == "postgresql" else None)
+        with node.schema_lock():
+            node._build_seats(clusters, elected, lab)
+        return node
+
+    @contextlib.contextmanager
+    def schema_lock(self) -> Iterator[None]:
+        """Instances starting at the same moment create the tables one after the other (a
+        PostgreSQL session advisory lock)."""
+        if self.engine is None:
+            yield
+            return
+        key = zlib.crc32(b"balancer-ha-schema") - 2**31
+        try:
+            conn = self.engine.connect()
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"cannot lock the schema: {exc}") from exc
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+            conn.close()
+
+    def _build_seats(self, clusters: list[ClusterSettings], elected: bool, lab: bool) -> None:
+        settings = self.settings
+        node = self
         for c in clusters:
             database = settings.database
             if settings.clusters is not None and database.startswith(("postgres", "postgresql")):
@@ -285,15 +322,15 @@ class Node:
             if elected:
                 install_fencing(rt.store.engine)
             node.seats[c.name] = Seat(node, c, rt, elected=elected)
-        return node
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         if self.leases is not None:
             self.leases.heartbeat(self.instance, pid=os.getpid(), api=self.settings.api.listen)
             self.leases.restarted(self.instance)
-        for seat in self.seats.values():
-            seat.start_standby()
+        with self.schema_lock():  # the scheduler creates its task table
+            for seat in self.seats.values():
+                seat.start_standby()
         if self.leases is not None:
             self._thread = threading.Thread(target=self._loop, name="balancer-ha", daemon=True)
             self._thread.start()
