@@ -160,6 +160,8 @@ class _Job:
     dom: libvirt.virDomain
     progress: MigrationProgress
     done: threading.Event = field(default_factory=threading.Event)
+    #: guards ``progress`` between the worker (final figures) and progress() (live figures)
+    lock: threading.Lock = field(default_factory=threading.Lock)
     abort_requested: bool = False
     wall_s: float | None = None
     libvirt_stats: dict[str, object] = field(default_factory=dict)
@@ -909,10 +911,9 @@ class LibvirtBackend:
                 job.error = MigrationError(
                     job.vm, job.source, job.target, "aborted before it started"
                 )
-                job.progress = replace(
-                    job.progress, state=JobState.ABORTED, error=job.error.message
+                self._finish(
+                    job, replace(job.progress, state=JobState.ABORTED, error=job.error.message)
                 )
-                job.done.set()
                 return
             job.dom.migrateToURI3(target_uri, params, flags)
         except libvirt.libvirtError as exc:
@@ -921,22 +922,23 @@ class LibvirtBackend:
             err.__cause__ = exc
             aborted = job.abort_requested and is_aborted(exc)
             job.error = err
-            job.progress = replace(
-                job.progress,
-                state=JobState.ABORTED if aborted else JobState.FAILED,
-                elapsed_s=job.wall_s,
-                error=err.message,
-            )
             log.warning("%s", err.message)
-            job.done.set()
+            self._finish(
+                job,
+                replace(
+                    job.progress,
+                    state=JobState.ABORTED if aborted else JobState.FAILED,
+                    elapsed_s=job.wall_s,
+                    error=err.message,
+                ),
+            )
             return
         except Exception as exc:  # never leave a job RUNNING forever
             job.wall_s = time.monotonic() - job.started
             err = MigrationError(job.vm, job.source, job.target, f"internal error: {exc!r}")
             err.__cause__ = exc
             job.error = err
-            job.progress = replace(job.progress, state=JobState.FAILED, error=err.message)
-            job.done.set()
+            self._finish(job, replace(job.progress, state=JobState.FAILED, error=err.message))
             return
         job.wall_s = time.monotonic() - job.started
         completed: dict[str, object] = {}
@@ -946,18 +948,27 @@ class LibvirtBackend:
                 completed = dict(tdom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
         job.libvirt_stats = completed
         fig = stats.job_figures(completed)
-        job.progress = replace(
-            job.progress,
-            state=JobState.SUCCEEDED,
-            elapsed_s=fig.elapsed_s or job.wall_s,
-            data_total_mib=fig.data_total_mib,
-            data_processed_mib=fig.data_processed_mib,
-            data_remaining_mib=0.0,
-            dirty_rate_mib_s=fig.dirty_rate_mib_s,
-            iteration=fig.iteration,
-            downtime_ms=fig.downtime_ms,
+        self._finish(
+            job,
+            replace(
+                job.progress,
+                state=JobState.SUCCEEDED,
+                elapsed_s=fig.elapsed_s or job.wall_s,
+                data_total_mib=fig.data_total_mib,
+                data_processed_mib=fig.data_processed_mib,
+                data_remaining_mib=0.0,
+                dirty_rate_mib_s=fig.dirty_rate_mib_s,
+                iteration=fig.iteration,
+                downtime_ms=fig.downtime_ms,
+            ),
         )
-        job.done.set()
+
+    @staticmethod
+    def _finish(job: _Job, final: MigrationProgress) -> None:
+        """Publish the job's final progress; after this nothing overwrites it."""
+        with job.lock:
+            job.progress = final
+            job.done.set()
 
     def _job(self, job_id: str) -> _Job:
         with self._lock:
@@ -979,16 +990,19 @@ class LibvirtBackend:
         if int(live.get("type", 0)) == libvirt.VIR_DOMAIN_JOB_NONE:
             return replace(job.progress, elapsed_s=time.monotonic() - job.started)
         fig = stats.job_figures(live)
-        job.progress = replace(
-            job.progress,
-            elapsed_s=time.monotonic() - job.started,
-            data_total_mib=fig.data_total_mib,
-            data_processed_mib=fig.data_processed_mib,
-            data_remaining_mib=fig.data_remaining_mib,
-            dirty_rate_mib_s=fig.dirty_rate_mib_s,
-            iteration=fig.iteration,
-        )
-        return job.progress
+        with job.lock:
+            if job.done.is_set():  # finished while we asked: its final figures win
+                return job.progress
+            job.progress = replace(
+                job.progress,
+                elapsed_s=time.monotonic() - job.started,
+                data_total_mib=fig.data_total_mib,
+                data_processed_mib=fig.data_processed_mib,
+                data_remaining_mib=fig.data_remaining_mib,
+                dirty_rate_mib_s=fig.dirty_rate_mib_s,
+                iteration=fig.iteration,
+            )
+            return job.progress
 
     def abort(self, job_id: str) -> None:
         job = self._job(job_id)
