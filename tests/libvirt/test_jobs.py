@@ -17,7 +17,7 @@ class _FinishingDomain:
     def __init__(self) -> None:
         self.on_query: Any = None
 
-    def jobStats(self, flags: int = 0) -> dict[str, int]:  # noqa: N802 - libvirt's name
+    def jobStats(self, flags: int = 0) -> dict[str, int]:  # libvirt's name
         self.on_query()
         return {"type": 2, "time_elapsed": 500, "data_total": 1 << 27, "data_processed": 1 << 20}
 
