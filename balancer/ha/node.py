@@ -273,6 +273,10 @@ class Node:
                     install_ha_schema(base)
                     if settings.clusters is not None:
                         with base.begin() as conn:
+                            conn.execute(
+                                sa.text("SELECT pg_advisory_xact_lock(:k)"),
+                                {"k": zlib.crc32(b"balancer-ha-schema") - 2**31},
+                            )
                             for c in clusters:
                                 conn.execute(
                                     sa.text(f"CREATE SCHEMA IF NOT EXISTS {cluster_schema(c.name)}")
