@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "balancer.cli.agent",  # agent                  (collectors)
     "balancer.cli.service",  # serve and the API client commands
     "balancer.cli.simulate",  # simulate           (trace-driven simulation)
+    "balancer.cli.ha",  # ha status                  (high availability)
 )
 
 

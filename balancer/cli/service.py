@@ -123,6 +123,11 @@ def register(cli: click.Group) -> None:
             f"{doc['pending_recommendations']} recommendations pending, "
             f"{len(doc['holds'])} VMs held"
         )
+        for c in doc.get("clusters", []):
+            click.echo(
+                f"cluster {c['cluster']}: leader {c['leader'] or '-'}, epoch {c['epoch'] or '-'}, "
+                f"since {c['since'] or '-'} (this instance: {c['role']})"
+            )
 
     @cli.command()
     @click.option(

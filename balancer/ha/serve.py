@@ -24,6 +24,7 @@ import uvicorn
 from balancer.api.app import Viewer
 from balancer.errors import ServiceError, StorageError
 from balancer.ha.node import Node
+from balancer.ha.status import deployment_status
 from balancer.service.logs import log, setup_logging
 from balancer.service.runner import _bind
 from balancer.settings import Settings
@@ -34,49 +35,19 @@ def _iso(t: datetime | None) -> str | None:
 
 
 def ha_document(node: Node) -> dict[str, Any]:
-    """The deployment as this instance sees it (``GET /api/v1/ha``, ``balancer ha status``)."""
-    instances: list[dict[str, Any]] = []
-    leases: list[dict[str, Any]] = []
+    """The deployment as this instance sees it (``GET /api/v1/ha``)."""
+    doc: dict[str, Any] = {"instances": [], "leases": []}
     if node.leases is not None:
         try:
-            rows = node.leases.leases()
-            inst = node.leases.instances()
+            doc = deployment_status(node.leases, alive_s=node.alive_s)
         except StorageError as exc:
-            rows, inst = [], []
             log.warning("ha status: %s", exc)
-        for r in rows:
-            leases.append(
-                {
-                    "cluster": r.cluster,
-                    "holder": r.holder if r.valid else None,
-                    "epoch": r.epoch,
-                    "acquired_at": _iso(r.acquired_at),
-                    "expires_at": _iso(r.expires_at),
-                    "valid": r.valid,
-                }
-            )
-        for i in inst:
-            age = (i.now - i.seen_at).total_seconds()
-            instances.append(
-                {
-                    "instance": i.instance,
-                    "alive": age <= node.alive_s,
-                    "seen_s_ago": round(age, 3),
-                    "started_at": _iso(i.started_at),
-                    "pid": i.pid,
-                    "api": i.api,
-                    "clusters": sorted(
-                        r.cluster for r in rows if r.valid and r.holder == i.instance
-                    ),
-                }
-            )
     return {
         "instance": node.instance,
         "lease_seconds": node.lease_s,
         "leading": sorted(n for n, lead in node.local_roles().items() if lead),
         "clusters": [{**asdict(s), "since": _iso(s.since)} for s in node.cluster_status()],
-        "instances": instances,
-        "leases": leases,
+        **doc,
         "last_error": node.last_error,
     }
 

@@ -4,15 +4,18 @@ clusters: the leases spread and move when an instance dies."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from balancer.cli import cli
 from balancer.ha.lease import LeaseStore
 from balancer.storage import make_engine
-from tests.ha.harness import Deployment, Postgres, wait_for
+from tests.ha.harness import TOKEN, Deployment, Postgres, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
@@ -94,6 +97,20 @@ def test_three_instances_six_clusters(ha_postgres: Postgres, tmp_path: Path) -> 
         doc = i1.get("/status", cluster="c6")
         assert {c["cluster"] for c in doc["clusters"]} == set(clusters)
         assert all(c["leader"] and c["epoch"] for c in doc["clusters"])
+        # the command line: balancer ha status (from the database), balancer status (the API)
+        runner = CliRunner()
+        res = runner.invoke(cli, ["ha", "status", "--db", db, "--json"])
+        assert res.exit_code == 0, res.output
+        ha = json.loads(res.output)
+        assert sorted(len(i["clusters"]) for i in ha["instances"]) == [2, 2, 2]
+        assert {c["cluster"] for c in ha["leases"]} == set(clusters)
+        res = runner.invoke(cli, ["status", "--url", i1.url, "--token", TOKEN, "--json"])
+        assert res.exit_code == 0, res.output
+        by_cluster = {c["cluster"]: c for c in json.loads(res.output)["clusters"]}
+        assert {c: by_cluster[c]["leader"] for c in clusters} == {
+            c["cluster"]: c["leader"] for c in ha["leases"]
+        }
+        assert all(by_cluster[c]["epoch"] and by_cluster[c]["since"] for c in clusters)
         victim = d.by_name(holders().most_common(1)[0][0])
         lost = {r.cluster for r in leases.leases() if r.holder == victim.name}
         victim.kill()
