@@ -1,0 +1,1 @@
+"""Failover benchmark of the high-availability service (``python -m benchmarks.ha.run``)."""
