@@ -64,6 +64,10 @@ MIGRATION_FLAGS = (
 )
 
 
+#: how long a dropped connection waits for the calls still running on it before it is closed
+RELEASE_WAIT_S = 600.0
+
+
 def _silence_libvirt_stderr() -> None:
     def _ignore(_ctx: object, _err: object) -> None:
         return None
@@ -210,6 +214,9 @@ class LibvirtBackend:
         ensure_event_loop()
         self._hosts: dict[str, _HostState] = {h.name: _HostState(config=h) for h in hosts}
         self._lock = threading.RLock()
+        #: calls in flight per connection (id), so a dropped connection is closed only after
+        self._inflight: dict[int, int] = {}
+        self._idle = threading.Condition(threading.Lock())
         self._samples: dict[tuple[str, str], stats.CpuSample] = {}
         self._running: dict[tuple[str, str], bool] = {}
         self._dominfo: dict[tuple[str, str, int], domxml.DomainInfo] = {}
@@ -299,7 +306,15 @@ class LibvirtBackend:
             return
 
         def release(conn: libvirt.virConnect = conn) -> None:
-            # RPCs to a host that may hang: never on the caller's thread
+            # RPCs to a host that may hang: never on the caller's thread. Closing while another
+            # thread is still inside a call on this connection could free it under that call,
+            # so wait for those calls to end (a host hung for good keeps its connection).
+            with self._idle:
+                if not self._idle.wait_for(
+                    lambda: id(conn) not in self._inflight, timeout=RELEASE_WAIT_S
+                ):
+                    log.warning("a call to a hung host never returned; its connection is kept")
+                    return
             for cid in ids:
                 with contextlib.suppress(libvirt.libvirtError):
                     conn.domainEventDeregisterAny(cid)
@@ -343,8 +358,22 @@ class LibvirtBackend:
         """Run ``fn(conn)`` with the host's timeout; connection failures mark it unreachable."""
         st = self._state(host)
         conn = self.connection(host)
+        key = id(conn)
+        with self._idle:
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+
+        def tracked() -> T:
+            try:
+                return fn(conn)
+            finally:  # when the call really ends, which may be long after a timeout
+                with self._idle:
+                    self._inflight[key] -= 1
+                    if not self._inflight[key]:
+                        del self._inflight[key]
+                    self._idle.notify_all()
+
         try:
-            return _with_timeout(lambda: fn(conn), st.config.timeout_s, f"{what} on {host}")
+            return _with_timeout(tracked, st.config.timeout_s, f"{what} on {host}")
         except TimeoutError as exc:
             err = HostUnreachableError(host, f"{what} got no answer in {st.config.timeout_s:g}s")
             self._mark_unreachable(st, err.message)
@@ -737,9 +766,12 @@ class LibvirtBackend:
                 "baselineHypervisorCPU",
             )
             baseline_model = domxml.cpu_model_and_features(baseline_xml)[0]
-            baseline_features = self._expand(
-                self.connection(first), st0.config.virt_type, baseline_xml
-            )
+            bxml = baseline_xml
+
+            def expand(c: libvirt.virConnect) -> frozenset[str]:
+                return self._expand(c, st0.config.virt_type, bxml)
+
+            baseline_features = self._call(first, expand, "baselineHypervisorCPU")
         rows = []
         for name, st in hosts:
             others = [o.host_features for n, o in hosts if n != name]
