@@ -416,6 +416,7 @@ class Service:
             except HypervisorError as exc:
                 self._collect_error = str(exc)
                 log.warning("collect failed: %s", exc)
+                self._watch_breakers(now)  # metrics going stale pause automation: say so
                 raise
             base, stale = self.demand.observe(raw, now)
             snap = self.overlay(base)
