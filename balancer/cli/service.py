@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -19,6 +20,7 @@ from balancer.errors import ServiceError
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_CONFIG = "config/balancer.yaml"
 
 
 def _client_options(func: F) -> F:
@@ -31,7 +33,8 @@ def _client_options(func: F) -> F:
         "--url",
         envvar="BALANCER_URL",
         default=None,
-        help=f"The service's URL (default: from --config, else {DEFAULT_URL}).",
+        help=f"The service's URL (default: api.listen of --config or ./{DEFAULT_CONFIG}, "
+        f"else {DEFAULT_URL}).",
     )(func)
     func = click.option(
         "--config",
@@ -45,11 +48,8 @@ def _client_options(func: F) -> F:
 
 class Client:
     def __init__(self, url: str | None, token: str | None, config_path: str | None) -> None:
-        if url is None and config_path:
-            from balancer.settings import load_settings
-
-            s = load_settings(config_path)
-            url = f"http://{s.api.host}:{s.api.port}"
+        if url is None:
+            url = _url_from_settings(config_path)
         self.url = (url or DEFAULT_URL).rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60.0)
@@ -66,6 +66,23 @@ class Client:
                 msg = r.text.strip() or r.reason_phrase
             raise ServiceError(f"{r.status_code}: {msg}")
         return r.json()
+
+
+def _url_from_settings(config_path: str | None) -> str | None:
+    """The service's URL from ``--config``, else from ./config/balancer.yaml when it exists."""
+    from balancer.errors import SettingsError
+    from balancer.settings import load_settings
+
+    if config_path is None:
+        if not Path(DEFAULT_CONFIG).exists():
+            return None
+        try:
+            s = load_settings(DEFAULT_CONFIG)
+        except SettingsError:
+            return None
+    else:
+        s = load_settings(config_path)
+    return f"http://{s.api.host}:{s.api.port}"
 
 
 def _pct(x: float | None) -> str:
