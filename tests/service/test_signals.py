@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from balancer.storage import AuditQuery, Store
 from tests.service.running import Service, wait_for, write_settings
 
 pytestmark = pytest.mark.timeout(180)
@@ -84,17 +85,19 @@ def test_first_signal_drains_second_aborts(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             raise AssertionError("the second signal must end the service quickly") from None
         assert code == 0
-
-        svc.start()
-        out = wait_for(
-            "the aborted outcome",
-            lambda: (x := _migration(svc, m2["id"]))["state"] in ("aborted", "failed") and x,
-            timeout_s=30,
-        )
-        assert out["state"] == "aborted", out
-        where = {v["name"]: v["host"] for v in svc.get("/status")["vms"]}
+        # read the journal, the audit trail and the hypervisors' state directly
+        store = Store.open(f"sqlite:///{tmp_path / 'balancer.db'}")
+        try:
+            out = store.request(m2["id"])
+            assert out.state == "aborted", out
+            results = [r.result for r in store.audit(AuditQuery(kind="service"))]
+            # ... started, stopping, aborting (second signal), drained, stopped
+            assert results[-1] == "stopped" and "aborting" in results[-3:], results
+            assert results[-4] == "stopping", results
+            store.verify()
+        finally:
+            store.close()
+        where = {v["name"]: v["host"] for v in svc.sim_state()["snapshot"]["vms"]}
         assert where[m2["vm"]] == m2["source"]
-        results = [a["result"] for a in svc.get("/audit", params={"kind": "service"})]
-        assert "aborting" in results
     finally:
         svc.stop()
