@@ -179,7 +179,7 @@ class Seat:
                 worker = ExecutorWorker(ex)
                 rt.executor.worker = worker
                 worker.start()  # recovery from the journal, with the fencing token
-            except BalancerError as exc:
+            except Exception as exc:  # a failed takeover must not leave an idle leader
                 log.error(
                     "cluster %s: taking over at epoch %d failed: %s", self.name, term.epoch, exc
                 )
@@ -257,6 +257,7 @@ class Node:
         self.alive_s = ha.alive_s if ha else 0.0
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
         self.last_error: str | None = None
         for s in seats:
             self.seats[s.name] = s
@@ -338,6 +339,10 @@ class Node:
         if self.leases is not None:
             self._thread = threading.Thread(target=self._loop, name="balancer-ha", daemon=True)
             self._thread.start()
+            self._reader = threading.Thread(
+                target=self._standby_reads, name="balancer-ha-read", daemon=True
+            )
+            self._reader.start()
 
     def begin_stop(self) -> None:
         """First signal: stop taking leases (the election thread ends)."""
@@ -345,6 +350,9 @@ class Node:
         if self._thread is not None:
             self._thread.join(timeout=max(5.0, self.renew_s * 3))
             self._thread = None
+        if self._reader is not None:
+            self._reader.join(timeout=10.0)
+            self._reader = None
 
     def release_all(self, why: str) -> None:
         """Step down everywhere and give the leases up at once (a clean stop)."""
@@ -376,6 +384,24 @@ class Node:
     def local_roles(self) -> dict[str, bool]:
         """Which clusters this instance believes it leads now (cheap: no database)."""
         return {name: s.leading() for name, s in self.seats.items()}
+
+    # -- standbys read the cluster for their API ---------------------------------------------
+    def _standby_reads(self) -> None:
+        """A standby's scheduler is paused; refresh its view of each cluster it does not lead
+        at the collect interval (``Service.collect`` writes nothing on a standby)."""
+        interval = self.settings.intervals.collect_s
+        while not self._halt.wait(interval):
+            for seat in self.seats.values():
+                if self._halt.is_set():
+                    return
+                if seat.leading():
+                    continue
+                try:
+                    seat.runtime.service.collect()
+                except BalancerError as exc:
+                    log.debug("cluster %s: standby read failed: %s", seat.name, exc)
+                except Exception:  # keep reading: the API shows the last good view
+                    log.exception("cluster %s: standby read failed", seat.name)
 
     # -- the election loop -------------------------------------------------------------------
     def _loop(self) -> None:

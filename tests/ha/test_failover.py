@@ -143,6 +143,12 @@ def test_paused_leader_is_fenced_and_steps_down(pair: Deployment) -> None:
     _wait_evacuated(d, host)
     figures = check_outcomes(d)  # includes: no migration started twice
     assert max(figures["epochs"]) > old_epoch
+    # the old leader, a standby now, serves a fresh read API (it reads the hypervisors)
+    wait_for(
+        lambda: {v["name"]: v["host"] for v in leader.get("/status")["vms"]} == placement(d),
+        10,
+        "the standby's view follows the cluster",
+    )
     # when the old leader's executor ticked before its election thread noticed, its writes
     # were refused by the database (logged); otherwise it stepped down before trying
     log_text = leader.log_text()
