@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from balancer.cli import cli
@@ -126,3 +128,41 @@ def test_three_instances_six_clusters(ha_postgres: Postgres, tmp_path: Path) -> 
     finally:
         d.close()
         leases.engine.dispose()
+
+
+def test_scheduled_task_runs_once_on_the_leader(ha_postgres: Postgres, tmp_path: Path) -> None:
+    """A task scheduled through a standby runs once, on the leader -- here the new leader,
+    since the first one is killed before the task is due."""
+    db = ha_postgres.create_database()
+    d = Deployment(tmp_path, db, instances=3, lease_s=LEASE_S)
+    engine = make_engine(db)
+
+    def runs() -> list[tuple[str, str]]:
+        with engine.connect() as conn:
+            return [
+                (str(r.kind), str(r.result))
+                for r in conn.execute(sa.text("SELECT kind, result FROM svc_task_run"))
+            ]
+
+    try:
+        d.start()
+        first = d.leader_of()
+        standby = next(i for i in d.instances if i is not first)
+        at = datetime.now(UTC) + timedelta(seconds=LEASE_S * 3)
+        task = standby.post(
+            "/tasks", {"kind": "automation", "args": {"level": "manual"}, "at": at.isoformat()}
+        )
+        assert any(t["id"] == task["id"] for t in first.get("/tasks"))  # shared store
+        first.kill()
+        second = d.leader_of(timeout_s=LEASE_S * 3)
+        wait_for(lambda: len(runs()) >= 1, LEASE_S * 10, "the task ran")
+        time.sleep(LEASE_S * 2)  # and not again, anywhere
+        assert runs() == [("automation", "ok")]
+        ran_on = [
+            i.name for i in d.instances if f"task {task['id']} (automation) ok" in i.log_text()
+        ]
+        assert ran_on == [second.name]
+        assert second.get("/status")["automation"] == "manual"
+    finally:
+        d.close()
+        engine.dispose()
