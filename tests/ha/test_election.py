@@ -41,7 +41,7 @@ def test_exactly_one_leader(ha_postgres: Postgres, tmp_path: Path, n: int) -> No
     try:
         d.start()
         first = d.leader_of()
-        steady = _sample(d, 4.0)
+        steady = _sample(d, 3.0)
         assert len(steady) >= 20
         assert all(s["default"] == [first.name] for s in steady), Counter(
             tuple(s["default"]) for s in steady
@@ -134,7 +134,7 @@ def test_scheduled_task_runs_once_on_the_leader(ha_postgres: Postgres, tmp_path:
     """A task scheduled through a standby runs once, on the leader -- here the new leader,
     since the first one is killed before the task is due."""
     db = ha_postgres.create_database()
-    d = Deployment(tmp_path, db, instances=3, lease_s=LEASE_S)
+    d = Deployment(tmp_path, db, instances=2, lease_s=LEASE_S)
     engine = make_engine(db)
 
     def runs() -> list[tuple[str, str]]:
