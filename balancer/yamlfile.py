@@ -69,6 +69,9 @@ def compose(
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         raise error(f"not valid YAML: {exc.problem}", path=path, line=line) from exc
+    except yaml.YAMLError as exc:  # e.g. ReaderError: a control character in the file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise error(f"not valid YAML: {first}", path=path) from exc
     return node, data
 
 

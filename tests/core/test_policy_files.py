@@ -190,3 +190,10 @@ def test_lint_must_and_must_not_same_host(tmp_path: Path) -> None:
         " hosts: [h2]}\n",
     )
     assert codes == {"vm_host_conflict": ("pin-in", "pin-out")}
+
+
+def test_control_character_is_a_policy_error(tmp_path: Path) -> None:
+    p = tmp_path / "p.yaml"
+    p.write_bytes(b"threshold: 3\x07\n")
+    with pytest.raises(PolicyError, match=r"p.yaml: not valid YAML"):
+        load_policy([p])
