@@ -69,13 +69,13 @@ def placement(d: Deployment, cluster: str = "default") -> dict[str, str]:
 def evacuate(
     d: Deployment, via: Instance, *, cluster: str | None = None, min_vms: int = 4
 ) -> tuple[str, list[str]]:
-    """Put the host with the most VMs that can all leave (preflight) into maintenance, through
-    ``via`` (leader or standby); returns the host and its VMs."""
+    """Put the host with the fewest VMs, at least ``min_vms``, that can all leave (preflight)
+    into maintenance, through ``via`` (leader or standby); returns the host and its VMs."""
     where = placement(d, cluster or "default")
     counts = Counter(where.values())
-    for host, n in counts.most_common():
+    for host, n in sorted(counts.items(), key=lambda hn: (hn[1], hn[0])):
         if n < min_vms:
-            break
+            continue
         if via.get(f"/maintenance/{host}/preflight", cluster=cluster)["can_enter"]:
             via.post(f"/maintenance/{host}/enter", {"force": False}, cluster=cluster)
             return host, sorted(v for v, h in where.items() if h == host)

@@ -1,4 +1,5 @@
-"""Leases and fencing against a real PostgreSQL server (tests/pg.py)."""
+"""Leases and fencing against a real PostgreSQL server (tests/ha/conftest.py, built on
+tests/pg.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from balancer.errors import FencedError, StorageError
 from balancer.ha.fence import install_fencing
 from balancer.ha.lease import LeaseStore
 from balancer.storage import Fence, NewRequest, Outcome, Store
+from tests.ha.harness import Postgres
 
 pytestmark = pytest.mark.postgres
 
@@ -29,8 +31,8 @@ def _req(vm: str = "vm1") -> NewRequest:
 
 
 @pytest.fixture
-def stores(postgres_url: str) -> Iterator[tuple[Store, LeaseStore]]:
-    store = Store.open(postgres_url)
+def stores(ha_postgres: Postgres) -> Iterator[tuple[Store, LeaseStore]]:
+    store = Store.open(ha_postgres.create_database())
     install_fencing(store.engine)
     yield store, LeaseStore(store.engine)
     store.close()
