@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from balancer.cli import cli
 from balancer.ha.lease import LeaseStore
 from balancer.storage import make_engine
-from tests.ha.harness import TOKEN, Deployment, Postgres, wait_for
+from tests.ha.harness import TOKEN, Deployment, Instance, Postgres, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
@@ -35,6 +35,21 @@ def _sample(d: Deployment, seconds: float) -> list[dict[str, list[str]]]:
     return out
 
 
+def _migrate_via(inst: Instance) -> int:
+    """Ask ``inst`` to migrate some VM to some host its CPU allows; returns the migration id."""
+    status = inst.get("/status")
+    for vm in status["vms"]:
+        for host in status["hosts"]:
+            if host["name"] == vm["host"]:
+                continue
+            try:
+                m = inst.post("/migrations", {"vm": vm["name"], "target": host["name"]})
+            except RuntimeError:
+                continue
+            return int(m["id"])
+    raise AssertionError("no migration possible")
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_exactly_one_leader(ha_postgres: Postgres, tmp_path: Path, n: int) -> None:
     d = Deployment(tmp_path, ha_postgres.create_database(), instances=n, lease_s=LEASE_S)
@@ -46,6 +61,17 @@ def test_exactly_one_leader(ha_postgres: Postgres, tmp_path: Path, n: int) -> No
         assert all(s["default"] == [first.name] for s in steady), Counter(
             tuple(s["default"]) for s in steady
         )
+        if n == 2:
+            # a standby takes a manual migration into the database; the leader runs it
+            standby = next(i for i in d.instances if i is not first)
+            mid = _migrate_via(standby)
+            wait_for(
+                lambda: any(
+                    m["id"] == mid and m["state"] == "succeeded" for m in first.get("/migrations")
+                ),
+                30,
+                "the leader ran the migration the standby took",
+            )
         # a clean stop hands the cluster over at once; a kill after a lease
         first.stop()
         handover = _sample(d, LEASE_S * 2)
