@@ -138,7 +138,7 @@ class HA(_Strict):
     #: how often the leases are renewed and free ones sought (default: a quarter of the lease)
     renew_seconds: float | None = Field(default=None, gt=0)
     #: an instance counts as alive (for spreading the clusters) when seen within this long
-    #: (default: two leases)
+    #: (default: one lease; instances are seen at every renewal)
     alive_seconds: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
@@ -153,7 +153,7 @@ class HA(_Strict):
 
     @property
     def alive_s(self) -> float:
-        return self.alive_seconds or 2 * self.lease_seconds
+        return self.alive_seconds or self.lease_seconds
 
 
 class ClusterSettings(_Strict):
