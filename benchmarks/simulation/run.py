@@ -31,6 +31,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -61,8 +63,19 @@ def _write(rows: list[dict[str, object]], total_days: int) -> None:
     head = ["day", "VMs", "policy", *COLUMNS, "wall s"]
     table = []
     for r in rows:
-        f = r["figures"]
-        assert isinstance(f, dict)
+        f = r.get("figures")
+        if not isinstance(f, dict):
+            table.append(
+                [
+                    r["day"],
+                    "",
+                    r["policy"],
+                    f"run failed (exit {r.get('exit')}): {r.get('error')}",
+                    *([""] * (len(COLUMNS) - 1)),
+                    f"{r['wall_s']:.0f}",
+                ]
+            )
+            continue
         table.append(
             [
                 r["day"],
@@ -72,7 +85,13 @@ def _write(rows: list[dict[str, object]], total_days: int) -> None:
                 f"{r['wall_s']:.0f}",
             ]
         )
-    perf = [r for r in rows if r["day"] == "20110303" and r["policy"] == "default"]
+    perf = [
+        r
+        for r in rows
+        if r["day"] == "20110303"
+        and r["policy"] == "default"
+        and isinstance(r.get("figures"), dict)
+    ]
     perf_line = (
         f"**Performance**: day 20110303 (1052 VMs, 100 hosts, 288 intervals) with the default "
         f"policy took **{perf[0]['wall_s']:.0f} s** wall time (target: under 300 s); "
@@ -83,7 +102,11 @@ def _write(rows: list[dict[str, object]], total_days: int) -> None:
     done_days = len({r["day"] for r in rows})
 
     def mean(policy: str, key: str) -> float:
-        vals = [float(r["figures"][key]) for r in rows if r["policy"] == policy]  # type: ignore[index]
+        vals = [
+            float(r["figures"][key])  # type: ignore[index]
+            for r in rows
+            if r["policy"] == policy and isinstance(r.get("figures"), dict)
+        ]
         return sum(vals) / len(vals) if vals else 0.0
 
     overall = (
@@ -120,10 +143,18 @@ Days done: {done_days} of {total_days}.
     RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def _one(path: str, policy: str) -> None:
+    result = run(Path(path), HOSTS, policy, SimConfig(seed=0), days=1)
+    print(json.dumps(result.figures.as_dict()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--days", type=int, default=10)
     ap.add_argument("--part", default="0/1", help="I/N: run only the days with index %% N == I")
+    ap.add_argument("--only", default="", help="comma-separated day labels to run")
+    ap.add_argument("--tag", default="", help="results file tag (default: the part index)")
+    ap.add_argument("--one", nargs=2, metavar=("DAY", "POLICY"), help=argparse.SUPPRESS)
     ap.add_argument(
         "--resume",
         action="store_true",
@@ -146,27 +177,56 @@ def main() -> None:
         for path in parts:
             path.unlink()
         return
+    if args.one:
+        _one(*args.one)
+        return
     index, count = (int(x) for x in args.part.split("/"))
     files = [f for i, f in enumerate(trace_files(TRACES)[: args.days]) if i % count == index]
-    out = RESULTS if count == 1 else RESULTS.with_name(f"results.part{index}.json")
-    config = SimConfig(seed=0)
+    if args.only:
+        files = [f for f in files if day_label(f) in args.only.split(",")]
+    tag = args.tag or (str(index) if count > 1 else "")
+    out = RESULTS.with_name(f"results.part{tag}.json") if tag else RESULTS
     if args.resume and out.exists():
         rows = json.loads(out.read_text())
     for f in files:
         for name, policy in ((NONE, NONE), ("default", POLICY)):
             if any(r["day"] == day_label(f) and r["policy"] == name for r in rows):
                 continue
+            # each run in a child process: a crash inside the solver (a C++ abort) is recorded
+            # as that run's result instead of ending the benchmark
             t0 = time.perf_counter()
-            result = run(f, HOSTS, policy, config, days=1)
-            wall = time.perf_counter() - t0
-            figures = result.figures.as_dict()
-            rows.append({"day": day_label(f), "policy": name, "wall_s": wall, "figures": figures})
-            print(
-                f"{day_label(f)} {name:8s} {wall:6.0f} s  "
-                + "  ".join(f"{k}={fmt(float(figures[k]))}" for k in SUMMARY_KEYS),
-                flush=True,
+            child = subprocess.run(
+                [sys.executable, "-m", "benchmarks.simulation.run", "--one", str(f), policy],
+                capture_output=True,
+                text=True,
+                check=False,
             )
-            if count == 1:
+            wall = time.perf_counter() - t0
+            if child.returncode == 0:
+                figures = json.loads(child.stdout)
+                row = {"day": day_label(f), "policy": name, "wall_s": wall, "figures": figures}
+                print(
+                    f"{day_label(f)} {name:8s} {wall:6.0f} s  "
+                    + "  ".join(f"{k}={fmt(float(figures[k]))}" for k in SUMMARY_KEYS),
+                    flush=True,
+                )
+            else:
+                lines = [x for x in child.stderr.splitlines() if x.strip()]
+                error = next((x for x in lines if "Check failed" in x), lines[-1] if lines else "")
+                row = {
+                    "day": day_label(f),
+                    "policy": name,
+                    "wall_s": wall,
+                    "error": error.strip(),
+                    "exit": child.returncode,
+                }
+                print(
+                    f"{day_label(f)} {name:8s} {wall:6.0f} s  FAILED ({child.returncode}): "
+                    f"{error.strip()}",
+                    flush=True,
+                )
+            rows.append(row)
+            if count == 1 and not tag:
                 _write(rows, len(files))
             else:
                 out.write_text(json.dumps(rows, indent=2) + "\n")
