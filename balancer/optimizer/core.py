@@ -34,6 +34,7 @@ from balancer.optimizer.thresholds import (
     ThresholdRule,
     balance_move_cost,
     threshold_rule,
+    worth_a_cycle,
 )
 from balancer.plan import Blocked, BlockedReason, Metrics, MoveReason, PlanStatus
 from policies.model import Policy, RuleKind
@@ -238,6 +239,7 @@ def optimize(
 
     cooldown: set[int] = set()
     if rule.balances and metrics(ctx, placement).imbalance > rule.target_imbalance:
+        mandatory_only = placement
         placement, seconds, optimal_b, cooldown = _balance_phase(
             ctx,
             rule,
@@ -254,6 +256,7 @@ def optimize(
         )
         solve_seconds += seconds
         optimal = optimal and optimal_b
+        placement, cooldown = _keep_if_worth_it(ctx, placement, mandatory_only, cooldown)
 
     return _finish(
         ctx,
@@ -269,6 +272,26 @@ def optimize(
         solve_seconds,
         optimal,
     )
+
+
+def _keep_if_worth_it(
+    ctx: Context,
+    balanced: tuple[int, ...],
+    before: tuple[int, ...],
+    cooldown: set[int],
+) -> tuple[tuple[int, ...], set[int]]:
+    """The balance phase's placement if it improves enough (``worth_a_cycle``), else the
+    placement before it (mandatory moves only, nothing held for cooldown)."""
+    a = metrics(ctx, before)
+    b = metrics(ctx, balanced)
+    if worth_a_cycle(
+        a.imbalance,
+        b.imbalance,
+        max(a.max_cpu_load, a.max_memory_load),
+        max(b.max_cpu_load, b.max_memory_load),
+    ):
+        return balanced, cooldown
+    return before, set()
 
 
 def _balance_phase(

@@ -45,12 +45,29 @@ THRESHOLDS: dict[int, ThresholdRule] = {
     5: ThresholdRule(threshold=5, target_imbalance=0.02, move_cost=0.001, copy_cost_per_gib=5e-5),
 }
 
+#: a cycle's balancing moves are made only when they lower the imbalance by at least this share
+#: of its current value, or lower the highest host load by at least MIN_MAX_LOAD_GAIN. This is
+#: the hysteresis that keeps a near-target cluster still: without it a time-limited solve that
+#: stopped a little short of its optimum would be followed, next cycle, by a few moves of
+#: negligible gain (Proxmox's balancer uses the same idea: a minimum-improvement margin).
+MIN_RELATIVE_GAIN = 0.10
+MIN_MAX_LOAD_GAIN = 0.05
+
 #: a VM that stays on a host violating one of its soft (should/should_not) rules costs this,
 #: in units of total load deviation (so a soft rule outweighs a few moves, not a hot host)
 SOFT_RULE_PENALTY = 0.25
 
 #: reference link speed for the dirty-rate factor when the policy sets no bandwidth limit
 REFERENCE_BANDWIDTH_MIB_S = 1000
+
+
+def worth_a_cycle(
+    imbalance_before: float, imbalance_after: float, max_load_before: float, max_load_after: float
+) -> bool:
+    """Whether a cycle's balancing moves improve enough to be made at all."""
+    if imbalance_before - imbalance_after >= MIN_RELATIVE_GAIN * imbalance_before:
+        return True
+    return max_load_before - max_load_after >= MIN_MAX_LOAD_GAIN
 
 
 def threshold_rule(threshold: int) -> ThresholdRule:

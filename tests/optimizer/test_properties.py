@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 from hypothesis import HealthCheck, given, note, settings
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from balancer.model import HostState, Snapshot
 from balancer.optimizer import optimize, validate_plan
-from balancer.plan import PlanStatus
+from balancer.plan import BlockedReason, PlanStatus
 from balancer.planner import build_plan, end_state
 from policies.model import Limits, Policy, Resources, Rule, RuleKind, RuleMode, Selector
 from tests.factories import make_host, make_snapshot, make_vm
@@ -24,7 +25,7 @@ OLD = frozenset({"sse4_2"})
 NEW = frozenset({"sse4_2", "avx2"})
 TIME_LIMIT_S = 2.0
 SETTINGS = settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("BALANCER_PROPERTY_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -115,8 +116,9 @@ def test_every_step_is_safe_and_replanning_moves_nothing(case: tuple[Snapshot, P
         assert plan.conflicts and not plan.moves
         return
     dropped = any("no safe order" in b.detail for b in plan.blocked)
-    if not solution.optimal or dropped:
-        return  # only an optimal, fully ordered plan promises a fixed point
+    capped = any(b.reason is BlockedReason.MOVE_BUDGET for b in plan.blocked)
+    if dropped or capped:
+        return  # a plan cut short (budget, or no safe order) leaves work for the next cycle
     end = end_state(snapshot, plan)
     again = build_plan(optimize(end, policy, time_limit_s=TIME_LIMIT_S))
     assert not again.moves, [(m.vm, m.source, m.target, m.reason_label) for m in again.moves]
