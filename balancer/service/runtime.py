@@ -17,7 +17,7 @@ from typing import Any
 from balancer.errors import BalancerError, LabError
 from balancer.executor import MigrationResult
 from balancer.port import HypervisorPort
-from balancer.service.adapters import ExecutorAdapter, OptimizerPlanner, OverlayPort, StoreAudit
+from balancer.service.adapters import ExecutorAdapter, IsolatedPlanner, OverlayPort, StoreAudit
 from balancer.service.core import Service
 from balancer.service.demand import WindowDemand
 from balancer.service.scheduling import Intervals, Scheduler
@@ -88,6 +88,7 @@ class Runtime:
     store: Store
     close_port: Callable[[], None]
     result_hooks: list[Callable[[MigrationResult], None]] = field(default_factory=list)
+    close_planner: Callable[[], None] = lambda: None
 
     @staticmethod
     def build(
@@ -114,6 +115,7 @@ class Runtime:
                     log.exception("result hook failed")
 
         policy = load_policy([settings.policy])
+        planner = IsolatedPlanner()
         executor = ExecutorAdapter.build(
             OverlayPort(port, svc_store.host_states),
             store,
@@ -125,7 +127,7 @@ class Runtime:
         svc = Service(
             settings=settings,
             port=port,
-            planner=OptimizerPlanner(),
+            planner=planner,
             executor=executor,
             store=svc_store,
             audit=StoreAudit(store),
@@ -151,6 +153,7 @@ class Runtime:
             store=store,
             close_port=close_port,
             result_hooks=hooks,
+            close_planner=planner.close,
         )
 
     def start(self) -> None:
@@ -174,6 +177,7 @@ class Runtime:
             self.service.close()
         except BalancerError as exc:
             log.warning("closing: %s", exc)
+        self.close_planner()
         self.store.close()
         try:
             self.close_port()
