@@ -25,8 +25,8 @@ from balancer.api.app import Viewer
 from balancer.errors import ServiceError, StorageError
 from balancer.ha.node import Node
 from balancer.ha.status import deployment_status
+from balancer.service.listen import bind
 from balancer.service.logs import log, setup_logging
-from balancer.service.runner import _bind
 from balancer.settings import Settings
 
 
@@ -77,7 +77,7 @@ def create_ha_app(node: Node) -> Any:
 def serve_ha(settings: Settings, *, lab: bool = False) -> int:
     """Run this instance until signalled; returns the exit code."""
     setup_logging(as_json=settings.log_json)
-    sock = _bind(settings.api.host, settings.api.port)
+    sock = bind(settings.api.host, settings.api.port)
     node = Node.build(settings, lab=lab)
     got = threading.Event()
     second = threading.Event()

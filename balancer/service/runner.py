@@ -9,29 +9,16 @@ for the migrations in flight, up to ``service.drain_timeout_s``; a second signal
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 from types import FrameType
 
 import uvicorn
 
 from balancer.errors import ServiceError
+from balancer.service.listen import bind
 from balancer.service.logs import log, setup_logging
 from balancer.service.runtime import Runtime
 from balancer.settings import Settings
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ServiceError(f"api.listen: cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def serve(settings: Settings, *, lab: bool = False) -> int:
@@ -43,7 +30,7 @@ def serve(settings: Settings, *, lab: bool = False) -> int:
 
         return serve_ha(settings, lab=lab)
     setup_logging(as_json=settings.log_json)
-    sock = _bind(settings.api.host, settings.api.port)
+    sock = bind(settings.api.host, settings.api.port)
     rt = Runtime.build(settings, lab=lab)
     signals: list[str] = []
     got = threading.Event()

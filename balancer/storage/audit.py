@@ -29,9 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from balancer.errors import AuditChainError
-from balancer.storage.schema import audit_head, audit_records
-
-GENESIS_HASH = "0" * 64
+from balancer.storage.schema import GENESIS_HASH, audit_head, audit_records
 
 #: the kinds of records
 KIND_PLAN = "plan"

@@ -19,6 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+#: the ``prev_hash`` of the first audit record
+GENESIS_HASH = "0" * 64
+
 metadata = sa.MetaData()
 
 
@@ -162,7 +165,6 @@ def create_schema(engine: sa.Engine) -> None:
         # another process (a second service instance) created them at the same moment
         time.sleep(0.5)
         metadata.create_all(engine)
-    from balancer.storage.audit import GENESIS_HASH
 
     try:
         with engine.begin() as conn:
