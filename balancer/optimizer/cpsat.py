@@ -40,6 +40,8 @@ QUARANTINE_PENALTY = 1_000 * OBJ_UNIT
 DETERMINISTIC_PER_SECOND = 0.1
 #: the wall-clock limit is this many times the time limit: only a safety net on a loaded machine
 WALL_SAFETY_FACTOR = 2.0
+#: the wall-clock safety net is never shorter than this (seconds)
+WALL_FLOOR_S = 5.0
 #: name of the assumption that stands for limits.moves_per_cycle in conflict reports
 BUDGET = "limits.moves_per_cycle"
 
@@ -359,7 +361,9 @@ def solver_for(seed: int, time_limit_s: float) -> cp_model.CpSolver:
     # the deterministic limit is what normally stops the search (same input, same answer, at
     # about half the time limit on the reference machine); the wall-clock limit is a safety net
     p.max_deterministic_time = max(0.05, DETERMINISTIC_PER_SECOND * time_limit_s)
-    p.max_time_in_seconds = max(0.2, WALL_SAFETY_FACTOR * time_limit_s)
+    # never below WALL_FLOOR_S: with short limits (the simulation uses 0.3 s) a loaded machine
+    # reached the wall limit first, and the same input and seed then gave another plan
+    p.max_time_in_seconds = max(WALL_FLOOR_S, WALL_SAFETY_FACTOR * time_limit_s)
     return solver
 
 
