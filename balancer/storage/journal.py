@@ -299,23 +299,7 @@ class Store:
             )
         )
         audit_mod.append(
-            conn,
-            AuditEntry(
-                at=at,
-                kind=audit_mod.KIND_REQUEST,
-                who=r.who,
-                plan_id=r.plan_id,
-                request_id=rid,
-                vm=r.vm,
-                source=r.source,
-                target=r.target,
-                priority_class=r.priority_class,
-                reason=r.reason,
-                rule=r.rule,
-                policy_digest=r.policy_digest,
-                gain=r.gain,
-                result=QUEUED,
-            ),
+            conn, _request_entry(r, rid, at=at, kind=audit_mod.KIND_REQUEST, result=QUEUED)
         )
         return rid
 
@@ -460,20 +444,11 @@ def _finish(conn: sa.Connection, request_id: int, outcome: Outcome, at: datetime
     r = _req(conn.execute(sa.select(requests).where(requests.c.id == request_id)).one())
     audit_mod.append(
         conn,
-        AuditEntry(
+        _request_entry(
+            r,
+            r.id,
             at=at,
             kind=audit_mod.KIND_OUTCOME,
-            who=r.who,
-            plan_id=r.plan_id,
-            request_id=r.id,
-            vm=r.vm,
-            source=r.source,
-            target=r.target,
-            priority_class=r.priority_class,
-            reason=r.reason,
-            rule=r.rule,
-            policy_digest=r.policy_digest,
-            gain=r.gain,
             result=outcome.result,
             duration_s=outcome.duration_s,
             downtime_ms=outcome.downtime_ms,
@@ -483,6 +458,35 @@ def _finish(conn: sa.Connection, request_id: int, outcome: Outcome, at: datetime
         ),
     )
     return True
+
+
+def _request_entry(
+    r: NewRequest | RequestRow,
+    request_id: int,
+    *,
+    at: datetime,
+    kind: str,
+    result: str,
+    **outcome: Any,
+) -> AuditEntry:
+    """The audit record of one request (who, what, why), with ``outcome`` fields if any."""
+    return AuditEntry(
+        at=at,
+        kind=kind,
+        who=r.who,
+        plan_id=r.plan_id,
+        request_id=request_id,
+        vm=r.vm,
+        source=r.source,
+        target=r.target,
+        priority_class=r.priority_class,
+        reason=r.reason,
+        rule=r.rule,
+        policy_digest=r.policy_digest,
+        gain=r.gain,
+        result=result,
+        **outcome,
+    )
 
 
 def _first_line(exc: BaseException) -> str:
