@@ -177,8 +177,12 @@ def test_agent_pushes_host_samples_to_influx(
     sampler = HostAgentSampler(datetime.now(UTC), host="hv-agent")
     n = run_agent(sampler, [target], interval_s=0.1, stop=threading.Event(), max_cycles=3)
     assert n == 3
-    series = victoria_metrics.wait_for_points(f'{{cluster="{cluster}",host="hv-agent"}}', 3 * 6)
-    names = {s["metric"]["__name__"] for s in series}
-    assert {"host_cpu_used_cores", "host_memory_used_mib", "host_net_rx_bps"} <= names
-    cpu = next(s for s in series if s["metric"]["__name__"] == "host_cpu_used_cores")
-    assert len(cpu["values"]) == 3 and len(set(cpu["timestamps"])) == 3
+    # Every sample was acknowledged by the server before run_agent returned (the spool is empty),
+    # but victoria-metrics makes points of new series searchable up to about a second later. So
+    # wait for each series itself: a total point count is not a condition, since a host with PSI
+    # writes 6 + up to 18 fields a sample and one visible sample can already exceed 3 * 6.
+    match = f'{{cluster="{cluster}",host="hv-agent"}}'
+    for name in ("host_cpu_used_cores", "host_memory_used_mib", "host_net_rx_bps"):
+        (series,) = victoria_metrics.wait_for_points(f'{{__name__="{name}",{match[1:]}', 3)
+        assert len(series["values"]) == 3, (name, series)
+        assert len(set(series["timestamps"])) == 3, (name, series)
