@@ -31,6 +31,7 @@ from balancer.plan_io import plan_to_dict
 from balancer.port import Clock, HypervisorPort
 from balancer.service import decisions as D
 from balancer.service.errors import ConflictError, NotFoundError, UnavailableError
+from balancer.service.health import BreakerWatch
 from balancer.service.logs import fields, log
 from balancer.service.ports import (
     AuditFilter,
@@ -183,7 +184,8 @@ class Service:
         self._collect_error: str | None = None
         self._last_plan_id: str | None = None
         self._stopping = False
-        self._breaker_open_since: str | None = None
+        self._breaker_watch = BreakerWatch()
+        self._breaker_lock = threading.Lock()  # one evaluation at a time: changes stay in order
         #: observers (metrics): called with (name, seconds)
         self.timings: list[Callable[[str, float], None]] = []
         #: called with every newly applied policy (the executor's limits follow it)
@@ -410,13 +412,17 @@ class Service:
         maintenance."""
         t0 = time.monotonic()
         with self._lock:
+            # a breaker that opened since the last look is audited before this collect may close
+            # it: the timer can fall behind, but no opening goes unrecorded (before the first
+            # collect there are no metrics yet, which is no news)
+            if self._last_collect is not None:
+                self.watch_breakers()
             now = self.clock.now()
             try:
                 raw = self.port.snapshot()
             except HypervisorError as exc:
                 self._collect_error = str(exc)
                 log.warning("collect failed: %s", exc)
-                self._watch_breakers(now)  # metrics going stale pause automation: say so
                 raise
             base, stale = self.demand.observe(raw, now)
             snap = self.overlay(base)
@@ -436,7 +442,7 @@ class Service:
             )
             self._expire_recommendations(snap, now)
             self._advance_maintenance(snap, now)
-            self._watch_breakers(now)
+        self.watch_breakers()
         self._timed("collect", time.monotonic() - t0)
         return snap
 
@@ -528,24 +534,30 @@ class Service:
             )
         return brk
 
-    def _watch_breakers(self, now: datetime) -> None:
-        """Say it in the log and the audit trail when automation pauses or resumes by itself."""
-        brk = self.breakers()
-        text = brk.explain() if brk.open else None
-        if text == self._breaker_open_since:
+    def watch_breakers(self) -> None:
+        """Audit every breaker that opened or closed since the last evaluation, in the order it
+        happened (``balancer.service.health``). Runs on a timer of its own, and after a collect
+        and a pause or resume; a standby evaluates nothing and writes nothing (its writes would
+        be fenced): the leader reports."""
+        if not self.leading():
             return
-        self._breaker_open_since = text
-        if text:
-            log.warning("automation paused: %s", text, extra=fields(reason="breaker"))
-        else:
-            log.info("automation resumed")
-        self.audit.record(
-            at=now,
-            kind="breaker",
-            who=SYSTEM,
-            result="open" if text else "closed",
-            detail=text or "every breaker closed",
-        )
+        with self._breaker_lock:
+            now = self.clock.now()
+            changes = self._breaker_watch.changes(
+                self.breakers(), now=now, last_collect=self._last_collect
+            )
+            for ch in changes:
+                if ch.opened:
+                    log.warning("automation paused: %s", ch.text(), extra=fields(reason="breaker"))
+                else:
+                    log.info("breaker closed: %s", ch.text(), extra=fields(reason="breaker"))
+                self.audit.record(
+                    at=now,
+                    kind="breaker",
+                    who=SYSTEM,
+                    result=ch.result,
+                    detail=f"{ch.text()} (at {ch.at.isoformat(timespec='milliseconds')})",
+                )
 
     def pause(self, *, who: str, reason: str, allow_mandatory: bool = True) -> None:
         now = self.clock.now()
@@ -563,13 +575,13 @@ class Service:
             detail=f"{reason or 'no reason'}; mandatory moves "
             + ("continue" if allow_mandatory else "stop too"),
         )
-        self._watch_breakers(now)
+        self.watch_breakers()
 
     def resume(self, *, who: str) -> None:
         now = self.clock.now()
         self.store.set_flag(PAUSE_FLAG, None, who=who, at=now)
         self.audit.record(at=now, kind="pause", who=who, result="resumed")
-        self._watch_breakers(now)
+        self.watch_breakers()
 
     # ------------------------------------------------------------------------------------------
     # balance

@@ -112,6 +112,8 @@ class BreakerReason(StrEnum):
 class Trip:
     reason: BreakerReason
     detail: str
+    #: since when it has been open, where the facts tell (None: not known)
+    since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,11 +167,12 @@ def breakers(
             Trip(
                 reason=BreakerReason.STALE_METRICS,
                 detail=f"last metrics {age:.0f} s old (limit {stale_after.total_seconds():.0f} s)",
+                since=last_collect + stale_after,
             )
         )
     elif stale_detail:
         trips.append(Trip(reason=BreakerReason.STALE_METRICS, detail=stale_detail))
-    recent = [t for t in failures if t >= now - failure_window]
+    recent = sorted(t for t in failures if t >= now - failure_window)
     if len(recent) >= failure_limit:
         trips.append(
             Trip(
@@ -178,6 +181,7 @@ def breakers(
                     f"{len(recent)} migrations failed in the last "
                     f"{failure_window.total_seconds() / 60:.0f} min (limit {failure_limit})"
                 ),
+                since=recent[failure_limit - 1],
             )
         )
     return Breakers(trips=tuple(trips), allow_mandatory=allow_mandatory)

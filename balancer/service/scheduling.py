@@ -158,6 +158,14 @@ class Intervals:
     policy_reload_s: float
 
 
+#: the breakers' timer: at least every second, and twice per collect interval
+BREAKER_TICK_S = 1.0
+
+
+def breaker_tick_s(collect_s: float) -> float:
+    return min(BREAKER_TICK_S, collect_s / 2)
+
+
 class Scheduler:
     """APScheduler with the service's jobs and the durable task store."""
 
@@ -200,6 +208,14 @@ class Scheduler:
             name="balance",
             next_run_time=now + timedelta(seconds=first),
         )
+        # breakers open and close between collects (metrics going stale is a matter of time):
+        # they are evaluated on a timer of their own, so each change is audited when it happens
+        s.add_job(
+            self._breakers,
+            IntervalTrigger(seconds=breaker_tick_s(self.intervals.collect_s)),
+            id="breakers",
+            name="breakers",
+        )
         s.add_job(
             self._reload,
             IntervalTrigger(seconds=self.intervals.policy_reload_s),
@@ -234,6 +250,12 @@ class Scheduler:
             self.svc.balance()
         except BalancerError as exc:
             log.warning("balance: %s", exc)
+
+    def _breakers(self) -> None:
+        try:
+            self.svc.watch_breakers()
+        except BalancerError as exc:
+            log.warning("breakers: %s", exc)
 
     def _reload(self) -> None:
         self.svc.reload_policy()

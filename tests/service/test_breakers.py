@@ -91,11 +91,54 @@ def test_stale_metrics_and_failures_pause_balancing(tmp_path: Path) -> None:
         )
         assert [b.reason for b in st.pause_reasons] == ["migration_failures"]
         assert st.mandatory_allowed
+        # every transition is audited on the breakers' own timer, in the order it happened
+        records = wait_for(
+            "the failure breaker's audit record",
+            lambda: (
+                (r := svc.audit_records(AuditFilter(kind="breaker", limit=10)))
+                and "migration_failures" in (r[0].detail or "")
+                and r
+            ),
+            timeout_s=30,
+        )
+        seen = [(r.result, (r.detail or "").split(":")[0]) for r in reversed(records)]
+        assert seen == [
+            ("open", "stale_metrics"),
+            ("closed", "stale_metrics"),
+            ("open", "migration_failures"),
+        ], records
+    finally:
+        rt.begin_stop("test")
+        rt.drain()
+        rt.close()
+
+
+def test_a_standby_audits_no_breaker_and_the_leader_does(tmp_path: Path) -> None:
+    cfg = write_settings(
+        tmp_path,
+        policy={"automation": "full", "exclude": []},
+        intervals={"collect_s": 0.5, "balance_s": 3600, "policy_reload_s": 60},
+        breakers={"failure_limit": 2, "failure_window_s": 600, "stale_after_s": 1},
+    )
+    (tmp_path / "policies" / "rules.yaml").write_text("rules: []\n")
+    port = FlakyPort(_cluster())
+    rt = Runtime.build(load_settings(cfg), port=port)  # type: ignore[arg-type]
+    try:
+        rt.start()
+        svc = rt.service
+        leading = False
+        svc.leading = lambda: leading  # a standby: its audit writes would be fenced
+        port.down = True
+        wait_for("stale metrics", lambda: svc.status().paused, timeout_s=30)
+        svc.watch_breakers()
+        assert svc.audit_records(AuditFilter(kind="breaker", limit=10)) == []
+        leading = True  # it takes the lead: the open breaker is reported once
+        svc.watch_breakers()
+        svc.watch_breakers()
         records = svc.audit_records(AuditFilter(kind="breaker", limit=10))
-        # the newest breaker record is this opening; the stale breaker's own open/closed pair is
-        # recorded only when a collect observes it, which a short outage can fall between
-        assert records[0].result == "open"
-        assert "migration_failures" in (records[0].detail or "")
+        assert [(r.result, (r.detail or "").split(":")[0]) for r in records] == [
+            ("open", "stale_metrics")
+        ]
     finally:
         rt.begin_stop("test")
         rt.drain()
