@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,7 +60,12 @@ def test_manual_nothing_moves_until_approved(tmp_path: Path) -> None:
         before = wait_for("a status", lambda: _placement(svc))
         recs = wait_for("recommendations", lambda: svc.get("/recommendations"), timeout_s=60)
         # two more balance cycles: still nothing moved, the recommendations stand
-        time.sleep(4.5)
+        seen = {p["id"] for p in svc.get("/plans", params={"limit": 50})}
+        wait_for(
+            "two more balance cycles",
+            lambda: len({p["id"] for p in svc.get("/plans", params={"limit": 50})} - seen) >= 2,
+            timeout_s=60,
+        )
         assert svc.get("/migrations") == []
         assert _placement(svc) == before
         recs = svc.get("/recommendations")
@@ -100,7 +106,8 @@ def test_manual_nothing_moves_until_approved(tmp_path: Path) -> None:
                     (r for r in svc.get("/recommendations") if r["reason"] == "balance"), None
                 ),
             )
-        done = svc.post(f"/recommendations/{rec['id']}/approve", user="bob")
+        done = _approve_a_balance_recommendation(svc, rec)
+        rec = done
         assert done["state"] == "approved" and done["decided_by"] == "bob"
         assert done["migration_id"]
         wait_for(
@@ -117,6 +124,28 @@ def test_manual_nothing_moves_until_approved(tmp_path: Path) -> None:
         assert r.status_code == 409 and "approved" in r.json()["error"]
         audit = svc.get("/audit", params={"user": "bob", "kind": "recommendation"})
         assert audit and audit[0]["result"] == "approved"
+
+
+def _approve_a_balance_recommendation(svc: Service, rec: dict[str, Any]) -> dict[str, Any]:
+    """Approve ``rec``; a balance cycle (every 2 s here) may supersede it between reading and
+    approving, which the service refuses with 409 naming the state: then approve the pending
+    balance recommendation that replaced it."""
+    deadline = time.monotonic() + 60
+    while True:
+        with svc.client("bob") as c:
+            r = c.post(f"/recommendations/{rec['id']}/approve")
+        if r.status_code < 300:
+            return dict(r.json())
+        error = r.json().get("error", "")
+        gone = ("expired" in error) or ("superseded" in error) or ("no longer pending" in error)
+        assert r.status_code == 409 and gone, r.text
+        assert time.monotonic() < deadline, f"no recommendation could be approved: {r.text}"
+        rec = wait_for(
+            "a pending balance recommendation",
+            lambda: next(
+                (x for x in svc.get("/recommendations") if x["reason"] == "balance"), None
+            ),
+        )
 
 
 def _evacuable_host(svc: Service) -> str:
