@@ -11,7 +11,13 @@ from pathlib import Path
 
 import click
 
-from balancer.cli.common import handle_errors, json_option, print_json, print_table
+from balancer.cli.common import (
+    finite,
+    handle_errors,
+    json_option,
+    print_json,
+    print_table,
+)
 from balancer.errors import InputError
 from balancer.executor.runner import PlanRun, outcomes_json, run_plan_file
 from balancer.executor.types import ExecutorConfig, ExecutorStatus, Result
@@ -90,16 +96,16 @@ def _progress(enabled: bool) -> Iterator[tuple[object, object]]:
     type=click.Path(path_type=Path),
     help="Policy file(s): limits, migration settings, anti-affinity groups.",
 )
-@click.option("--per-host", type=click.IntRange(1), help="Migrations at once per host.")
-@click.option("--total", type=click.IntRange(1), help="Migrations at once in all.")
+@click.option("--per-host", type=click.IntRange(1, 1000), help="Migrations at once per host.")
+@click.option("--total", type=click.IntRange(1, 10000), help="Migrations at once in all.")
 @click.option("--retry", is_flag=True, help="Retry a failed migration once on another target.")
 @click.option(
     "--max-age",
-    type=click.FloatRange(0),
+    type=finite(0, 10**9),
     help="Supersede the plan when it is older than this (seconds) relative to its snapshot.",
 )
-@click.option("--poll", type=click.FloatRange(0.01), default=0.5, show_default=True, hidden=True)
-@click.option("--link-mib-s", type=click.FloatRange(1), default=None, hidden=True)
+@click.option("--poll", type=finite(0.01, 60), default=0.5, show_default=True, hidden=True)
+@click.option("--link-mib-s", type=finite(1, 10**7), default=None, hidden=True)
 @json_option
 @handle_errors
 def execute(
