@@ -15,8 +15,10 @@ from balancer.cli.common import (
     finite,
     handle_errors,
     json_option,
+    output_path,
     print_json,
     print_table,
+    write_output,
 )
 from balancer.errors import InputError
 from balancer.executor.runner import PlanRun, outcomes_json, run_plan_file
@@ -231,7 +233,7 @@ def audit_list(
         user=user,
         kind=kind,
     )
-    store = Store.open(db_url)
+    store = Store.open_existing(db_url)
     try:
         records = store.audit(q)
     finally:
@@ -260,17 +262,26 @@ def audit_list(
 
 @audit.command("verify")
 @db_option
+@click.option(
+    "--anchor",
+    "anchor_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The anchor file the service writes the chain head to (settings audit.anchor): "
+    "also detect deleted newest records and a rewound head.",
+)
 @json_option
 @handle_errors
-def audit_verify(db_url: str | None, as_json: bool) -> None:
+def audit_verify(db_url: str | None, anchor_path: Path | None, as_json: bool) -> None:
     """Verify the hash chain; exit non-zero naming the first bad record."""
-    store = Store.open(db_url)
+    store = Store.open_existing(db_url)
     try:
-        count = store.verify()
+        count = store.verify(anchor_path)
     finally:
         store.close()
     if as_json:
-        print_json({"ok": True, "records": count})
+        print_json({"ok": True, "records": count, "anchor": str(anchor_path or "") or None})
+    elif anchor_path is not None:
+        click.echo(f"audit trail ok: {count} records, reaches the anchor {anchor_path}")
     else:
         click.echo(f"audit trail ok: {count} records")
 
@@ -284,7 +295,9 @@ def audit_verify(db_url: str | None, as_json: bool) -> None:
 @handle_errors
 def audit_export(fmt: str, output: Path | None, db_url: str | None) -> None:
     """Export every audit record (with its hashes) as CSV or JSON."""
-    store = Store.open(db_url)
+    if output is not None:
+        output_path(output)
+    store = Store.open_existing(db_url)
     try:
         records = store.audit()
     finally:
@@ -293,7 +306,7 @@ def audit_export(fmt: str, output: Path | None, db_url: str | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text)
+        write_output(output, text)
 
 
 def register(cli: click.Group) -> None:
