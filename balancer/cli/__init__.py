@@ -28,7 +28,7 @@ class BalancerGroup(click.Group):
     """The top-level group: a usage error (bad option, bad value, missing argument) is one line
     on stderr and exit 2, like every other bad input; never click's multi-line usage block."""
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Any = None,
         prog_name: str | None = None,
