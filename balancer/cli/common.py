@@ -106,6 +106,8 @@ def handle_errors(func: F) -> F:
             fail(f"{exc.filename}: no such file", 2)
         except PermissionError as exc:
             fail(f"{exc.filename}: permission denied", 2)
+        except UnicodeError as exc:  # a file that is not UTF-8 text (the input layer names it)
+            fail(one_line(f"input is not valid UTF-8 text: {exc}"), 2)
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             fail(one_line(f"{where}{exc.strerror or exc}"), 2)
