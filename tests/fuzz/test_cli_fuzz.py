@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,10 +107,13 @@ def pool(tmp_path_factory: pytest.TempPathFactory, closed_port: int) -> Pool:
     (d / "list.json").write_text("[1, 2, 3]")
     (d / "object.json").write_text('{"a": 1}')
     (d / "latin1.yaml").write_bytes("automation: manuel é".encode("latin-1"))
+    # copies: an output option (-o) may be handed any path of the pool and overwrite it
+    policies = d / "policies"
+    shutil.copytree(REPO / "config" / "policies", policies)
     paths = [
         str(snap),
-        str(REPO / "config" / "policies"),
-        str(REPO / "config" / "policies" / "default.yaml"),
+        str(policies),
+        str(policies / "default.yaml"),
         str(d / "empty"),
         str(d / "binary"),
         str(d / "notjson.json"),
@@ -272,6 +276,20 @@ def test_fuzzed_command_lines_end_cleanly(leaf: Leaf, pool: Pool, workdir: Path)
         _check(leaf, args, runner.invoke(cli, args))
 
     run()
+
+
+def test_the_fuzz_wrote_nothing_into_the_repository() -> None:
+    """Runs after the fuzz (file order): the shipped files are as committed."""
+    import subprocess
+
+    r = subprocess.run(
+        ["git", "status", "--porcelain", "--", "config", "balancer", "policies"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode != 0 or r.stdout == "", r.stdout
 
 
 def test_every_command_is_fuzzed() -> None:
