@@ -25,7 +25,8 @@ from balancer.executor.runner import PlanRun, outcomes_json, run_plan_file
 from balancer.executor.types import ExecutorConfig, ExecutorStatus, Result
 from balancer.storage import audit as audit_mod
 from balancer.storage.audit import AuditQuery
-from balancer.storage.journal import Store
+from balancer.storage.db import normalize_url
+from balancer.storage.journal import Store, sqlite_file
 
 db_option = click.option(
     "--db",
@@ -131,6 +132,12 @@ def execute(
     twice, nothing lost. Exit status 1 when a migration failed or was aborted."""
     from balancer.sim.cluster import DEFAULT_LINK_MIB_S
 
+    # outputs: their directories must exist (the default store under ./state is created)
+    if state_path is not None:
+        output_path(state_path)
+    db_file = sqlite_file(normalize_url(db_url)) if db_url else None
+    if db_file is not None:
+        output_path(Path(db_file))
     policy = None
     if policy_paths:
         from policies.loader import load_policy

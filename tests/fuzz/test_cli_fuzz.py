@@ -348,6 +348,23 @@ REGRESSIONS = [
     (["snapshot", "-o", "/nonexistent/dir/x"], "/nonexistent/dir/x: the directory /nonexistent"),
     (["execute", "--plan", "p", "--per-host", "100000"], "'--per-host'"),
     (["snapshot", "--bogus"], "No such option"),
+    (["execute", "--plan", "p", "--state", "/nonexistent/d/s.json"], "s.json: the directory"),
+    (["execute", "--plan", "p", "--db", "sqlite:////nonexistent/d/x.db"], "the directory /nonex"),
+    (["ha", "status", "--db", "sqlite:////nonexistent/x.db"], "x.db: the database does not exist"),
+    (
+        [
+            "simulate",
+            "--traces",
+            "t",
+            "--hosts",
+            "h",
+            "--policy",
+            "none",
+            "--out",
+            "/nonexistent/d",
+        ],
+        "/nonexistent/d: the directory /nonexistent does not exist",
+    ),
 ]
 
 
