@@ -9,17 +9,20 @@ appended audit records commits, the new head is written:
 
       <seq> <sha256 hash> <UTC time>
 
-  Each line is one ``write()`` followed by ``fsync()``: when the call returns the line is on
-  disk (the SQLite store itself runs with ``synchronous=NORMAL``, so after a power loss the
-  anchor may name a few records more than the database kept: verification then reports them
-  as missing, which is what happened);
+  Each line is one ``write()`` on a descriptor opened for it (so a rotated or deleted file is
+  created again), followed by ``fsync()``: when the call returns the line is on disk. Several
+  writers (threads, processes) may share the file: ``O_APPEND`` keeps whole lines. (The SQLite
+  store itself runs with ``synchronous=NORMAL``: after a power loss the anchor may name a few
+  records more than the database kept; verification then reports them as missing, which is
+  what happened.)
 * to syslog / the systemd journal, when ``/dev/log`` exists (``balancer-audit`` identifier,
   facility ``authpriv``); no error when it does not.
 
-:func:`check` compares the database's chain with the anchor: an anchored record whose hash the
-database does not have (the newest records replaced), or an anchored head beyond the
-database's last record (the newest records deleted and the head rewound). The anchor is read
-*before* the chain, so a record committed while verification runs is never a false alarm.
+:func:`check_record` and :func:`check_head` compare the database's chain with the anchor:
+an anchored record whose hash the database does not have (the newest records replaced), or an
+anchored head beyond the database's last record (the newest records deleted and the head
+rewound). The anchor is read *before* the chain, so a record committed while verification
+runs is never a false alarm.
 """
 
 from __future__ import annotations
@@ -54,52 +57,44 @@ class AnchorEntry:
     line: int
 
 
+#: how the anchor file is opened for each line
+OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+
 class Anchor:
-    """Writes the chain head as it advances (see the module doc). Thread-safe; the file is
-    opened once and kept open; a write that fails is logged (the database write it follows has
-    committed already) and tried again at the next advance."""
+    """Writes the chain head as it advances (see the module doc). Thread-safe; a write that
+    fails is logged (the database write it follows has committed already) and counted in
+    :attr:`failures`; the next advance tries again."""
 
     def __init__(self, path: str | Path, *, use_syslog: bool = True) -> None:
         self.path = Path(path)
-        self._fd: int | None = None
         self._lock = threading.Lock()
         self.failures = 0
         self._syslog = use_syslog and os.path.exists(DEV_LOG)
         if self._syslog:
             syslog.openlog("balancer-audit", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
 
-    def _open(self) -> int:
-        if self._fd is None:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            self._fd = os.open(self.path, flags, 0o640)
-        return self._fd
-
     def advance(self, seq: int, digest: str) -> None:
         at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         line = f"{seq} {digest} {at}\n".encode()
         with self._lock:
             try:
-                fd = self._open()
-                os.write(fd, line)
-                os.fsync(fd)
+                fd = os.open(self.path, OPEN_FLAGS, 0o640)
+                try:
+                    os.write(fd, line)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 self.failures += 1
                 log.error("audit anchor %s: cannot write head %d: %s", self.path, seq, exc)
-                self._close()
         if self._syslog:
             # a socket that went away is no error: the file is the anchor that counts
             with contextlib.suppress(OSError):
                 syslog.syslog(syslog.LOG_NOTICE, f"audit head seq={seq} hash={digest}")
 
-    def _close(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
-
     def close(self) -> None:
-        with self._lock:
-            self._close()
+        """Nothing stays open between advances; kept for the store's ``close()``."""
 
 
 def read_anchor(path: str | Path) -> dict[int, list[AnchorEntry]]:

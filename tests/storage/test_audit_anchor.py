@@ -4,9 +4,8 @@ record still fails; ``audit list|verify|export`` never create a database."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from click.testing import CliRunner
 from balancer.cli import cli
 from balancer.errors import AuditChainError, InputError, StorageError
 from balancer.storage import NewPlan, Store
-from balancer.storage.anchor import read_anchor
+from balancer.storage.anchor import Anchor, read_anchor
 from balancer.storage.schema import audit_records
 from tests.storage.test_audit_chain import T0, _copy_store, _fill, _req
 
@@ -45,8 +44,6 @@ def test_each_committed_advance_is_anchored(db_url: str, tmp_path: Path) -> None
     store = Store.open(db_url, anchor=anchor)
     try:
         _fill(store, 4)
-        assert store.anchor is not None and store.anchor._fd is not None
-        assert fcntl.fcntl(store.anchor._fd, fcntl.F_GETFL) & os.O_APPEND
         entries = read_anchor(anchor)
         hashes = _hashes(store)
         # one line per transaction that appended: the plan's (records 1-5), then each outcome
@@ -60,6 +57,34 @@ def test_each_committed_advance_is_anchored(db_url: str, tmp_path: Path) -> None
         assert anchor.stat().st_size == size
     finally:
         store.close()
+
+
+def test_several_writers_keep_whole_lines_and_a_deleted_file_comes_back(tmp_path: Path) -> None:
+    """Two writers on one file (two instances, or threads): O_APPEND keeps every line whole;
+    each line opens the file, so a rotated or deleted anchor is created again."""
+    path = tmp_path / "audit.anchor"
+    writers = [Anchor(path, use_syslog=False), Anchor(path, use_syslog=False)]
+
+    def write(k: int) -> None:
+        for seq in range(1 + k, 101, 2):
+            writers[k].advance(seq, f"{seq:064x}")
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    entries = read_anchor(path)
+    assert sorted(entries) == list(range(1, 101))
+    assert all(e.hash == f"{seq:064x}" for seq, es in entries.items() for e in es)
+    path.unlink()
+    writers[0].advance(101, "a" * 64)
+    assert sorted(read_anchor(path)) == [101]
+    assert writers[0].failures == 0
+    # an anchor that cannot be written is counted and logged, never raised
+    bad = Anchor(tmp_path / "no" / "dir" / "audit.anchor", use_syslog=False)
+    bad.advance(1, "a" * 64)
+    assert bad.failures == 1
 
 
 def test_truncation_with_a_rewound_head_is_caught_by_the_anchor(
