@@ -127,6 +127,17 @@ class ServiceOptions(_Strict):
     executor_poll_s: float = Field(default=1.0, gt=0)
 
 
+class AuditOptions(_Strict):
+    """The audit trail's anchor and its periodic verification (docs/executor.md, audit)."""
+
+    #: the append-only file the chain head is written to as it advances: ``auto`` (next to an
+    #: SQLite database: ``<db file>.anchor``; else ``<state_dir>/audit-<digest of the database
+    #: URL>.anchor``), ``off``, or a path
+    anchor: str = Field(default="auto", min_length=1, max_length=4096)
+    #: how often the service verifies the whole chain (and the anchor): the audit metrics
+    verify_interval_s: float = Field(default=300.0, ge=1.0, le=7 * 86400.0)
+
+
 class HA(_Strict):
     """High availability (docs/deployment.md): several instances share the database (it must be
     PostgreSQL); each cluster is led by the instance holding its lease."""
@@ -181,6 +192,7 @@ class Settings(_Strict):
     log_json: bool = False
     breakers: Breakers = Field(default_factory=Breakers)
     service: ServiceOptions = Field(default_factory=ServiceOptions)
+    audit: AuditOptions = Field(default_factory=AuditOptions)
     #: sample window, demand and staleness (docs/collectors.md); by default the window samples
     #: at the collect interval
     collectors: CollectorSettings | None = None

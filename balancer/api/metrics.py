@@ -73,6 +73,33 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("balancer_vms_held", "VMs held from balancing", value=len(st.holds))
 
 
+class _AuditCollector(Collector):
+    """The last periodic verification of the audit chain (``audit.verify_interval_s``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        v = self.store.audit_verdict
+        if v is None:  # not verified yet
+            return
+        yield GaugeMetricFamily(
+            "balancer_audit_chain_ok",
+            "1 when the audit chain (and its anchor) verified at the last check, else 0",
+            value=int(v.ok),
+        )
+        yield GaugeMetricFamily(
+            "balancer_audit_verified_records",
+            "Records the last successful audit verification walked",
+            value=v.records,
+        )
+        yield GaugeMetricFamily(
+            "balancer_audit_verify_timestamp_seconds",
+            "Unix time of the last audit verification",
+            value=v.at.timestamp(),
+        )
+
+
 class ServiceMetrics:
     def __init__(self, svc: Service, store: Store | None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -97,6 +124,8 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(svc))
+        if store is not None:
+            self.registry.register(_AuditCollector(store))
         svc.timings.append(self.observe)
 
     def observe(self, name: str, seconds: float) -> None:

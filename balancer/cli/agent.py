@@ -13,7 +13,7 @@ from types import FrameType
 
 import click
 
-from balancer.cli.common import handle_errors, json_option, print_json, print_table
+from balancer.cli.common import finite, handle_errors, json_option, print_json, print_table
 from balancer.errors import InputError
 
 
@@ -23,7 +23,7 @@ from balancer.errors import InputError
 @click.option("--host", envvar="BALANCER_AGENT_HOST", help="Host name (default: this host's).")
 @click.option(
     "--interval-s",
-    type=click.FloatRange(min=0.05),
+    type=finite(0.05, 86400),
     default=20.0,
     show_default=True,
     envvar="BALANCER_AGENT_INTERVAL_S",
@@ -31,7 +31,7 @@ from balancer.errors import InputError
 )
 @click.option(
     "--measure-s",
-    type=click.FloatRange(min=0.05),
+    type=finite(0.05, 3600),
     default=1.0,
     show_default=True,
     help="With --once: seconds over which CPU and network rates are measured.",

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from balancer.cli.common import handle_errors, json_option, print_json
+from balancer.cli.common import (
+    SEED,
+    handle_errors,
+    json_option,
+    output_path,
+    print_json,
+    write_output,
+)
 from balancer.errors import InputError
 from balancer.sim.generator import GeneratorSpec, generate
-from balancer.snapshot_io import dump_snapshot, load_snapshot, snapshot_to_dict
+from balancer.snapshot_io import load_snapshot, snapshot_to_dict
 from policies.lint import Severity, lint
 from policies.loader import load_policy
 
@@ -29,7 +37,7 @@ from policies.loader import load_policy
     show_default=True,
     help="Simulated cluster: number of VMs.",
 )
-@click.option("--seed", type=int, default=1, show_default=True, help="Simulated cluster seed.")
+@click.option("--seed", type=SEED, default=1, show_default=True, help="Simulated cluster seed.")
 @click.option(
     "--generations",
     type=click.IntRange(1, 3),
@@ -49,11 +57,13 @@ def snapshot(
     hosts: int, vms: int, seed: int, generations: int, out: Path | None, as_json: bool
 ) -> None:
     """Write a snapshot (format v1) of the simulated cluster of a given size and seed."""
+    if out is not None:
+        output_path(out)
     snap = generate(GeneratorSpec(hosts=hosts, vms=vms, seed=seed, generations=generations))
     if out is None:
         print_json(snapshot_to_dict(snap))
         return
-    dump_snapshot(snap, out)
+    write_output(out, json.dumps(snapshot_to_dict(snap), indent=1))
     if as_json:
         print_json(
             {

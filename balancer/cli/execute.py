@@ -11,13 +11,22 @@ from pathlib import Path
 
 import click
 
-from balancer.cli.common import handle_errors, json_option, print_json, print_table
+from balancer.cli.common import (
+    finite,
+    handle_errors,
+    json_option,
+    output_path,
+    print_json,
+    print_table,
+    write_output,
+)
 from balancer.errors import InputError
 from balancer.executor.runner import PlanRun, outcomes_json, run_plan_file
 from balancer.executor.types import ExecutorConfig, ExecutorStatus, Result
 from balancer.storage import audit as audit_mod
 from balancer.storage.audit import AuditQuery
-from balancer.storage.journal import Store
+from balancer.storage.db import normalize_url
+from balancer.storage.journal import Store, sqlite_file
 
 db_option = click.option(
     "--db",
@@ -90,16 +99,16 @@ def _progress(enabled: bool) -> Iterator[tuple[object, object]]:
     type=click.Path(path_type=Path),
     help="Policy file(s): limits, migration settings, anti-affinity groups.",
 )
-@click.option("--per-host", type=click.IntRange(1), help="Migrations at once per host.")
-@click.option("--total", type=click.IntRange(1), help="Migrations at once in all.")
+@click.option("--per-host", type=click.IntRange(1, 1000), help="Migrations at once per host.")
+@click.option("--total", type=click.IntRange(1, 10000), help="Migrations at once in all.")
 @click.option("--retry", is_flag=True, help="Retry a failed migration once on another target.")
 @click.option(
     "--max-age",
-    type=click.FloatRange(0),
+    type=finite(0, 10**9),
     help="Supersede the plan when it is older than this (seconds) relative to its snapshot.",
 )
-@click.option("--poll", type=click.FloatRange(0.01), default=0.5, show_default=True, hidden=True)
-@click.option("--link-mib-s", type=click.FloatRange(1), default=None, hidden=True)
+@click.option("--poll", type=finite(0.01, 60), default=0.5, show_default=True, hidden=True)
+@click.option("--link-mib-s", type=finite(1, 10**7), default=None, hidden=True)
 @json_option
 @handle_errors
 def execute(
@@ -123,6 +132,12 @@ def execute(
     twice, nothing lost. Exit status 1 when a migration failed or was aborted."""
     from balancer.sim.cluster import DEFAULT_LINK_MIB_S
 
+    # outputs: their directories must exist (the default store under ./state is created)
+    if state_path is not None:
+        output_path(state_path)
+    db_file = sqlite_file(normalize_url(db_url)) if db_url else None
+    if db_file is not None:
+        output_path(Path(db_file))
     policy = None
     if policy_paths:
         from policies.loader import load_policy
@@ -225,7 +240,7 @@ def audit_list(
         user=user,
         kind=kind,
     )
-    store = Store.open(db_url)
+    store = Store.open_existing(db_url)
     try:
         records = store.audit(q)
     finally:
@@ -254,17 +269,26 @@ def audit_list(
 
 @audit.command("verify")
 @db_option
+@click.option(
+    "--anchor",
+    "anchor_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The anchor file the service writes the chain head to (settings audit.anchor): "
+    "also detect deleted newest records and a rewound head.",
+)
 @json_option
 @handle_errors
-def audit_verify(db_url: str | None, as_json: bool) -> None:
+def audit_verify(db_url: str | None, anchor_path: Path | None, as_json: bool) -> None:
     """Verify the hash chain; exit non-zero naming the first bad record."""
-    store = Store.open(db_url)
+    store = Store.open_existing(db_url)
     try:
-        count = store.verify()
+        count = store.verify(anchor_path)
     finally:
         store.close()
     if as_json:
-        print_json({"ok": True, "records": count})
+        print_json({"ok": True, "records": count, "anchor": str(anchor_path or "") or None})
+    elif anchor_path is not None:
+        click.echo(f"audit trail ok: {count} records, reaches the anchor {anchor_path}")
     else:
         click.echo(f"audit trail ok: {count} records")
 
@@ -278,7 +302,9 @@ def audit_verify(db_url: str | None, as_json: bool) -> None:
 @handle_errors
 def audit_export(fmt: str, output: Path | None, db_url: str | None) -> None:
     """Export every audit record (with its hashes) as CSV or JSON."""
-    store = Store.open(db_url)
+    if output is not None:
+        output_path(output)
+    store = Store.open_existing(db_url)
     try:
         records = store.audit()
     finally:
@@ -287,7 +313,7 @@ def audit_export(fmt: str, output: Path | None, db_url: str | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text)
+        write_output(output, text)
 
 
 def register(cli: click.Group) -> None:

@@ -3,9 +3,12 @@ read from the shared database (works while any instance, or all, are down)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from balancer.cli.common import handle_errors, json_option, print_json, print_table
+from balancer.errors import InputError
 
 
 def register(cli: click.Group) -> None:
@@ -31,6 +34,7 @@ def register(cli: click.Group) -> None:
         from balancer.ha.status import deployment_status
         from balancer.settings import load_settings
         from balancer.storage import make_engine
+        from balancer.storage.journal import sqlite_file
 
         alive_s = 30.0
         if db_url is None:
@@ -38,6 +42,9 @@ def register(cli: click.Group) -> None:
             db_url = settings.database
             if settings.ha is not None:
                 alive_s = settings.ha.alive_s
+        db_file = sqlite_file(db_url)
+        if db_file is not None and not Path(db_file).is_file():
+            raise InputError(f"{db_file}: the database does not exist (it is not created)")
         engine = make_engine(db_url)
         try:
             doc = deployment_status(LeaseStore(engine), alive_s=alive_s)

@@ -42,7 +42,9 @@ def lab() -> None:
 @lab.command()
 @click.option("--hosts", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option("--vms", type=click.IntRange(0, 64), default=2, show_default=True)
-@click.option("--busy", type=int, default=None, help="How many guests spin (default: half).")
+@click.option(
+    "--busy", type=click.IntRange(0, 64), default=None, help="How many guests spin (default: half)."
+)
 @click.option("--memory-mib", type=click.IntRange(16, 4096), default=128, show_default=True)
 @click.option(
     "--accel",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from balancer.cli.common import handle_errors, json_option, print_json, print_table
+from balancer.cli.common import SEED, finite, handle_errors, json_option, print_json, print_table
 from balancer.errors import InputError
 from balancer.optimizer import assist as assist_vm
 from balancer.plan import Plan, PlanStatus
@@ -43,12 +43,12 @@ _policy_option = click.option(
 @click.option(
     "--time-limit",
     "time_limit",
-    type=click.FloatRange(0.1, 3600),
+    type=finite(0.1, 3600),
     default=10.0,
     show_default=True,
     help="Solver time limit in seconds.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Solver random seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Solver random seed.")
 @handle_errors
 def plan(
     snapshot_path: Path,

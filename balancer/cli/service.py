@@ -11,12 +11,13 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import click
 import httpx
 
-from balancer.cli.common import handle_errors, json_option, print_json, print_table
-from balancer.errors import ServiceError
+from balancer.cli.common import ID, handle_errors, json_option, one_line, print_json, print_table
+from balancer.errors import InputError, ServiceError
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -46,26 +47,79 @@ def _client_options(func: F) -> F:
     return func
 
 
+def check_url(url: str, what: str = "--url") -> str:
+    """The service's base URL, or :class:`InputError` (exit 2): http(s), a host, a valid port."""
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise InputError(f"{what} {url!r}: not a valid URL ({one_line(str(exc))})") from None
+    if parsed.scheme not in ("http", "https"):
+        raise InputError(f"{what} {url!r}: use http://HOST:PORT or https://HOST:PORT")
+    if not parsed.host:
+        raise InputError(f"{what} {url!r}: the URL has no host")
+    if port is not None and not 0 < port < 65536:
+        raise InputError(f"{what} {url!r}: port {port} is out of range 1-65535")
+    return url.rstrip("/")
+
+
+def check_token(token: str) -> str:
+    """A bearer token goes into an HTTP header: printable ASCII only (RFC 6750), else exit 2.
+    The message gives the position of the first bad character, never the token itself."""
+    for i, ch in enumerate(token):
+        if not "!" <= ch <= "~":
+            raise InputError(
+                f"--token (or $BALANCER_TOKEN): character {i + 1} is not printable ASCII "
+                f"(U+{ord(ch):04X}); a bearer token has only printable ASCII characters"
+            )
+    return token
+
+
+def check_name(value: str, what: str) -> str:
+    """A VM, host or task name given on the command line: not empty, no control characters,
+    at most 200 characters (else exit 2); quoted when it goes into a URL path."""
+    if not value.strip():
+        raise InputError(f"{what}: must not be empty")
+    if len(value) > 200:
+        raise InputError(f"{what}: longer than 200 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InputError(f"{what} {value!r}: control characters are not allowed")
+    return value
+
+
+def _seg(value: str, what: str) -> str:
+    return quote(check_name(value, what), safe="")
+
+
 class Client:
     def __init__(self, url: str | None, token: str | None, config_path: str | None) -> None:
         if url is None:
             url = _url_from_settings(config_path)
-        self.url = (url or DEFAULT_URL).rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = check_url(url or DEFAULT_URL)
+        headers = {"Authorization": f"Bearer {check_token(token)}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60.0)
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
         try:
             r = self.http.request(method, f"/api/v1{path}", **kw)
         except httpx.HTTPError as exc:
-            raise ServiceError(f"cannot reach the service at {self.url}: {exc}") from exc
+            raise ServiceError(
+                f"cannot reach the service at {self.url}: {one_line(str(exc))}"
+            ) from exc
         if r.status_code >= 400:
             try:
-                msg = r.json().get("error") or r.text
+                doc = r.json()
+                msg = (doc.get("error") if isinstance(doc, dict) else None) or r.text
             except ValueError:
                 msg = r.text.strip() or r.reason_phrase
-            raise ServiceError(f"{r.status_code}: {msg}")
-        return r.json()
+            raise ServiceError(one_line(f"{r.status_code}: {msg}"))
+        try:
+            return r.json()
+        except ValueError:
+            raise ServiceError(
+                f"{self.url} answered {r.status_code} with something that is not JSON: "
+                "is it the balancer's API?"
+            ) from None
 
 
 def _url_from_settings(config_path: str | None) -> str | None:
@@ -185,7 +239,7 @@ def register(cli: click.Group) -> None:
         )
 
     @cli.command()
-    @click.argument("ids", type=int, nargs=-1, required=True)
+    @click.argument("ids", type=ID, nargs=-1, required=True)
     @_client_options
     @json_option
     @handle_errors
@@ -230,6 +284,8 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Request a manual live migration of VM to a host."""
+        check_name(vm, "VM")
+        check_name(target, "--to")
         doc = Client(url, token, config_path).call(
             "POST", "/migrations", json={"vm": vm, "target": target, "priority": priority}
         )
@@ -281,8 +337,9 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Put HOST into maintenance: its VMs are evacuated first."""
         c = Client(url, token, config_path)
+        seg = _seg(host, "HOST")
         if dry_run:
-            doc = c.call("GET", f"/maintenance/{host}/preflight")
+            doc = c.call("GET", f"/maintenance/{seg}/preflight")
             if as_json:
                 print_json(doc)
                 return
@@ -297,7 +354,7 @@ def register(cli: click.Group) -> None:
             if not doc["can_enter"]:
                 raise SystemExit(1)
             return
-        doc = c.call("POST", f"/maintenance/{host}/enter", json={"force": force})
+        doc = c.call("POST", f"/maintenance/{seg}/enter", json={"force": force})
         if as_json:
             print_json(doc)
         else:
@@ -318,8 +375,9 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Return HOST to active (optionally moving its VMs back)."""
+        seg = _seg(host, "HOST")
         doc = Client(url, token, config_path).call(
-            "POST", f"/maintenance/{host}/exit", json={"move_back": move_back}
+            "POST", f"/maintenance/{seg}/exit", json={"move_back": move_back}
         )
         if as_json:
             print_json(doc)
@@ -339,8 +397,9 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Progress of HOST's maintenance request (or of every request)."""
+        seg = None if host is None else _seg(host, "HOST")
         c = Client(url, token, config_path)
-        docs = [c.call("GET", f"/maintenance/{host}")] if host else c.call("GET", "/maintenance")
+        docs = [c.call("GET", f"/maintenance/{seg}")] if seg else c.call("GET", "/maintenance")
         if as_json:
             print_json(docs[0] if host else docs)
             return
@@ -383,14 +442,15 @@ def register(cli: click.Group) -> None:
         parsed: dict[str, str | bool] = {}
         for a in args:
             if "=" not in a:
-                raise ServiceError(f"--arg {a!r}: use KEY=VALUE")
+                raise InputError(f"--arg {a!r}: use KEY=VALUE")
             k, v = a.split("=", 1)
+            check_name(k, f"--arg {a!r}: KEY")
             parsed[k] = v.lower() in ("1", "true", "yes") if k == "move_back" else v
         if at is not None:
             try:
                 datetime.fromisoformat(at.replace("Z", "+00:00"))
             except ValueError:
-                raise ServiceError(f"--at {at!r}: not an ISO date and time") from None
+                raise InputError(f"--at {at!r}: not an ISO date and time") from None
         body: dict[str, Any] = {"kind": kind, "args": parsed}
         if at is not None:
             body["at"] = at
@@ -427,7 +487,8 @@ def register(cli: click.Group) -> None:
         task_id: str, url: str | None, token: str | None, config_path: str | None, as_json: bool
     ) -> None:
         """Cancel a scheduled task."""
-        doc = Client(url, token, config_path).call("DELETE", f"/tasks/{task_id}")
+        seg = _seg(task_id, "TASK_ID")
+        doc = Client(url, token, config_path).call("DELETE", f"/tasks/{seg}")
         if as_json:
             print_json(doc)
         else:

@@ -11,7 +11,15 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from balancer.cli.common import handle_errors, json_option, print_json, print_table
+from balancer.cli.common import (
+    SEED,
+    finite,
+    handle_errors,
+    json_option,
+    output_path,
+    print_json,
+    print_table,
+)
 from balancer.errors import InputError
 from balancer.simulation.engine import SimConfig
 from balancer.simulation.spec import parse_duration_s, parse_vm_types
@@ -75,7 +83,7 @@ def register(cli: click.Group) -> None:
         "--days",
         default=1,
         show_default=True,
-        type=click.IntRange(min=1),
+        type=click.IntRange(1, 3660),
         help="Days to simulate (day k replays trace file k).",
     )
     @click.option(
@@ -84,7 +92,7 @@ def register(cli: click.Group) -> None:
         show_default=True,
         help="Decision interval (a multiple of the trace step).",
     )
-    @click.option("--seed", default=0, show_default=True, type=int)
+    @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option(
         "--vm-types",
         default="paper",
@@ -100,7 +108,7 @@ def register(cli: click.Group) -> None:
     )
     @click.option(
         "--steps",
-        type=click.IntRange(min=1),
+        type=click.IntRange(1, 10**8),
         default=None,
         help="Simulate only the first N trace steps of each day (quick runs).",
     )
@@ -108,7 +116,7 @@ def register(cli: click.Group) -> None:
         "--solve-time",
         default=0.3,
         show_default=True,
-        type=float,
+        type=finite(0.01, 3600),
         help="Optimizer time limit per decision (deterministic seconds).",
     )
     @click.option(
@@ -147,6 +155,8 @@ def register(cli: click.Group) -> None:
 
         if (policy is None) == (compare is None):
             raise InputError("give either --policy PATH|none or --compare A B")
+        if out is not None:
+            output_path(out, directory=True)
         config = SimConfig(
             interval_s=parse_duration_s(interval),
             seed=seed,

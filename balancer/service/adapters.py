@@ -373,7 +373,7 @@ class StoreAudit:
             error=error,
             detail=detail or None,
         )
-        with self._lock, self.store.engine.begin() as conn:
+        with self._lock, self.store._tx() as conn:  # anchored once committed
             audit_mod.append(conn, entry)
 
     def query(self, f: AuditFilter) -> list[AuditItem]:

@@ -8,6 +8,7 @@ path (drain with a limit) and ``abort()`` the second-signal path.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from balancer.service.store import ServiceStore
 from balancer.settings import LabBackend, LibvirtBackend, Settings, SimulatedBackend
 from balancer.sim.clock import RealClock
 from balancer.storage import Store
+from balancer.storage.journal import AuditVerdict, sqlite_file
 from policies.loader import load_policy
 
 log = logging.getLogger("balancer.service")
@@ -79,6 +81,34 @@ def make_port(
     return sim, "simulated", lambda: None
 
 
+def anchor_path(settings: Settings) -> Path | None:
+    """The audit anchor file of ``settings`` (``audit.anchor``: auto, off or a path)."""
+    value = settings.audit.anchor
+    if value == "off":
+        return None
+    if value != "auto":
+        return Path(value)
+    db = sqlite_file(settings.database)
+    if db is not None:
+        return Path(f"{db}.anchor")
+    from balancer.storage.db import redact
+
+    digest = hashlib.sha256(redact(settings.database).encode()).hexdigest()[:12]
+    return Path(settings.state_dir) / f"audit-{digest}.anchor"
+
+
+def audit_checker(store: Store, anchor: Path | None) -> Callable[[], AuditVerdict]:
+    """The periodic job's function: verify the chain (and the anchor), log a bad one."""
+
+    def check() -> AuditVerdict:
+        v = store.check_audit(anchor)
+        if not v.ok:
+            log.error("audit trail does not verify: %s", v.error)
+        return v
+
+    return check
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -102,7 +132,8 @@ class Runtime:
             port, name, close_port = make_port(settings, lab=lab)
         else:
             name, close_port = "custom", (lambda: None)
-        store = Store.open(settings.database)
+        anchor = anchor_path(settings)
+        store = Store.open(settings.database, anchor=anchor)
         svc_store = ServiceStore(store.engine)
         clock = RealClock()
         hooks: list[Callable[[MigrationResult], None]] = []
@@ -143,7 +174,9 @@ class Runtime:
                 collect_s=settings.intervals.collect_s,
                 balance_s=settings.intervals.balance_s,
                 policy_reload_s=settings.intervals.policy_reload_s,
+                audit_verify_s=settings.audit.verify_interval_s,
             ),
+            audit_check=audit_checker(store, anchor),
         )
         return Runtime(
             settings=settings,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -156,6 +157,8 @@ class Intervals:
     collect_s: float
     balance_s: float
     policy_reload_s: float
+    #: the periodic verification of the audit chain (None: no such job)
+    audit_verify_s: float | None = None
 
 
 #: the breakers' timer: at least every second, and twice per collect interval
@@ -169,9 +172,16 @@ def breaker_tick_s(collect_s: float) -> float:
 class Scheduler:
     """APScheduler with the service's jobs and the durable task store."""
 
-    def __init__(self, svc: Service, engine: sa.Engine, intervals: Intervals) -> None:
+    def __init__(
+        self,
+        svc: Service,
+        engine: sa.Engine,
+        intervals: Intervals,
+        audit_check: Callable[[], object] | None = None,
+    ) -> None:
         self.svc = svc
         self.intervals = intervals
+        self.audit_check = audit_check
         self.scheduler = BackgroundScheduler(
             jobstores={
                 "default": MemoryJobStore(),
@@ -222,6 +232,14 @@ class Scheduler:
             id="policy_reload",
             name="policy reload",
         )
+        if self.audit_check is not None and self.intervals.audit_verify_s is not None:
+            s.add_job(
+                self._audit_verify,
+                IntervalTrigger(seconds=self.intervals.audit_verify_s),
+                id="audit_verify",
+                name="audit verify",
+                next_run_time=now,
+            )
         s.start(paused=paused)
 
     def pause(self) -> None:
@@ -259,6 +277,13 @@ class Scheduler:
 
     def _reload(self) -> None:
         self.svc.reload_policy()
+
+    def _audit_verify(self) -> None:
+        assert self.audit_check is not None
+        try:
+            self.audit_check()
+        except BalancerError as exc:
+            log.warning("audit verify: %s", exc)
 
     def run_soon(self, job_id: str) -> None:
         """Run an internal job now (e.g. a maintenance step after a request)."""

@@ -12,7 +12,8 @@ Chain format (see docs/executor.md):
 :func:`verify` walks the chain in ``seq`` order and names the first bad record: an edited one
 (its hash does not match its content), a deleted one (a gap in ``seq`` or a missing tail
 according to the head), or a reordered one (a record whose ``seq`` or ``prev_hash`` is not the
-one that must come next).
+one that must come next). With the anchor (:mod:`balancer.storage.anchor`) it also names
+deleted newest records and a rewound head.
 """
 
 from __future__ import annotations
@@ -29,12 +30,18 @@ from typing import Any
 import sqlalchemy as sa
 
 from balancer.errors import AuditChainError
+from balancer.storage import anchor as anchor_mod
+from balancer.storage.anchor import AnchorEntry
 from balancer.storage.schema import GENESIS_HASH, audit_head, audit_records
 
 #: the kinds of records
 KIND_PLAN = "plan"
 KIND_REQUEST = "request"
 KIND_OUTCOME = "outcome"
+
+#: ``conn.info`` key: the head (seq, hash) a transaction's appends advanced the chain to; the
+#: store writes it to the anchor once the transaction has committed
+HEAD_KEY = "balancer.audit_head"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,6 +151,7 @@ def append(conn: sa.Connection, entry: AuditEntry) -> int:
         )
     )
     conn.execute(sa.update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=digest))
+    conn.info[HEAD_KEY] = (seq, digest)
     return seq
 
 
@@ -152,9 +160,15 @@ def _row_record(row: sa.Row[Any]) -> AuditRecord:
     return AuditRecord(**{name: m[name] for name in COLUMNS})
 
 
-def verify(conn: sa.Connection) -> int:
+def verify(
+    conn: sa.Connection,
+    anchor: Mapping[int, list[AnchorEntry]] | None = None,
+    anchor_path: str = "",
+) -> int:
     """Check the whole chain; returns the number of records, raises :class:`AuditChainError`
-    naming the first bad record."""
+    naming the first bad record. With ``anchor`` (read *before* this transaction began, see
+    :func:`balancer.storage.anchor.read_anchor`) every anchored record must have its anchored
+    hash, and the chain must reach the last anchored record."""
     expected_seq = 1
     prev = GENESIS_HASH
     cols = [audit_records.c[name] for name in COLUMNS]
@@ -183,10 +197,14 @@ def verify(conn: sa.Connection) -> int:
                 "the chain was reordered or a record was replaced",
                 record_id=rec.seq,
             )
+        if anchor:
+            anchor_mod.check_record(anchor, anchor_path, rec.seq, rec.hash)
         prev = rec.hash
         expected_seq += 1
     count = expected_seq - 1
     head = conn.execute(sa.select(audit_head.c.seq, audit_head.c.hash)).first()
+    if anchor:
+        anchor_mod.check_head(anchor, anchor_path, count, int(head.seq) if head else 0)
     if head is not None and (int(head.seq) != count or head.hash != prev):
         if int(head.seq) > count:
             raise AuditChainError(

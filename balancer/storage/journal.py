@@ -11,16 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from balancer.errors import FencedError, StorageError
+from balancer.errors import AuditChainError, FencedError, InputError, StorageError
+from balancer.storage import anchor as anchor_mod
 from balancer.storage import audit as audit_mod
+from balancer.storage.anchor import Anchor
 from balancer.storage.audit import AuditEntry, AuditQuery, AuditRecord
-from balancer.storage.db import make_engine, redact
+from balancer.storage.db import make_engine, normalize_url, redact
 from balancer.storage.schema import create_schema, journal, plans, requests
 
 #: request states
@@ -173,26 +176,67 @@ def _req(row: sa.Row[Any]) -> RequestRow:
     return RequestRow(**{k: m[k] for k in _REQ_FIELDS})
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditVerdict:
+    """The result of the last verification of the audit chain (the service's metric)."""
+
+    ok: bool
+    records: int
+    at: datetime
+    error: str | None = None
+
+
 class Store:
     """The journal and audit store over one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, *, create: bool = True) -> None:
         self.engine = engine
         self.url = redact(engine.url.render_as_string(hide_password=False))
         #: the fencing token every transaction carries (None: an unfenced writer)
         self.fence: Fence | None = None
+        #: where the chain head is written as it advances (None: no anchor)
+        self.anchor: Anchor | None = None
+        #: the last :meth:`check_audit` result
+        self.audit_verdict: AuditVerdict | None = None
         try:
-            create_schema(engine)
+            if create:
+                create_schema(engine)
+            else:
+                names = set(sa.inspect(engine).get_table_names())
+                missing = sorted({"audit_records", "audit_head"} - names)
+                if missing:
+                    raise InputError(
+                        f"{self.url}: not a balancer store (no table {missing[0]})",
+                        subject=self.url,
+                    )
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot open the store {self.url}: {_first_line(exc)}") from exc
 
     @classmethod
-    def open(cls, url: str | None = None) -> Store:
-        """Open (and create, if needed) the store at ``url`` (see :mod:`balancer.storage.db`)."""
-        return cls(make_engine(url))
+    def open(cls, url: str | None = None, *, anchor: str | Path | None = None) -> Store:
+        """Open (and create, if needed) the store at ``url`` (see :mod:`balancer.storage.db`);
+        with ``anchor``, every advance of the audit chain is also written to that file."""
+        store = cls(make_engine(url))
+        if anchor is not None:
+            store.anchor = Anchor(anchor)
+        return store
+
+    @classmethod
+    def open_existing(cls, url: str | None = None) -> Store:
+        """Open a store that must exist already (``audit list|verify|export``): an SQLite file
+        that does not exist is refused (:class:`InputError`, exit 2) and never created, nor its
+        directory; neither is a database without the audit tables given any."""
+        full = normalize_url(url)
+        path = sqlite_file(full)
+        if path is not None and not Path(path).is_file():
+            what = "does not exist" if not Path(path).exists() else "is not a regular file"
+            raise InputError(f"{path}: the database {what} (it is not created)", subject=path)
+        return cls(make_engine(full), create=False)
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.anchor is not None:
+            self.anchor.close()
 
     def fenced(self, fence: Fence | None) -> Store:
         """The same store (same engine, no schema work) whose every transaction carries
@@ -201,6 +245,8 @@ class Store:
         other.engine = self.engine
         other.url = self.url
         other.fence = fence
+        other.anchor = self.anchor
+        other.audit_verdict = None
         return other
 
     # -- transactions ------------------------------------------------------------------------
@@ -368,10 +414,25 @@ class Store:
             ]
 
     # -- audit -------------------------------------------------------------------------------
-    def verify(self) -> int:
-        """Verify the audit chain; raises :class:`~balancer.errors.AuditChainError`."""
+    def verify(self, anchor: str | Path | None = None) -> int:
+        """Verify the audit chain (and, with ``anchor``, that it reaches the anchored head);
+        raises :class:`~balancer.errors.AuditChainError`."""
+        entries = anchor_mod.read_anchor(anchor) if anchor is not None else None
         with self._tx() as conn:
-            return audit_mod.verify(conn)
+            return audit_mod.verify(conn, entries, str(anchor or ""))
+
+    def check_audit(self, anchor: str | Path | None = None) -> AuditVerdict:
+        """:meth:`verify` for the service's periodic job: the result is kept in
+        :attr:`audit_verdict` (and returned); a bad chain is logged by the caller, not raised."""
+        at = datetime.now(UTC)
+        if anchor is not None and not Path(anchor).exists():
+            anchor = None  # nothing anchored yet (a new store): the chain alone
+        try:
+            verdict = AuditVerdict(ok=True, records=self.verify(anchor), at=at)
+        except (AuditChainError, InputError) as exc:
+            verdict = AuditVerdict(ok=False, records=0, at=at, error=str(exc))
+        self.audit_verdict = verdict
+        return verdict
 
     def audit(self, q: AuditQuery | None = None) -> list[AuditRecord]:
         with self._tx() as conn:
@@ -498,13 +559,16 @@ def _first_line(exc: BaseException) -> str:
 def _transaction(store: Store) -> Iterator[sa.Connection]:
     """One transaction; database errors become :class:`StorageError` (one line, the cause kept)."""
     fence = store.fence
+    head: tuple[int, str] | None = None
     try:
         with store.engine.begin() as conn:
+            conn.info.pop(audit_mod.HEAD_KEY, None)
             if fence is not None:
                 conn.execute(
                     sa.text("SELECT set_config('balancer.fence', :f, true)"), {"f": fence.setting}
                 )
             yield conn
+            head = conn.info.pop(audit_mod.HEAD_KEY, None)
     except SQLAlchemyError as exc:
         orig = getattr(exc, "orig", None)
         if fence is not None and getattr(orig, "sqlstate", None) == FENCED_SQLSTATE:
@@ -514,3 +578,17 @@ def _transaction(store: Store) -> Iterator[sa.Connection]:
                 epoch=fence.epoch,
             ) from exc
         raise StorageError(f"store {store.url}: {_first_line(exc)}") from exc
+    if head is not None and store.anchor is not None:  # committed: anchor the new head
+        store.anchor.advance(*head)
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file of an ``sqlite:///path`` URL (None for another database, memory or a URI)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:":
+        return None
+    return None if db.startswith("file:") else db
