@@ -66,8 +66,8 @@ def lint(policy: Policy, snapshot: Snapshot | None = None) -> list[Finding]:
     ]
     limit = min(policy.limits.concurrent_per_host, policy.limits.concurrent_total)
     for r in policy.rules:
-        size = len(_members(r.vms, snapshot))
-        if r.kind is RuleKind.AFFINITY and size > limit:
+        size = len(_members(r.vms, snapshot)) if r.kind is RuleKind.AFFINITY else 0
+        if size > limit:
             findings.append(
                 Finding(
                     severity=Severity.WARNING,

@@ -87,12 +87,13 @@ def explain(ctx: Context, core: Sequence[str]) -> tuple[InfeasibilityCause, ...]
     """Why an infeasible model is infeasible, in the words lint uses.
 
     The causes :func:`~balancer.optimizer.feasibility.rule_conflicts` finds (the analysis lint
-    reports) that share a rule with the solver's core, else all of them; when it finds none,
-    the solver's core is the cause: capacity with headroom, or the move budget.
+    reports) that share a rule with the solver's core; when none does, the solver's core is
+    the cause: capacity with headroom, or the move budget (and without a core, every cause
+    the analysis finds).
     """
     found = rule_conflicts(ctx.policy, ctx.snapshot)
     hit = tuple(c for c in found if set(c.rules) & set(core))
-    if hit or found:
+    if hit or (found and not core):
         return hit or found
     rules = tuple(sorted(core))
     if cpsat.BUDGET in core:
@@ -103,6 +104,16 @@ def explain(ctx: Context, core: Sequence[str]) -> tuple[InfeasibilityCause, ...]
                 rules=rules,
                 message=f"the repair of {', '.join(n for n in rules if n != cpsat.BUDGET)} "
                 f"needs more moves than {cpsat.BUDGET} ({ctx.policy.limits.moves_per_cycle})",
+            ),
+        )
+    if not core:
+        return (
+            InfeasibilityCause(
+                code="unexplained",
+                kind=CauseKind.CAPACITY,
+                rules=(),
+                message="no placement meets the hard rules with the room the hosts have "
+                "(the solver named no rule within its time limit)",
             ),
         )
     return (

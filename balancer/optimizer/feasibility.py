@@ -54,6 +54,8 @@ from policies.model import Policy, Rule, RuleKind, RuleMode
 #: the exact anti-affinity search gives up after this many nodes (and then assumes the rules
 #: can be met, so that lint never reports a conflict it has not proved)
 SEARCH_NODES = 20_000
+#: rounds of the joint check (each names one more conflicting rule set)
+MAX_JOINT = 16
 #: groups in the exact search beyond which it is not attempted (same assumption)
 SEARCH_GROUPS = 300
 
@@ -148,19 +150,25 @@ def _world(policy: Policy, snapshot: Snapshot | None) -> _World:
         fixed = fixed_vms(policy, snapshot)
         by_host = snapshot.host_map()
         base = {ALL: {}, STATE: {}, FULL: {}}
+        accepting = frozenset(h.name for h in snapshot.hosts if h.state.accepts_vms)
+        compatible: dict[frozenset[str], frozenset[str]] = {}
         for v in snapshot.vms:
             if v.name in fixed:
+                # it cannot leave its host: a host-state fact (rules aside it could go anywhere)
                 own = frozenset({v.host})
-                base[ALL][v.name] = base[STATE][v.name] = base[FULL][v.name] = own
+                base[ALL][v.name] = hosts
+                base[STATE][v.name] = base[FULL][v.name] = own
                 continue
-            state = frozenset(
-                h.name
-                for h in snapshot.hosts
-                if h.state.accepts_vms or (h.name == v.host and not h.state.must_evacuate)
-            )
+            state = accepting
+            if not by_host[v.host].state.must_evacuate:
+                state = state | {v.host}
+            if v.cpu_features not in compatible:
+                compatible[v.cpu_features] = frozenset(
+                    h.name for h in snapshot.hosts if v.runs_on(h)
+                )
             base[ALL][v.name] = hosts
             base[STATE][v.name] = state
-            base[FULL][v.name] = frozenset(h for h in state if v.runs_on(by_host[h]))
+            base[FULL][v.name] = state & compatible[v.cpu_features]
         mem = {v.name: v.memory_mib for v in snapshot.vms}
         room = {h.name: h.memory_mib - h.overhead_memory_mib for h in snapshot.hosts}
     vm_rules: dict[str, list[Rule]] = {}
@@ -343,17 +351,7 @@ def rule_conflicts(
     if alone:
         return tuple(out.causes)
     _anti_too_large(w, hard, out)
-    if not out.causes and not satisfiable(w, hard):
-        found = minimize(hard, lambda s: not satisfiable(w, s))
-        vms = [n for r in found for n in w.members[r.name]]
-        out.add(
-            "rules_unsatisfiable",
-            _kind(w, found),
-            found,
-            vms,
-            f"{_word(found)} {named(found)} cannot all be met: no placement keeps every "
-            "affinity group together and every anti_affinity group apart on allowed hosts",
-        )
+    _jointly(w, hard, out)
     _capacity(w, hard, out)
     return tuple(out.causes)
 
@@ -551,6 +549,27 @@ def _anti_too_large(w: _World, hard: Sequence[Rule], out: _Out) -> None:
             ms,
             f"rule {named([anti])} keeps {len(ms)} VMs apart but they may run on only "
             f"{len(hosts)} host(s){extra}{_why_hosts(kind)}",
+        )
+
+
+def _jointly(w: _World, hard: Sequence[Rule], out: _Out) -> None:
+    """Rules that each hold alone but not together: while the rules no cause names yet are
+    unsatisfiable, name a minimal subset of them (so every conflict is named by some cause,
+    which is what lets the optimizer's solver core always meet one of lint's causes)."""
+    for _ in range(MAX_JOINT):
+        taken = {n for c in out.causes for n in c.rules}
+        rest = [r for r in hard if r.name not in taken]
+        if satisfiable(w, rest):
+            return
+        found = minimize(rest, lambda s: not satisfiable(w, s))
+        vms = [n for r in found for n in w.members[r.name]]
+        out.add(
+            "rules_unsatisfiable",
+            _kind(w, found),
+            found,
+            vms,
+            f"{_word(found)} {named(found)} cannot all be met: no placement keeps every "
+            "affinity group together and every anti_affinity group apart on allowed hosts",
         )
 
 

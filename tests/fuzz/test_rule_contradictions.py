@@ -35,7 +35,9 @@ STATES = (
 
 
 @st.composite
-def cases(draw: st.DrawFn) -> tuple[Snapshot, Policy]:
+def cases(draw: st.DrawFn, tight: bool = False) -> tuple[Snapshot, Policy]:
+    """Small clusters and rule sets; ``tight``: VMs up to half a host and a small move
+    budget, so that capacity and the budget can make the input infeasible too."""
     n_hosts = draw(st.integers(2, 4))
     hosts = [
         make_host(
@@ -50,7 +52,7 @@ def cases(draw: st.DrawFn) -> tuple[Snapshot, Policy]:
         make_vm(
             f"v{i}",
             f"h{draw(st.integers(0, n_hosts - 1))}",
-            memory_mib=1024,
+            memory_mib=draw(st.sampled_from((8192, 32768, 65536))) if tight else 1024,
             cpu_used_cores=0.5,
             cpu_features=draw(st.sets(st.sampled_from(FEATURES), max_size=1)),
         )
@@ -77,7 +79,11 @@ def cases(draw: st.DrawFn) -> tuple[Snapshot, Policy]:
             rules.append(Rule(name=f"r{i}", kind=kind, vms=Selector(names=frozenset(members))))
     policy = replace(
         Policy(threshold=1, rules=tuple(rules)),
-        limits=Limits(moves_per_cycle=100, concurrent_per_host=64, concurrent_total=1024),
+        limits=Limits(
+            moves_per_cycle=draw(st.integers(0, 3)) if tight else 100,
+            concurrent_per_host=64,
+            concurrent_total=1024,
+        ),
     )
     return make_snapshot(hosts, vms), policy
 
@@ -125,3 +131,38 @@ def test_property_can_fail_on_a_known_contradiction() -> None:
         require_feasible(optimize(snap, pol, time_limit_s=0.5))
     assert err.value.rules == ("r0",)
     assert [f.code for f in lint(pol, snap)] == ["must_no_hosts"]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(cases(tight=True))
+def test_capacity_and_budget_causes_are_typed(case: tuple[Snapshot, Policy]) -> None:
+    """With tight capacity and budget: every infeasibility names a cause; the rule, CPU and
+    host-state causes are lint's, the rest are typed capacity or move_budget causes that
+    name the solver's rules."""
+    snap, pol = case
+    findings = {
+        (f.code, frozenset(f.rules)) for f in lint(pol, snap) if f.severity is Severity.ERROR
+    }
+    sol = optimize(snap, pol, time_limit_s=0.5)
+    note(f"snapshot: {snap}\npolicy: {pol}\nlint: {findings}\nsolution: {sol.causes}")
+    try:
+        require_feasible(sol)
+    except InfeasibleError as err:
+        assert err.causes
+        for c in err.causes:
+            if c.kind in (CauseKind.CAPACITY, CauseKind.MOVE_BUDGET) and c.code in (
+                "no_room",
+                "move_budget",
+                "unexplained",
+            ):
+                assert c.message
+                if c.kind is CauseKind.MOVE_BUDGET:
+                    assert "limits.moves_per_cycle" in c.rules
+            else:
+                assert (c.code, frozenset(c.rules)) in findings, c
+        assert set(err.rules) == {n for c in err.causes for n in c.rules}
