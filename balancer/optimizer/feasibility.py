@@ -74,6 +74,10 @@ def _word(rules: Sequence[Rule]) -> str:
     return "rule" if len(rules) == 1 else "rules"
 
 
+def _s(rules: Sequence[Rule], one: str, many: str) -> str:
+    return one if len(rules) == 1 else many
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _World:
     """The rules resolved against a snapshot (or, alone, against the host names they give)."""
@@ -473,7 +477,9 @@ def _per_vm(w: _World, out: _Out) -> None:
                 CauseKind.RULE,
                 found,
                 vms,
-                f"VM {vm}: {_word(found)} {named(found)} together allow no host",
+                f"VM {vm}: {_word(found)} {named(found)} together allow no host"
+                if len(found) > 1
+                else f"VM {vm}: rule {named(found)} allows no host",
             )
         elif w.snapshot is not None and not _allowed(w, vm, rules, FULL) and key not in done:
             if not _allowed(w, vm, (), FULL):
@@ -495,7 +501,8 @@ def _per_vm(w: _World, out: _Out) -> None:
                 kind,
                 found,
                 [vm],
-                f"VM {vm}: {_word(found)} {named(found)} allow only hosts that {what}",
+                f"VM {vm}: {_word(found)} {named(found)} {_s(found, 'allows', 'allow')} only hosts "
+                f"that {what}",
             )
 
 
@@ -519,7 +526,8 @@ def _affinity_hosts(w: _World, affinity: Sequence[Rule], out: _Out) -> None:
             kind,
             found,
             ms,
-            f"{_word(found)} {named(found)} keep {', '.join(ms)} together but no host is "
+            f"{_word(found)} {named(found)} {_s(found, 'keeps', 'keep')} {', '.join(ms)} together "
+            "but no host is "
             f"allowed for all of them{_why_hosts(kind)}",
         )
 
@@ -542,13 +550,18 @@ def _anti_too_large(w: _World, hard: Sequence[Rule], out: _Out) -> None:
             hosts |= _allowed(w, n, found)
         kind = _kind(w, found)
         extra = f" (with {named([r for r in found if r is not anti])})" if len(found) > 1 else ""
+        if len(hosts) < len(ms):
+            what = f"they may run on only {len(hosts)} host(s)"
+        else:
+            what = "no distinct hosts exist for them: " + "; ".join(
+                f"{n} on {', '.join(sorted(_allowed(w, n, found))) or 'none'}" for n in ms
+            )
         out.add(
             "anti_affinity_too_large",
             kind,
             found,
             ms,
-            f"rule {named([anti])} keeps {len(ms)} VMs apart but they may run on only "
-            f"{len(hosts)} host(s){extra}{_why_hosts(kind)}",
+            f"rule {named([anti])} keeps {len(ms)} VMs apart but {what}{extra}{_why_hosts(kind)}",
         )
 
 
@@ -609,7 +622,8 @@ def _capacity(w: _World, hard: Sequence[Rule], out: _Out) -> None:
             CauseKind.CAPACITY,
             found,
             members,
-            f"{_word(found)} {named(found)} keep {', '.join(members)} together ({need} MiB) "
+            f"{_word(found)} {named(found)} {_s(found, 'keeps', 'keep')} {', '.join(members)} "
+            f"together ({need} MiB) "
             f"but no allowed host has that much memory (largest: {have} MiB)",
         )
 
