@@ -24,6 +24,7 @@ from policies.model import Limits, Policy, Rule, RuleKind, RuleMode, Selector
 from tests.factories import make_host, make_snapshot, make_vm
 
 FEATURES = ("f1", "f2")
+RACKS = ("a", "b", "c")
 STATES = (
     HostState.ACTIVE,
     HostState.ACTIVE,
@@ -44,6 +45,7 @@ def cases(draw: st.DrawFn, tight: bool = False) -> tuple[Snapshot, Policy]:
             f"h{i}",
             state=draw(st.sampled_from(STATES)),
             cpu_features=draw(st.sets(st.sampled_from(FEATURES))),
+            labels={"rack": draw(st.sampled_from(RACKS))},
         )
         for i in range(n_hosts)
     ]
@@ -70,15 +72,28 @@ def cases(draw: st.DrawFn, tight: bool = False) -> tuple[Snapshot, Policy]:
                     name=f"r{i}",
                     kind=kind,
                     vms=Selector(names=frozenset(members)),
-                    hosts=Selector(names=frozenset(draw(st.sets(st.sampled_from(host_names))))),
+                    hosts=draw(
+                        st.one_of(
+                            st.builds(Selector, names=st.frozensets(st.sampled_from(host_names))),
+                            st.builds(
+                                Selector,
+                                labels=st.fixed_dictionaries({"rack": st.sampled_from(RACKS)}),
+                            ),
+                        )
+                    ),
                     mode=draw(st.sampled_from((RuleMode.MUST, RuleMode.MUST_NOT))),
                 )
             )
         else:
             members = draw(st.sets(st.sampled_from(vm_names), min_size=2, max_size=4))
             rules.append(Rule(name=f"r{i}", kind=kind, vms=Selector(names=frozenset(members))))
+    exclude = draw(st.sets(st.sampled_from(vm_names), max_size=1))
     policy = replace(
-        Policy(threshold=1, rules=tuple(rules)),
+        Policy(
+            threshold=1,
+            rules=tuple(rules),
+            exclude=tuple(Selector(names=frozenset({n})) for n in exclude),
+        ),
         limits=Limits(
             moves_per_cycle=draw(st.integers(0, 3)) if tight else 100,
             concurrent_per_host=64,
@@ -114,6 +129,18 @@ def test_lint_and_optimizer_agree(case: tuple[Snapshot, Policy]) -> None:
         return
     # feasible: nothing to compare (lint may be stricter than the model: VMs that cannot
     # leave a host may stay on it)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(cases())
+def test_a_conflict_found_alone_holds_against_the_snapshot(case: tuple[Snapshot, Policy]) -> None:
+    """What lint proves from the rules alone is proved again with the hosts: every error it
+    finds without a snapshot contains the rules of an error it finds with one."""
+    snap, pol = case
+    with_snap = [frozenset(f.rules) for f in lint(pol, snap) if f.severity is Severity.ERROR]
+    for f in lint(pol, None):
+        if f.severity is Severity.ERROR:
+            assert any(rules <= frozenset(f.rules) for rules in with_snap), f
 
 
 def test_property_can_fail_on_a_known_contradiction() -> None:
