@@ -486,16 +486,11 @@ def _per_vm(w: _World, out: _Out) -> None:
                 continue  # no host at all, rules aside: a snapshot fact (blocked), not a rule
             done.add(key)
             found = minimize(rules, _leaves_none(w, vm, FULL))
-            kind = (
-                CauseKind.HOST_STATE
-                if not _allowed(w, vm, found, STATE)
-                else (CauseKind.CPU_FEATURES)
-            )
-            what = (
-                "cannot take VMs"
-                if kind is CauseKind.HOST_STATE
-                else f"lack its CPU features ({', '.join(sorted(w.snapshot.vm(vm).cpu_features))})"
-            )
+            if not _allowed(w, vm, found, STATE):
+                kind, what = CauseKind.HOST_STATE, "cannot take VMs"
+            else:
+                features = ", ".join(sorted(w.snapshot.vm(vm).cpu_features))
+                kind, what = CauseKind.CPU_FEATURES, f"lack its CPU features ({features})"
             out.add(
                 "no_allowed_host",
                 kind,
@@ -526,9 +521,8 @@ def _affinity_hosts(w: _World, affinity: Sequence[Rule], out: _Out) -> None:
             kind,
             found,
             ms,
-            f"{_word(found)} {named(found)} {_s(found, 'keeps', 'keep')} {', '.join(ms)} together "
-            "but no host is "
-            f"allowed for all of them{_why_hosts(kind)}",
+            f"{_word(found)} {named(found)} {_s(found, 'keeps', 'keep')} {', '.join(ms)} "
+            f"together but no host is allowed for all of them{_why_hosts(kind)}",
         )
 
 
