@@ -256,6 +256,8 @@ def satisfiable(w: _World, rules: Sequence[Rule], base: str = FULL) -> bool:
         roots = [root[n] for n in w.members[r.name]]
         if len(set(roots)) < len(roots):
             return False
+        if len(frozenset().union(*(domain[g] for g in roots))) < len(roots):
+            return False  # pigeonhole: decided here even when the search would be too big
         for a in roots:
             edges.setdefault(a, set()).update(x for x in roots if x != a)
     return _colourable(domain, edges)

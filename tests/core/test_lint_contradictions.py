@@ -4,7 +4,7 @@ on the same files names the same rules (exit 3)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -216,3 +216,23 @@ def test_plan_names_the_same_rules_as_lint(case: Case, files: tuple[Path, Path])
     for r in plan.conflicts:
         assert r in res.output
     assert next(iter(analysis)) in res.output
+
+
+def test_large_anti_affinity_group_beyond_the_exact_search_is_still_refused() -> None:
+    from balancer.optimizer.feasibility import SEARCH_GROUPS
+    from policies.model import Policy, Rule, RuleKind, Selector
+
+    n = SEARCH_GROUPS + 10
+    hosts = [make_host(f"h{i}") for i in range(3)]
+    vms = [make_vm(f"w{i}", f"h{i % 3}", memory_mib=256) for i in range(n)]
+    spread = Rule(
+        name="spread",
+        kind=RuleKind.ANTI_AFFINITY,
+        vms=Selector(labels={"app": "w"}),
+        origin="p.yaml:4",
+    )
+    vms = [replace(v, labels={"app": "w"}) for v in vms]
+    found = lint(Policy(rules=(spread,)), make_snapshot(hosts, vms))
+    assert [(f.code, f.rules) for f in found] == [("anti_affinity_too_large", ("spread",))]
+    assert f"keeps {n} VMs apart but they may run on only 3 host(s)" in found[0].message
+    assert "p.yaml:4" in found[0].message
