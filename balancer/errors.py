@@ -25,6 +25,11 @@ Adapters translate library errors at the boundary and chain the cause (``raise X
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from balancer.plan import InfeasibilityCause
+
 
 class BalancerError(Exception):
     """Base of every error raised on purpose by the balancer."""
@@ -92,9 +97,19 @@ class PlanningError(BalancerError):
 
 
 class InfeasibleError(PlanningError):
-    def __init__(self, message: str, *, rules: tuple[str, ...] = ()) -> None:
+    """``rules``: the rules found in conflict; ``causes``: one structured cause per conflict
+    (code, kind, rules, VMs, message)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        rules: tuple[str, ...] = (),
+        causes: tuple[InfeasibilityCause, ...] = (),
+    ) -> None:
         super().__init__(message, subject=",".join(rules) or None)
         self.rules = rules
+        self.causes = causes
 
 
 class HypervisorError(BalancerError):

@@ -30,6 +30,30 @@ class BlockedReason(StrEnum):
     UNREACHABLE = "unreachable"  # its host is unreachable
     MOVE_BUDGET = "move_budget"  # limits.moves_per_cycle exhausted
     NO_TARGET = "no_target"  # every host is in maintenance, quarantined or unreachable
+    #: it runs (reality) on a host that lacks CPU features it requires: detail names them
+    CPU_FEATURES_MISSING = "cpu_features_missing"
+
+
+class CauseKind(StrEnum):
+    """What makes an input infeasible (or a policy contradictory against a cluster)."""
+
+    RULE = "rule"  # the rules contradict each other whatever the cluster
+    HOST_STATE = "host_state"  # the hosts the rules allow cannot take VMs
+    CPU_FEATURES = "cpu_features"  # the hosts the rules allow lack the VMs' CPU features
+    CAPACITY = "capacity"  # the hosts the rules allow have no room
+    MOVE_BUDGET = "move_budget"  # limits.moves_per_cycle is too small for the repair
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InfeasibilityCause:
+    """One reason why no placement satisfies the hard rules: the minimal set of rules found
+    in conflict, the VMs concerned, and a message naming the rules (and their origins)."""
+
+    code: str
+    kind: CauseKind
+    rules: tuple[str, ...]
+    vms: tuple[str, ...] = ()
+    message: str = ""
 
 
 class PlanStatus(StrEnum):
@@ -87,6 +111,8 @@ class Plan:
     solve_seconds: float = 0.0
     #: for an infeasible input: the smallest set of rules found in conflict
     conflicts: tuple[str, ...] = ()
+    #: for an infeasible input: why, one cause per conflicting rule set (capacity, CPU, ...)
+    causes: tuple[InfeasibilityCause, ...] = ()
     snapshot_digest: str = ""
     policy_digest: str = ""
 

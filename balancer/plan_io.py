@@ -46,6 +46,12 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     }
     if plan.conflicts:
         doc["conflicts"] = list(plan.conflicts)
+    if plan.causes:
+        doc["causes"] = [
+            {"code": c.code, "kind": c.kind.value, "rules": list(c.rules), "vms": list(c.vms)}
+            | {"message": c.message}
+            for c in plan.causes
+        ]
     return doc
 
 

@@ -275,6 +275,7 @@ def build_plan(solution: Solution) -> Plan:
             after=solution.before,
             solve_seconds=solution.solve_seconds,
             conflicts=solution.conflicts,
+            causes=solution.causes,
             snapshot_digest=ctx.snapshot.digest(),
             policy_digest=ctx.policy.digest,
         )

@@ -1,13 +1,22 @@
 """Semantic lint of a policy, alone or against a snapshot (pure: values in, findings out).
 
 Flags contradictions that schema validation cannot see, *before* the policy is applied
-(VMware silently disables the newer conflicting rule; we refuse and say why):
+(VMware silently disables the newer conflicting rule; we refuse and say why). Every finding
+names the rules involved, with the file and line they were written at.
 
-* affinity and anti-affinity on the same pair of VMs,
-* an anti-affinity group larger than the hosts its members may run on,
-* a rule naming VMs or hosts that do not exist,
-* a ``must`` rule whose hosts are all in maintenance (or otherwise cannot take VMs),
-* a VM that must and must not run on the same host.
+The contradiction classes (hard rules no placement can meet, and certain capacity
+contradictions) come from :func:`balancer.optimizer.feasibility.rule_conflicts`, the same
+analysis the optimizer uses to explain an infeasible plan, so that ``policy check`` and
+``plan`` name the same rules; its module docstring lists the classes (``must_no_hosts``,
+``affinity_conflict``, ``affinity_closure_conflict``, ``must_hosts_unavailable``,
+``vm_host_disjoint``, ``no_allowed_host``, ``affinity_hosts_disjoint``,
+``anti_affinity_too_large``, ``rules_unsatisfiable``, ``affinity_group_too_big``,
+``must_hosts_full``). Lint adds the findings that are not contradictions of the placement:
+
+* ``unknown_vm`` / ``unknown_host``: a rule naming VMs or hosts that do not exist,
+* ``vm_host_conflict``: a VM that must and must not run on the same host,
+* ``affinity_group_frozen`` (warning): an affinity group larger than one step can move
+  (``limits.concurrent_per_host``), which the optimizer therefore never moves.
 """
 
 from __future__ import annotations
@@ -16,8 +25,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from itertools import combinations
 
-from balancer.model import VM, Snapshot
-from policies.model import Policy, Rule, RuleKind, RuleMode, Selector
+from balancer.model import Snapshot
+from balancer.optimizer.feasibility import rule_conflicts, where
+from policies.model import Policy, RuleKind, Selector
 
 
 class Severity(StrEnum):
@@ -46,54 +56,28 @@ def _host_members(sel: Selector, snapshot: Snapshot) -> set[str]:
     return {h.name for h in snapshot.hosts if sel.matches(h.name, h.labels)}
 
 
-def _where(rule: Rule) -> str:
-    return f" ({rule.origin})" if rule.origin else ""
-
-
-def _eligible_hosts(vm: VM, policy: Policy, snapshot: Snapshot) -> set[str]:
-    """Hosts that could take ``vm``: able to accept VMs (or its own), CPU-compatible, and
-    allowed by every hard vm_host rule."""
-    out = set()
-    for h in snapshot.hosts:
-        if not (h.state.accepts_vms or (h.name == vm.host and not h.state.must_evacuate)):
-            continue
-        if not vm.runs_on(h):
-            continue
-        ok = True
-        for r in policy.rules:
-            if r.kind is not RuleKind.VM_HOST or not r.mode.hard:
-                continue
-            if not r.vms.matches(vm.name, vm.labels):
-                continue
-            on = r.hosts.matches(h.name, h.labels)
-            if (r.mode is RuleMode.MUST and not on) or (r.mode is RuleMode.MUST_NOT and on):
-                ok = False
-                break
-        if ok:
-            out.add(h.name)
-    return out
+_where = where
 
 
 def lint(policy: Policy, snapshot: Snapshot | None = None) -> list[Finding]:
-    findings: list[Finding] = []
-    groups = {r.name: (r, _members(r.vms, snapshot)) for r in policy.rules}
-
-    # affinity and anti-affinity on the same pair
-    aff = [(r, m) for r, m in groups.values() if r.kind is RuleKind.AFFINITY]
-    anti = [(r, m) for r, m in groups.values() if r.kind is RuleKind.ANTI_AFFINITY]
-    for (ra, ma), (rb, mb) in ((a, b) for a in aff for b in anti):
-        both = sorted(ma & mb)
-        if len(both) >= 2:
+    findings = [
+        Finding(severity=Severity.ERROR, code=c.code, message=c.message, rules=c.rules)
+        for c in rule_conflicts(policy, snapshot)
+    ]
+    limit = min(policy.limits.concurrent_per_host, policy.limits.concurrent_total)
+    for r in policy.rules:
+        size = len(_members(r.vms, snapshot)) if r.kind is RuleKind.AFFINITY else 0
+        if size > limit:
             findings.append(
                 Finding(
-                    severity=Severity.ERROR,
-                    code="affinity_conflict",
-                    message=f"rules {ra.name!r}{_where(ra)} and {rb.name!r}{_where(rb)} want "
-                    f"{both[0]} and {both[1]} both together and apart",
-                    rules=(ra.name, rb.name),
+                    severity=Severity.WARNING,
+                    code="affinity_group_frozen",
+                    message=f"rule {r.name!r}{_where(r)} keeps {size} VMs together but one "
+                    f"step moves at most {limit} (limits.concurrent_per_host): the optimizer "
+                    "never moves them",
+                    rules=(r.name,),
                 )
             )
-
     if snapshot is None:
         return findings
 
@@ -124,23 +108,6 @@ def lint(policy: Policy, snapshot: Snapshot | None = None) -> list[Finding]:
                 )
             )
 
-    # a must rule whose hosts are all unable to take VMs
-    for r in policy.rules:
-        if r.kind is not RuleKind.VM_HOST or r.mode is not RuleMode.MUST:
-            continue
-        targets = _host_members(r.hosts, snapshot)
-        if targets and not any(hosts[h].state.accepts_vms for h in targets):
-            states = ", ".join(f"{h} {hosts[h].state.value}" for h in sorted(targets))
-            findings.append(
-                Finding(
-                    severity=Severity.ERROR,
-                    code="must_hosts_unavailable",
-                    message=f"rule {r.name!r}{_where(r)}: every host it allows is unavailable "
-                    f"({states})",
-                    rules=(r.name,),
-                )
-            )
-
     # must and must_not on the same host for the same VM
     hard = [r for r in policy.rules if r.kind is RuleKind.VM_HOST and r.mode.hard]
     for ra, rb in combinations(hard, 2):
@@ -157,24 +124,6 @@ def lint(policy: Policy, snapshot: Snapshot | None = None) -> list[Finding]:
                     f"must and must not place {sorted(common_vms)[0]} on "
                     f"{sorted(common_hosts)[0]}",
                     rules=(ra.name, rb.name),
-                )
-            )
-
-    # anti-affinity group larger than its eligible hosts
-    for r, members in anti:
-        eligible: set[str] = set()
-        for name in members:
-            if name in vms:
-                eligible |= _eligible_hosts(vms[name], policy, snapshot)
-        known = [n for n in members if n in vms]
-        if len(known) > len(eligible):
-            findings.append(
-                Finding(
-                    severity=Severity.ERROR,
-                    code="anti_affinity_too_large",
-                    message=f"rule {r.name!r}{_where(r)} keeps {len(known)} VMs apart but they "
-                    f"may run on only {len(eligible)} host(s)",
-                    rules=(r.name,),
                 )
             )
     return findings

@@ -72,6 +72,8 @@ def plan(
 def _print_plan(result: Plan) -> None:
     if result.status is PlanStatus.INFEASIBLE:
         click.echo("infeasible: the hard rules conflict: " + ", ".join(result.conflicts))
+        for c in result.causes:
+            click.echo(f"  {c.kind.value}: {c.code}: {c.message}")
         return
     b, a = result.before, result.after
     click.echo(
@@ -133,9 +135,21 @@ def assist(vm: str, snapshot_path: Path, policy_paths: tuple[Path, ...], as_json
                     for r in result.ruled_out
                 ],
             }
+            | (
+                {
+                    "blocked": {
+                        "reason": result.blocked.reason.value,
+                        "detail": result.blocked.detail,
+                    }
+                }
+                if result.blocked
+                else {}
+            )
         )
         return
     click.echo(f"{result.vm} on {result.current}; imbalance now {result.imbalance:.3f}")
+    if result.blocked:
+        click.echo(f"blocked: {result.blocked.reason.value}: {result.blocked.detail}")
     print_table(
         "candidates (best first)",
         ["rank", "host", "cpu load", "memory load", "imbalance"],

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from balancer.errors import InputError
 from balancer.model import Snapshot
 from balancer.optimizer.context import build_context
-from balancer.optimizer.filters import HostVerdict, Loads, verdict
+from balancer.optimizer.filters import HostVerdict, Loads, cpu_features_missing, verdict
 from balancer.optimizer.metrics import ImbalanceTracker
+from balancer.plan import Blocked
 from policies.model import Policy
 
 
@@ -31,6 +32,8 @@ class Assistance:
     imbalance: float
     candidates: tuple[Candidate, ...]  # best first
     ruled_out: tuple[HostVerdict, ...]  # in host order
+    #: set when the VM runs on a host that lacks its CPU features (reason cpu_features_missing)
+    blocked: Blocked | None = None
 
 
 def assist(snapshot: Snapshot, policy: Policy, vm: str) -> Assistance:
@@ -65,4 +68,5 @@ def assist(snapshot: Snapshot, policy: Policy, vm: str) -> Assistance:
         imbalance=tracker.value(),
         candidates=tuple(ok),
         ruled_out=tuple(out),
+        blocked=cpu_features_missing(ctx, v, src),
     )

@@ -15,7 +15,7 @@ greedy heuristic's result is the hint.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from balancer.errors import InfeasibleError
@@ -27,7 +27,8 @@ from balancer.optimizer.context import (
     is_soft_vm_host,
     violated_rules,
 )
-from balancer.optimizer.filters import Loads, blocked_reason, fits, verdict
+from balancer.optimizer.feasibility import rule_conflicts
+from balancer.optimizer.filters import Loads, blocked_reason, cpu_features_missing, fits, verdict
 from balancer.optimizer.metrics import ImbalanceTracker, metrics
 from balancer.optimizer.thresholds import (
     SOFT_RULE_PENALTY,
@@ -36,7 +37,15 @@ from balancer.optimizer.thresholds import (
     threshold_rule,
     worth_a_cycle,
 )
-from balancer.plan import Blocked, BlockedReason, Metrics, MoveReason, PlanStatus
+from balancer.plan import (
+    Blocked,
+    BlockedReason,
+    CauseKind,
+    InfeasibilityCause,
+    Metrics,
+    MoveReason,
+    PlanStatus,
+)
 from policies.model import Policy, RuleKind
 
 #: above this many (VM, candidate host) pairs the balance phase prunes its move set
@@ -65,12 +74,57 @@ class Solution:
     before: Metrics
     after: Metrics
     conflicts: tuple[str, ...] = ()
+    causes: tuple[InfeasibilityCause, ...] = ()
     solve_seconds: float = 0.0
     optimal: bool = False
 
     @property
     def moved(self) -> tuple[int, ...]:
         return tuple(v for v, h in enumerate(self.placement) if h != self.start[v])
+
+
+def explain(ctx: Context, core: Sequence[str]) -> tuple[InfeasibilityCause, ...]:
+    """Why an infeasible model is infeasible, in the words lint uses.
+
+    The causes :func:`~balancer.optimizer.feasibility.rule_conflicts` finds (the analysis lint
+    reports) that share a rule with the solver's core; when none does, the solver's core is
+    the cause: capacity with headroom, or the move budget (and without a core, every cause
+    the analysis finds).
+    """
+    found = rule_conflicts(ctx.policy, ctx.snapshot)
+    hit = tuple(c for c in found if set(c.rules) & set(core))
+    if hit or (found and not core):
+        return hit or found
+    rules = tuple(sorted(core))
+    if cpsat.BUDGET in core:
+        return (
+            InfeasibilityCause(
+                code="move_budget",
+                kind=CauseKind.MOVE_BUDGET,
+                rules=rules,
+                message=f"the repair of {', '.join(n for n in rules if n != cpsat.BUDGET)} "
+                f"needs more moves than {cpsat.BUDGET} ({ctx.policy.limits.moves_per_cycle})",
+            ),
+        )
+    if not core:
+        return (
+            InfeasibilityCause(
+                code="unexplained",
+                kind=CauseKind.CAPACITY,
+                rules=(),
+                message="no placement meets the hard rules with the room the hosts have "
+                "(the solver named no rule within its time limit)",
+            ),
+        )
+    return (
+        InfeasibilityCause(
+            code="no_room",
+            kind=CauseKind.CAPACITY,
+            rules=rules,
+            message=f"the hosts {', '.join(rules) or 'the rules'} allow have no room for "
+            "the VMs (with headroom)",
+        ),
+    )
 
 
 def _candidate_sets(ctx: Context) -> list[frozenset[int]]:
@@ -215,11 +269,12 @@ def optimize(
                 res = cpsat.solve(inp, seed=seed, time_limit_s=a_limit)
                 solve_seconds += res.wall_seconds
         if res.infeasible:
-            conflicts = cpsat.explain_infeasible(
+            core = cpsat.explain_infeasible(
                 replace(inp, candidates=_explain_candidates(ctx, inp.candidates), explain=True),
                 seed=seed,
                 time_limit_s=a_limit,
             )
+            causes = explain(ctx, core)
             return Solution(
                 ctx=ctx,
                 status=PlanStatus.INFEASIBLE,
@@ -230,7 +285,8 @@ def optimize(
                 blocked=(),
                 before=before,
                 after=before,
-                conflicts=conflicts,
+                conflicts=tuple(sorted({n for c in causes for n in c.rules})),
+                causes=causes,
                 solve_seconds=solve_seconds,
                 optimal=False,
             )
@@ -494,6 +550,7 @@ def _finish(
             reason, rule_name = BlockedReason.RULE, must_repair[v]
             detail = "cannot be repaired: no allowed host has room"
         blocked.append(Blocked(vm=name, reason=reason, rule=rule_name, detail=detail))
+    blocked = _cpu_features_missing(ctx, placement, blocked)
     after = metrics(ctx, placement)
     status = PlanStatus.MOVES if moved else PlanStatus.BALANCED
     return Solution(
@@ -509,6 +566,21 @@ def _finish(
         solve_seconds=solve_seconds,
         optimal=optimal,
     )
+
+
+def _cpu_features_missing(
+    ctx: Context, placement: tuple[int, ...], blocked: list[Blocked]
+) -> list[Blocked]:
+    """Flag every VM left on a host that lacks its CPU features, unless it is blocked for
+    another reason already (a VM that should move and cannot keeps that reason)."""
+    named = {b.vm for b in blocked}
+    flags = [
+        b
+        for v in range(ctx.n_vms)
+        if ctx.vm_names[v] not in named
+        and (b := cpu_features_missing(ctx, v, placement[v])) is not None
+    ]
+    return blocked + flags
 
 
 def _gains(
@@ -541,6 +613,10 @@ def require_feasible(solution: Solution) -> Solution:
     """Raise :class:`InfeasibleError` (naming the rules) for an infeasible solution."""
     if solution.status is PlanStatus.INFEASIBLE:
         raise InfeasibleError(
-            "hard rules conflict: " + ", ".join(solution.conflicts), rules=solution.conflicts
+            "hard rules conflict: "
+            + "; ".join(c.message for c in solution.causes or ())
+            + ("" if solution.causes else ", ".join(solution.conflicts)),
+            rules=solution.conflicts,
+            causes=solution.causes,
         )
     return solution

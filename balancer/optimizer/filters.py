@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from balancer.model import HostState
 from balancer.optimizer.context import Context, vm_host_allows
-from balancer.plan import BlockedReason
+from balancer.plan import Blocked, BlockedReason
 from policies.model import RuleKind
 
 
@@ -55,6 +55,20 @@ def cpu_filter(ctx: Context, v: int, h: int) -> HostVerdict | None:
         return None
     missing = ",".join(sorted(vm.cpu_features - host.cpu_features))
     return HostVerdict(host=host.name, reason=Rejection.CPU_INCOMPATIBLE, detail=f"lacks {missing}")
+
+
+def cpu_features_missing(ctx: Context, v: int, h: int) -> Blocked | None:
+    """A VM that runs (reality) on a host lacking CPU features it requires: accepted, flagged."""
+    vm = ctx.snapshot.vms[v]
+    host = ctx.snapshot.hosts[h]
+    missing = sorted(vm.cpu_features - host.cpu_features)
+    if not missing:
+        return None
+    return Blocked(
+        vm=vm.name,
+        reason=BlockedReason.CPU_FEATURES_MISSING,
+        detail=f"runs on {host.name}, which lacks {', '.join(missing)}",
+    )
 
 
 def vm_host_filter(ctx: Context, v: int, h: int) -> HostVerdict | None:

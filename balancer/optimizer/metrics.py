@@ -32,12 +32,25 @@ def host_loads(ctx: Context, placement: Sequence[int]) -> tuple[list[float], lis
 
 
 def weights(ctx: Context) -> tuple[float, float]:
-    w_cpu = max(ctx.policy.balance.cpu, 0.0)
-    w_mem = max(ctx.policy.balance.memory, 0.0)
-    total = w_cpu + w_mem
-    if total <= 0:
+    """The normalized (cpu, memory) weights of ``policy.balance``: finite, in [0, 1], sum 1.
+
+    The schema refuses non-finite weights; a policy built in code may still carry them, so
+    here an infinite weight takes all of the weight (both infinite: half each), a NaN or a
+    negative one none, so that the imbalance is never NaN.
+    """
+    w_cpu, w_mem = ctx.policy.balance.cpu, ctx.policy.balance.memory
+    if math.isinf(w_cpu) or math.isinf(w_mem):
+        w_cpu, w_mem = float(w_cpu == math.inf), float(w_mem == math.inf)
+    w_cpu = w_cpu if w_cpu > 0 else 0.0  # NaN compares false: no weight
+    w_mem = w_mem if w_mem > 0 else 0.0
+    top = max(w_cpu, w_mem)
+    if not top > 0:
         return 0.5, 0.5
-    return w_cpu / total, w_mem / total
+    w_cpu, w_mem = w_cpu / top, w_mem / top  # no overflow for huge finite weights
+    total = w_cpu + w_mem
+    out = (w_cpu / total, w_mem / total)
+    assert all(math.isfinite(x) for x in out), out
+    return out
 
 
 def metrics(ctx: Context, placement: Sequence[int]) -> Metrics:

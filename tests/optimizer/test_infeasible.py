@@ -7,10 +7,11 @@ import pytest
 from balancer.errors import InfeasibleError
 from balancer.optimizer import optimize
 from balancer.optimizer.core import require_feasible
-from balancer.plan import PlanStatus
+from balancer.plan import CauseKind, PlanStatus
 from balancer.plan_io import plan_to_dict
 from balancer.planner import make_plan
-from policies.model import RuleMode
+from policies.lint import lint
+from policies.model import Limits, RuleMode
 from tests.factories import make_host, make_snapshot, make_vm
 from tests.optimizer.helpers import TIME_LIMIT_S, aff, anti, policy, vm_host
 
@@ -56,3 +57,30 @@ def test_anti_affinity_group_larger_than_the_cluster() -> None:
     with pytest.raises(InfeasibleError) as err:
         require_feasible(sol)
     assert err.value.rules == ("spread",)
+
+
+def test_causes_are_typed_rule_capacity_and_budget() -> None:
+    """Each infeasibility carries typed causes; the rule ones are lint's, and capacity with
+    headroom or the move budget come from the solver's core."""
+    snap = make_snapshot(_hosts(2), [make_vm("a", "h1", memory_mib=126_000), make_vm("b", "h1")])
+    pin_a = vm_host("a-on-h2", ("a",), ("h2",), RuleMode.MUST)
+    pin_b = vm_host("b-on-h2", ("b",), ("h2",), RuleMode.MUST)
+    # a fits h2 (128 GiB) only without the 5 % memory headroom: a capacity cause
+    room = optimize(snap, policy(1, rules=(pin_a,)), time_limit_s=TIME_LIMIT_S)
+    assert room.status is PlanStatus.INFEASIBLE
+    assert [(c.code, c.kind, c.rules) for c in room.causes] == [
+        ("no_room", CauseKind.CAPACITY, ("a-on-h2",))
+    ]
+    assert lint(policy(1, rules=(pin_a,)), snap) == []  # lint proves only certain conflicts
+    # b could move, but no move is allowed: a move-budget cause
+    budget = optimize(
+        snap,
+        policy(1, rules=(pin_b,), limits=Limits(moves_per_cycle=0)),
+        time_limit_s=TIME_LIMIT_S,
+    )
+    assert [(c.code, c.kind) for c in budget.causes] == [("move_budget", CauseKind.MOVE_BUDGET)]
+    assert budget.conflicts == ("b-on-h2", "limits.moves_per_cycle")
+    with pytest.raises(InfeasibleError) as err:
+        require_feasible(budget)
+    assert err.value.causes == budget.causes
+    assert "limits.moves_per_cycle" in str(err.value)
