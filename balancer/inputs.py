@@ -60,6 +60,8 @@ MAX_DEPTH = 64
 MAX_INT_DIGITS = 20
 #: a policy directory holds at most this many policy files
 MAX_POLICY_FILES = 1000
+#: a trace directory holds at most this many day files
+MAX_TRACE_FILES = 10_000
 
 
 def _plain_error(message: str, path: str) -> InputError:
@@ -350,6 +352,8 @@ def _deeper(doc: Any, limit: int) -> bool:
 __all__ = [
     "MAX_DEPTH",
     "MAX_INT_DIGITS",
+    "MAX_POLICY_FILES",
+    "MAX_TRACE_FILES",
     "PLAN",
     "POLICY",
     "SETTINGS",
