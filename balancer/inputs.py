@@ -214,6 +214,7 @@ def decode(data: bytes, path: str | Path, kind: Kind) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        _refuse_control(data[: exc.start].decode("utf-8"), path, kind)  # the first fault first
         line = data.count(b"\n", 0, exc.start) + 1
         start = data.rfind(b"\n", 0, exc.start) + 1
         col = len(data[start : exc.start].decode("utf-8", errors="replace")) + 1
@@ -223,6 +224,11 @@ def decode(data: bytes, path: str | Path, kind: Kind) -> str:
             path,
         ) from None
     text = text.removeprefix("\ufeff")
+    _refuse_control(text, path, kind)
+    return text
+
+
+def _refuse_control(text: str, path: str | Path, kind: Kind) -> None:
     bad = _FORBIDDEN.search(text)
     if bad is not None:
         line, col = line_col(text, bad.start())
@@ -231,7 +237,6 @@ def decode(data: bytes, path: str | Path, kind: Kind) -> str:
             f"control character U+{ord(bad.group()):04X} is not allowed",
             path,
         )
-    return text
 
 
 def read_text(path: str | Path, kind: Kind) -> str:

@@ -104,6 +104,8 @@ class _Loader(yaml.SafeLoader):
             ) from exc
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):  # ``!!set [a]``: SafeConstructor refuses it
+            return super().construct_mapping(node, deep=deep)
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -250,7 +252,8 @@ def compose(
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        problem = exc.problem or exc.context or "syntax error"
+        parts = [p for p in (exc.context, exc.problem) if p]
+        problem = ", ".join(parts) or "syntax error"
         raise error(f"not valid YAML: {_one_line(problem)}", path=path, line=line) from exc
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
