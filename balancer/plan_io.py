@@ -136,6 +136,8 @@ def _kind(v: Any) -> str:
         return repr(v)
     if v is None or isinstance(v, bool | int | float):
         return repr(v) if len(repr(v)) <= 40 else type(v).__name__
+    if isinstance(v, str) and len(v) <= 40:
+        return repr(v)
     names: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
     return names.get(type(v), type(v).__name__)
 
@@ -155,7 +157,7 @@ def plan_from_dict(doc: Any, *, source: str = "<plan>") -> Plan:
     r = _Reader(source)
     top = r.obj(doc, "plan", _TOP_OPTIONAL)
     version = top.get("version", PLAN_VERSION)
-    if isinstance(version, bool) or version != PLAN_VERSION:
+    if type(version) is not int or version != PLAN_VERSION:
         raise r.fail(
             f"unsupported version {_kind(version)} (this build reads version {PLAN_VERSION})",
             None,

@@ -23,8 +23,9 @@ from balancer.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: a message's location: ``file:LINE:``, ``line L``, or an item such as ``vms[3]`` / ``moves[0]``
-LOCATED = re.compile(r":\d+: |line \d+|\w+\[\d+\]|: (snapshot|plan|version|moves|hosts|vms)\b")
+#: a message's location: ``file:LINE:``, ``line L``, an item such as ``vms[3]`` / ``moves[0]``,
+#: or a top-level field (``file: before: ...``)
+LOCATED = re.compile(r":\d+: |line \d+|\w+\[\d+\]|: (snapshot|plan)\b|: [a-z_]+: ")
 
 
 @dataclass(frozen=True, slots=True)
