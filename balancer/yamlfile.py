@@ -215,19 +215,44 @@ def line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     return line
 
 
-def doc_loc(loc: Sequence[int | str]) -> list[int | str]:
+def _child(node: yaml.Node | None, part: int | str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                child: yaml.Node = v
+                return child
+    elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        item: yaml.Node = node.value[part]
+        return item if part >= 0 else None
+    return None
+
+
+def doc_loc(loc: Sequence[int | str], node: yaml.Node | None = None) -> list[int | str]:
     """Drop the parts pydantic adds for union members (``list[str]``, ``SelectorDoc``,
-    ``function-after[...]``) so that only keys and indexes of the document remain."""
-    return [
+    ``function-after[...]``, and, given the document's ``node``, a discriminator's value such as
+    ``simulated`` in ``backend.simulated.seed``) so that only keys and indexes remain."""
+    parts = [
         p
         for p in loc
         if isinstance(p, int) or not (p[:1].isupper() or "[" in p or p.startswith("function"))
     ]
+    if node is None:
+        return parts
+    out: list[int | str] = []
+    cur: yaml.Node | None = node
+    for i, part in enumerate(parts):
+        nxt = _child(cur, part)
+        last = i == len(parts) - 1
+        if nxt is None and isinstance(part, str) and isinstance(cur, yaml.MappingNode) and not last:
+            continue  # not a key of the document: a tag pydantic added
+        out.append(part)
+        cur = nxt
+    return out
 
 
-def field_path(loc: Sequence[int | str]) -> str:
+def field_path(loc: Sequence[int | str], node: yaml.Node | None = None) -> str:
     out = ""
-    for part in doc_loc(loc):
+    for part in doc_loc(loc, node):
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out or "<document>"
 
@@ -292,5 +317,8 @@ def validate_yaml(
         if more:
             msg += f" (and {more} more error{'s' if more > 1 else ''})"
         raise error(
-            msg, path=path, line=line_of(node, doc_loc(err["loc"])), field=field_path(err["loc"])
+            msg,
+            path=path,
+            line=line_of(node, doc_loc(err["loc"], node)),
+            field=field_path(err["loc"], node),
         ) from None

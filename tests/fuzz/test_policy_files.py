@@ -441,3 +441,39 @@ def test_fifo_policy_file_and_fifo_in_a_directory_are_refused_without_hanging(
 def test_device_as_policy_file_is_refused() -> None:
     run = run_cli(["policy", "check", "/dev/zero"])
     assert_refused(run, "/dev/zero", "character device", located=False)
+
+
+# -- the service settings file: the same YAML layer, through ``balancer serve --config`` ------
+SETTINGS = "backend: {kind: simulated, hosts: 2, vms: 4}\ndatabase: sqlite://\n"
+
+SETTINGS_CASES: list[tuple[str, str | bytes, tuple[str, ...]]] = [
+    ("dup-key", SETTINGS + "database: sqlite://\n", ("b.yaml:3:", "database", "lines 2 and 3")),
+    ("inf-interval", SETTINGS + "intervals: {collect_s: .inf}\n", ("intervals.collect_s",)),
+    ("huge-seed", SETTINGS.replace("vms: 4", "vms: 4, seed: " + "9" * 5000), ("backend.seed",)),
+    ("big-seed", SETTINGS.replace("vms: 4", "vms: 4, seed: 99999999999"), ("backend.seed",)),
+    ("string-number", SETTINGS + 'service: {plan_seed: "3"}\n', ("service.plan_seed",)),
+    ("long-interval", SETTINGS + "intervals: {balance_s: 1e9}\n", ("intervals.balance_s",)),
+    ("bad-tag", SETTINGS + "log_json: !!bool perhaps\n", ("b.yaml:3:", "log_json")),
+    ("deep", SETTINGS + "x: " + "[" * 3000 + "\n", ("b.yaml:3:", "nested")),
+    ("non-utf8", SETTINGS.encode() + b"state_dir: \xc3(\n", ("line 3, column 12", "0xc3")),
+    ("control", SETTINGS + "state_dir: a\x1bb\n", ("line 3, column 13", "U+001B")),
+]
+
+
+@pytest.mark.parametrize(("text", "needles"), [(t, n) for _, t, n in SETTINGS_CASES],
+                         ids=[i for i, _, _ in SETTINGS_CASES])  # fmt: skip
+def test_settings_regressions(text: str | bytes, needles: tuple[str, ...]) -> None:
+    with scratch() as d:
+        p = d / "b.yaml"
+        if isinstance(text, bytes):
+            p.write_bytes(text)
+        else:
+            p.write_text(text)
+        assert_refused(run_cli(["serve", "--config", str(p)]), "b.yaml", *needles)
+
+
+def test_fifo_settings_file_is_refused_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "b.yaml"
+    os.mkfifo(fifo)
+    run = run_subprocess(["serve", "--config", str(fifo)])
+    assert_refused(run, "b.yaml", "FIFO", located=False)
