@@ -130,9 +130,9 @@ def test_control_character_is_located(offset: int, code: int) -> None:
     assert_refused(run, "p.yaml", f"line {line}, column {col}", f"U+{code:04X}")
 
 
-@FUZZ
+@settings(FUZZ, max_examples=25)
 @given(
-    depth=st.integers(65, 3000),
+    depth=st.integers(65, 2000),
     style=st.sampled_from(["flow-list", "flow-map", "block-map", "mixed"]),
     key=st.sampled_from(["rules", "balance", "x", "exclude"]),
 )
@@ -434,7 +434,7 @@ def test_fifo_policy_file_and_fifo_in_a_directory_are_refused_without_hanging(
     assert_refused(run, "b.yaml", "FIFO", located=False)
     os.unlink(d / "b.yaml")
     os.mkfifo(d / "notes")  # not named like a policy file: still never legitimate here
-    run = run_subprocess(["policy", "check", str(d)], timeout_s=60)
+    run = run_cli(["policy", "check", str(d)])  # in process: a hang fails on pytest-timeout
     assert_refused(run, "notes", "FIFO", located=False)
 
 
