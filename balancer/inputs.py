@@ -278,6 +278,16 @@ def files_in(directory: Path, patterns: tuple[str, ...], kind: Kind, limit: int)
     return out
 
 
+def printable(name: object, limit: int = 60) -> str:
+    """A key or name from a document, safe to show in a one-line message: as is when short and
+    printable, else its (cut) repr."""
+    text = str(name)
+    if text.isprintable() and 0 < len(text) <= limit:
+        return text
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 # -- JSON --------------------------------------------------------------------------------------
 
 
@@ -372,6 +382,7 @@ __all__ = [
     "files_in",
     "line_col",
     "load_json",
+    "printable",
     "read_bytes",
     "read_text",
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from balancer.errors import InputError
-from balancer.inputs import PLAN, HugeNumber, load_json
+from balancer.inputs import PLAN, HugeNumber, load_json, printable
 from balancer.plan import Blocked, BlockedReason, Metrics, Move, MoveReason, Plan, PlanStatus
 
 
@@ -91,7 +91,9 @@ class _Reader:
             raise self.fail(f"must be a JSON object, got {_kind(v)}", item)
         unknown = sorted(k for k in v if k not in allowed)
         if unknown:
-            raise self.fail(f"unknown key (allowed: {', '.join(allowed)})", item, unknown[0])
+            raise self.fail(
+                f"unknown key (allowed: {', '.join(allowed)})", item, printable(unknown[0])
+            )
         return v
 
     def text(self, d: dict[str, Any], key: str, item: str, *, default: str | None = None) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from balancer.errors import SnapshotError
-from balancer.inputs import SNAPSHOT, HugeNumber, load_json
+from balancer.inputs import SNAPSHOT, HugeNumber, load_json, printable
 from balancer.model import (
     MAX_DIRTY_RATE_MIB_S,
     MAX_HOST_CPU_CORES,
@@ -48,6 +48,8 @@ from balancer.model import (
 )
 
 SNAPSHOT_VERSION = 1
+#: a host or VM name has at most this many characters (a DNS name: 253)
+MAX_NAME = 253
 
 _HOST_REQUIRED = ("name", "cpu_cores", "memory_mib")
 _HOST_OPTIONAL = ("state", "cpu_features", "labels", "overhead_cpu_cores", "overhead_memory_mib")
@@ -71,13 +73,14 @@ class _Reader:
         if not isinstance(obj, dict):
             raise self.fail("must be a JSON object", item)
         if isinstance(obj.get("name"), str) and obj["name"].strip():
-            item = f"{item} {obj['name']!r}"
+            item = f"{item} {printable(obj['name'])!r}"
         unknown = sorted(set(obj) - set(required) - set(optional))
         if unknown:
             raise self.fail(
-                f"unknown key {unknown[0]!r} (allowed: {', '.join(required + optional)})",
+                f"unknown key {printable(unknown[0])!r} "
+                f"(allowed: {', '.join(required + optional)})",
                 item,
-                unknown[0],
+                printable(unknown[0]),
             )
         for k in required:
             if k not in obj:
@@ -88,6 +91,8 @@ class _Reader:
         v = obj["name"]
         if not isinstance(v, str) or not v.strip():
             raise self.fail("must be a non-empty string", item, "name")
+        if len(v) > MAX_NAME or not v.isprintable():
+            raise self.fail(f"must be at most {MAX_NAME} printable characters", item, "name")
         return v
 
     def positive_int(self, obj: Mapping[str, Any], key: str, item: str, maximum: int) -> int:

@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from balancer.errors import PolicyError
-from balancer.inputs import MAX_DEPTH, MAX_INT_DIGITS
+from balancer.inputs import MAX_DEPTH, MAX_INT_DIGITS, printable
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -48,7 +48,8 @@ def _path_text(parts: Sequence[int | str]) -> str | None:
     out = ""
     for part in parts:
         if part != "":
-            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+            name = printable(part)
+            out += f"[{part}]" if isinstance(part, int) else (f".{name}" if out else name)
     if len(out) > 80:  # a deeply nested path: its start and its end
         out = f"{out[:40]}...{out[-30:]}"
     return out or None
@@ -118,9 +119,10 @@ class _Loader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if first is not None:
                 path = self.field_of(node)
-                field = f"{path}.{key}" if path else str(key)
+                field = f"{path}.{printable(key)}" if path else printable(key)
                 raise _Problem(
-                    f"key {key!r} is given twice (lines {first} and {line}); give it once",
+                    f"key {printable(key)!r} is given twice (lines {first} and {line}); "
+                    "give it once",
                     key_node,
                     field,
                 )
@@ -253,7 +255,8 @@ def doc_loc(loc: Sequence[int | str], node: yaml.Node | None = None) -> list[int
 def field_path(loc: Sequence[int | str], node: yaml.Node | None = None) -> str:
     out = ""
     for part in doc_loc(loc, node):
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+        name = printable(part)
+        out += f"[{part}]" if isinstance(part, int) else (f".{name}" if out else name)
     return out or "<document>"
 
 
