@@ -13,7 +13,8 @@ What it guarantees, for every kind of file:
   and refused). A gzip file (traces) is bounded compressed and decompressed.
 * **Strict UTF-8.** A byte that is not UTF-8 is reported with its line and column; so is a
   control character (anything YAML does not allow: C0 controls except tab, LF and CR, DEL, C1
-  controls, U+FFFE/U+FFFF). A leading byte-order mark is dropped.
+  controls, U+FFFE/U+FFFF). A leading byte-order mark is dropped; CR LF and CR end lines as
+  LF does (universal newlines, as ``Path.read_text`` reads them).
 * **Located errors of the project's tree.** Each kind raises its own
   :class:`~balancer.errors.InputError` subclass (exit code 2), naming the file.
 
@@ -224,6 +225,8 @@ def decode(data: bytes, path: str | Path, kind: Kind) -> str:
             path,
         ) from None
     text = text.removeprefix("\ufeff")
+    if "\r" in text:  # universal newlines, as ``Path.read_text`` reads (and digests) them
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     _refuse_control(text, path, kind)
     return text
 

@@ -288,6 +288,8 @@ def compose(
         raise error(f"not valid YAML: {first}", path=path) from exc
     except RecursionError as exc:  # cannot happen below MAX_DEPTH; never a traceback anyway
         raise error(f"not valid YAML: nested too deeply ({exc})", path=path) from exc
+    except (ValueError, TypeError, LookupError, AttributeError) as exc:  # a PyYAML bug: no line
+        raise error(f"not valid YAML: {type(exc).__name__}: {exc}", path=path) from exc
     finally:
         loader.dispose()
     return node, data
