@@ -477,3 +477,27 @@ def test_fifo_settings_file_is_refused_without_hanging(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     run = run_subprocess(["serve", "--config", str(fifo)])
     assert_refused(run, "b.yaml", "FIFO", located=False)
+
+
+SETTINGS_NUMBERS = [
+    "intervals.collect_s",
+    "intervals.balance_s",
+    "intervals.policy_reload_s",
+    "breakers.failure_limit",
+    "breakers.failure_window_s",
+    "service.drain_timeout_s",
+    "service.plan_time_limit_s",
+    "service.plan_seed",
+    "service.history_h",
+    "service.executor_poll_s",
+]
+
+
+@settings(FUZZ, max_examples=25)
+@given(field=st.sampled_from(SETTINGS_NUMBERS), value=HUGE | st.sampled_from(["-1", '"5"', "[]"]))
+def test_settings_numbers_are_finite_and_bounded(field: str, value: str) -> None:
+    section, key = field.split(".")
+    with scratch() as d:
+        p = d / "b.yaml"
+        p.write_text(f"{SETTINGS}{section}:\n  {key}: {value}\n")
+        assert_refused(run_cli(["serve", "--config", str(p)]), "b.yaml:4:", field)
