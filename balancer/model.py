@@ -204,6 +204,97 @@ class Snapshot:
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+# -- validation -------------------------------------------------------------------------------
+#: documented bounds of a snapshot's figures (``balancer.snapshot_io`` refuses values beyond
+#: them; the optimizer's integer scaling stays far inside int64 with these)
+MAX_HOST_CPU_CORES = 65_536
+MAX_VCPUS = 65_536
+#: 1 PiB
+MAX_MEMORY_MIB = 2**30
+#: 1 TiB/s
+MAX_DIRTY_RATE_MIB_S = 1_048_576.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateProblem:
+    """An impossible state in a snapshot: ``hosts[i]`` or ``vms[i]`` (``kind``, ``index``) and
+    the field at fault."""
+
+    kind: str
+    index: int
+    name: str
+    field: str
+    message: str
+
+
+def _bad_number(x: float, maximum: float) -> bool:
+    return not math.isfinite(x) or x < 0 or x > maximum
+
+
+def state_problems(snapshot: Snapshot) -> list[StateProblem]:
+    """What cannot be true of a real cluster: negative or non-finite figures, a host's own use
+    beyond its capacity, a VM using more cores than its vCPUs, more memory than configured, or
+    configured with more memory than its host has. (A VM on a host that lacks CPU features it
+    needs is real and not a problem here: the optimizer reports it as blocked.)"""
+    out: list[StateProblem] = []
+    hosts = snapshot.host_map()
+    for i, h in enumerate(snapshot.hosts):
+
+        def host(field: str, message: str, i: int = i, h: Host = h) -> None:
+            out.append(
+                StateProblem(kind="hosts", index=i, name=h.name, field=field, message=message)
+            )
+
+        if not 0 < h.cpu_cores <= MAX_HOST_CPU_CORES:
+            host("cpu_cores", f"{h.cpu_cores} is outside 1..{MAX_HOST_CPU_CORES}")
+        if not 0 < h.memory_mib <= MAX_MEMORY_MIB:
+            host("memory_mib", f"{h.memory_mib} is outside 1..{MAX_MEMORY_MIB}")
+        if _bad_number(h.overhead_cpu_cores, h.cpu_cores):
+            host(
+                "overhead_cpu_cores",
+                f"{h.overhead_cpu_cores} is outside 0..cpu_cores ({h.cpu_cores})",
+            )
+        if not 0 <= h.overhead_memory_mib <= h.memory_mib:
+            host(
+                "overhead_memory_mib",
+                f"{h.overhead_memory_mib} is outside 0..memory_mib ({h.memory_mib})",
+            )
+    for i, v in enumerate(snapshot.vms):
+
+        def vm(field: str, message: str, i: int = i, v: VM = v) -> None:
+            out.append(StateProblem(kind="vms", index=i, name=v.name, field=field, message=message))
+
+        if not 0 < v.vcpus <= MAX_VCPUS:
+            vm("vcpus", f"{v.vcpus} is outside 1..{MAX_VCPUS}")
+        if not 0 < v.memory_mib <= MAX_MEMORY_MIB:
+            vm("memory_mib", f"{v.memory_mib} is outside 1..{MAX_MEMORY_MIB}")
+        if not math.isfinite(v.cpu_used_cores) or v.cpu_used_cores < 0:
+            vm("cpu_used_cores", f"{v.cpu_used_cores} is not a number >= 0")
+        elif v.cpu_used_cores > v.vcpus:
+            vm(
+                "cpu_used_cores",
+                f"{v.cpu_used_cores} cores used on {v.vcpus} vCPUs: a VM cannot use more "
+                "cores than it has vCPUs",
+            )
+        if v.memory_used_mib is not None and not 0 <= v.memory_used_mib <= v.memory_mib:
+            vm(
+                "memory_used_mib",
+                f"{v.memory_used_mib} is outside 0..memory_mib ({v.memory_mib})",
+            )
+        if v.dirty_rate_mib_s is not None and _bad_number(v.dirty_rate_mib_s, MAX_DIRTY_RATE_MIB_S):
+            vm("dirty_rate_mib_s", f"{v.dirty_rate_mib_s} is outside 0..{MAX_DIRTY_RATE_MIB_S:g}")
+        on = hosts.get(v.host)
+        if on is None:
+            vm("host", f"unknown host {v.host!r}")
+        elif v.memory_mib > on.memory_mib:
+            vm(
+                "memory_mib",
+                f"{v.memory_mib} MiB configured on host {on.name!r} of {on.memory_mib} MiB: "
+                "a VM cannot be larger than its host",
+            )
+    return out
+
+
 def stddev(values: Iterable[float]) -> float:
     """Population standard deviation (0.0 for fewer than two values)."""
     xs = list(values)

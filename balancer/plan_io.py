@@ -1,12 +1,30 @@
-"""The plan's JSON form (``balancer plan --json``), read back by ``balancer execute``."""
+"""The plan's JSON form (``balancer plan --json``), read back by ``balancer execute``.
+
+Format version 1::
+
+    {"version": 1, "status": "moves",
+     "moves": [{"vm": "vm1", "source": "h1", "target": "h2", "step": 0, "reason": "balance",
+                "gain": 0.2}],
+     "blocked": [{"vm": "vm9", "reason": "cpu_incompatible", "detail": "...", "rule": "r"}],
+     "before": {"imbalance": 0.3, "cpu_stddev": ..., "memory_stddev": ..., "max_cpu_load": ...,
+                "max_memory_load": ...},
+     "after": {...}, "solve_seconds": 0.4, "conflicts": ["rule-a"], "made_at": "2026-...Z"}
+
+Only ``moves`` is required (``vm``, ``source`` and ``target`` of each move); the rest is
+optional. A document without ``version`` is read as version 1 (the format written before the
+field existed); any other version is refused. Unknown keys are refused, every number is finite
+and bounded, and every error names the file, the item (``moves[3]``) and the field. The file
+is read through :mod:`balancer.inputs` (regular file, at most 64 MiB, strict UTF-8).
+"""
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any
 
 from balancer.errors import InputError
+from balancer.inputs import PLAN, HugeNumber, load_json, printable
 from balancer.plan import Blocked, BlockedReason, Metrics, Move, MoveReason, Plan, PlanStatus
 
 
@@ -20,8 +38,19 @@ def _metrics(m: Metrics) -> dict[str, float]:
     }
 
 
+PLAN_VERSION = 1
+#: a plan holds at most this many moves (and as many blocked VMs)
+MAX_ITEMS = 1_000_000
+_METRICS = ("imbalance", "cpu_stddev", "memory_stddev", "max_cpu_load", "max_memory_load")
+_TOP = ("version", "status", "moves", "blocked", "before", "after", "solve_seconds", "conflicts")
+_TOP_OPTIONAL = (*_TOP, "made_at")
+_MOVE = ("vm", "source", "target", "step", "reason", "gain")
+_BLOCKED = ("vm", "reason", "detail", "rule")
+
+
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     doc: dict[str, Any] = {
+        "version": PLAN_VERSION,
         "status": plan.status.value,
         "moves": [
             {
@@ -55,75 +84,157 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     return doc
 
 
-def _parse_reason(label: str, where: str) -> tuple[MoveReason, str | None]:
-    if label.startswith("rule:"):
+class _Reader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, message: str, item: str | None = None, field: str | None = None) -> InputError:
+        where = ": ".join(x for x in (self.source, item, field) if x)
+        return InputError(f"{where}: {message}", subject=item or self.source)
+
+    def obj(self, v: Any, item: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise self.fail(f"must be a JSON object, got {_kind(v)}", item)
+        unknown = sorted(k for k in v if k not in allowed)
+        if unknown:
+            raise self.fail(
+                f"unknown key (allowed: {', '.join(allowed)})", item, printable(unknown[0])
+            )
+        return v
+
+    def text(self, d: dict[str, Any], key: str, item: str, *, default: str | None = None) -> str:
+        v = d.get(key, default)
+        if not isinstance(v, str) or not v.strip():
+            what = "is required" if key not in d else f"must be a non-empty string, got {_kind(v)}"
+            raise self.fail(what, item, key)
+        if len(v) > 1000:
+            raise self.fail(f"a {len(v)}-character string is too long (at most 1000)", item, key)
+        return v
+
+    def number(self, d: dict[str, Any], key: str, item: str, *, low: float, high: float) -> float:
+        v = d.get(key, 0.0)
+        if isinstance(v, HugeNumber):
+            raise self.fail(f"{v!r} is out of range", item, key)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise self.fail(f"must be a finite number, got {_kind(v)}", item, key)
+        if not low <= v <= high:
+            raise self.fail(f"{v} is outside {low:g}..{high:g}", item, key)
+        return float(v)
+
+    def items(self, d: dict[str, Any], key: str) -> list[Any]:
+        v = d.get(key, [])
+        if not isinstance(v, list):
+            raise self.fail(f"must be a list, got {_kind(v)}", None, key)
+        if len(v) > MAX_ITEMS:
+            raise self.fail(f"{len(v)} items: more than {MAX_ITEMS}", None, key)
+        return v
+
+    def metrics(self, d: dict[str, Any], key: str) -> Metrics:
+        if d.get(key) is None:
+            return Metrics(**dict.fromkeys(_METRICS, 0.0))
+        m = self.obj(d[key], key, _METRICS)
+        for k in _METRICS:
+            if k not in m:
+                raise self.fail("is required", key, k)
+        return Metrics(**{k: self.number(m, k, key, low=0.0, high=1e6) for k in _METRICS})
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, HugeNumber):
+        return repr(v)
+    if v is None or isinstance(v, bool | int | float):
+        return repr(v) if len(repr(v)) <= 40 else type(v).__name__
+    if isinstance(v, str) and len(v) <= 40:
+        return repr(v)
+    names: dict[type, str] = {str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(v), type(v).__name__)
+
+
+def _parse_reason(label: str, r: _Reader, where: str) -> tuple[MoveReason, str | None]:
+    if label.startswith("rule:") and len(label) > 5:
         return MoveReason.RULE, label[5:]
     try:
         return MoveReason(label), None
     except ValueError:
-        raise InputError(f"{where}: reason: unknown reason {label!r}") from None
+        raise r.fail(f"unknown reason {label[:60]!r}", where, "reason") from None
 
 
 def plan_from_dict(doc: Any, *, source: str = "<plan>") -> Plan:
-    """Parse a plan document; errors name the file, the item and the field."""
-    if not isinstance(doc, dict):
-        raise InputError(f"{source}: a plan is a JSON object")
-    try:
-        moves = []
-        for i, m in enumerate(doc.get("moves", [])):
-            where = f"{source}: moves[{i}]"
-            for key in ("vm", "source", "target"):
-                if not isinstance(m.get(key), str):
-                    raise InputError(f"{where}: {key}: a string is required")
-            reason, rule = _parse_reason(str(m.get("reason", "balance")), where)
-            moves.append(
-                Move(
-                    vm=m["vm"],
-                    source=m["source"],
-                    target=m["target"],
-                    step=int(m.get("step", 0)),
-                    reason=reason,
-                    rule=rule,
-                    gain=float(m.get("gain", 0.0)),
-                )
-            )
-        blocked = [
-            Blocked(
-                vm=str(b["vm"]),
-                reason=BlockedReason(b["reason"]),
-                detail=str(b.get("detail", "")),
-                rule=b.get("rule"),
-            )
-            for b in doc.get("blocked", [])
-        ]
-        zero = {
-            "imbalance": 0.0,
-            "cpu_stddev": 0.0,
-            "memory_stddev": 0.0,
-            "max_cpu_load": 0.0,
-            "max_memory_load": 0.0,
-        }
-        before = Metrics(**{k: float(v) for k, v in (doc.get("before") or zero).items()})
-        after = Metrics(**{k: float(v) for k, v in (doc.get("after") or zero).items()})
-        return Plan(
-            status=PlanStatus(doc.get("status", "moves")),
-            moves=tuple(moves),
-            blocked=tuple(blocked),
-            before=before,
-            after=after,
-            solve_seconds=float(doc.get("solve_seconds", 0.0)),
-            conflicts=tuple(doc.get("conflicts", ())),
+    """Validate and parse a plan document (format version 1, see the module docstring);
+    errors name the file, the item and the field."""
+    r = _Reader(source)
+    top = r.obj(doc, "plan", _TOP_OPTIONAL)
+    version = top.get("version", PLAN_VERSION)
+    if type(version) is not int or version != PLAN_VERSION:
+        raise r.fail(
+            f"unsupported version {_kind(version)} (this build reads version {PLAN_VERSION})",
+            None,
+            "version",
         )
-    except InputError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{source}: invalid plan: {exc}") from exc
+    if "moves" not in top:
+        raise r.fail("is required", None, "moves")
+    status_raw = top.get("status", PlanStatus.MOVES.value)
+    try:
+        status = PlanStatus(status_raw)
+    except (ValueError, TypeError):
+        raise r.fail(
+            f"unknown status {_kind(status_raw)} (one of {', '.join(s.value for s in PlanStatus)})",
+            None,
+            "status",
+        ) from None
+    moves = []
+    for i, raw in enumerate(r.items(top, "moves")):
+        where = f"moves[{i}]"
+        m = r.obj(raw, where, _MOVE)
+        vm, src, dst = (r.text(m, k, where) for k in ("vm", "source", "target"))
+        if src == dst:
+            raise r.fail(f"the same host as source ({src!r})", where, "target")
+        reason, rule = _parse_reason(r.text(m, "reason", where, default="balance"), r, where)
+        step = m.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_ITEMS:
+            raise r.fail(f"must be a whole number 0..{MAX_ITEMS}, got {_kind(step)}", where, "step")
+        gain = r.number(m, "gain", where, low=-1e6, high=1e6)
+        moves.append(
+            Move(vm=vm, source=src, target=dst, step=step, reason=reason, rule=rule, gain=gain)
+        )
+    blocked = []
+    for i, raw in enumerate(r.items(top, "blocked")):
+        where = f"blocked[{i}]"
+        b = r.obj(raw, where, _BLOCKED)
+        reason_raw = r.text(b, "reason", where)
+        try:
+            why = BlockedReason(reason_raw)
+        except ValueError:
+            raise r.fail(f"unknown reason {reason_raw[:60]!r}", where, "reason") from None
+        detail = r.text(b, "detail", where) if b.get("detail") not in (None, "") else ""
+        rule = r.text(b, "rule", where) if b.get("rule") is not None else None
+        blocked.append(Blocked(vm=r.text(b, "vm", where), reason=why, detail=detail, rule=rule))
+    conflicts = []
+    for i, c in enumerate(r.items(top, "conflicts")):
+        if not isinstance(c, str) or not c:
+            raise r.fail(f"must be a rule name, got {_kind(c)}", f"conflicts[{i}]")
+        conflicts.append(c)
+    if "made_at" in top and top["made_at"] is not None and not isinstance(top["made_at"], str):
+        raise r.fail(
+            f"must be an ISO date-time string, got {_kind(top['made_at'])}", None, "made_at"
+        )
+    return Plan(
+        status=status,
+        moves=tuple(moves),
+        blocked=tuple(blocked),
+        before=r.metrics(top, "before"),
+        after=r.metrics(top, "after"),
+        solve_seconds=r.number(top, "solve_seconds", "plan", low=0.0, high=1e6),
+        conflicts=tuple(conflicts),
+    )
+
+
+def read_plan_file(path: str | Path) -> tuple[Plan, dict[str, Any]]:
+    """Read (:mod:`balancer.inputs`) and validate a plan file: the plan and its document."""
+    doc = load_json(path, PLAN)
+    plan = plan_from_dict(doc, source=str(path))
+    return plan, doc
 
 
 def load_plan(path: str | Path) -> Plan:
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{p}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
-    return plan_from_dict(doc, source=str(p))
+    return read_plan_file(path)[0]

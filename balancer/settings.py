@@ -13,31 +13,37 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from balancer.errors import SettingsError
+from balancer.inputs import SETTINGS, TOKEN, read_text
 from balancer.yamlfile import validate_yaml
 from collectors.settings import CollectorSettings
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+#: upper bounds of durations (every number of the file is finite and bounded)
+HOUR_S = 3600.0
+DAY_S = 24 * HOUR_S
 
 
 class SimulatedBackend(_Strict):
     kind: Literal["simulated"]
     hosts: int = Field(default=8, ge=1, le=2000)
     vms: int = Field(default=200, ge=0, le=200000)
-    seed: int = 1
+    seed: int = Field(default=1, ge=0, le=2**32 - 1)
     #: a snapshot file to start from instead of the generator
     snapshot: str | None = None
     #: where the simulated hypervisors keep their state (survives a restart of the service)
     state_file: str | None = None
     #: how fast simulated time runs against the wall clock for migrations (1 = real time)
-    link_mib_s: float = Field(default=1100.0, gt=0)
+    link_mib_s: float = Field(default=1100.0, gt=0, le=1_000_000.0)
 
 
 class LibvirtHost(_Strict):
     name: str = Field(min_length=1)
     uri: str = Field(pattern=r"^qemu(\+(ssh|tls|tcp|unix))?://")
-    timeout_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=5.0, gt=0, le=HOUR_S)
 
 
 class LibvirtBackend(_Strict):
@@ -66,13 +72,13 @@ class Token(_Strict):
         return self
 
     def secret(self) -> str | None:
-        """The token's value, or None when its variable or file is absent."""
+        """The token's value, or None when its variable or file is absent or unusable."""
         if self.token_env is not None:
             return os.environ.get(self.token_env) or None
         assert self.token_file is not None
-        try:
-            return Path(self.token_file).read_text().strip() or None
-        except OSError:
+        try:  # never blocks on a FIFO, never reads more than 64 KiB (balancer.inputs)
+            return read_text(self.token_file, TOKEN).strip() or None
+        except SettingsError:
             return None
 
 
@@ -92,19 +98,19 @@ class Api(_Strict):
 
 
 class Intervals(_Strict):
-    collect_s: float = Field(default=20.0, gt=0)
-    balance_s: float = Field(default=300.0, gt=0)
-    policy_reload_s: float = Field(default=10.0, gt=0)
+    collect_s: float = Field(default=20.0, gt=0, le=DAY_S)
+    balance_s: float = Field(default=300.0, gt=0, le=DAY_S)
+    policy_reload_s: float = Field(default=10.0, gt=0, le=DAY_S)
 
 
 class Breakers(_Strict):
     """When automation pauses by itself (see docs/service.md)."""
 
     #: metrics older than this stop automatic balancing (default: 3 collect intervals)
-    stale_after_s: float | None = Field(default=None, gt=0)
+    stale_after_s: float | None = Field(default=None, gt=0, le=DAY_S)
     #: this many failed migrations within ``failure_window_s`` pause automatic balancing
-    failure_limit: int = Field(default=3, ge=1)
-    failure_window_s: float = Field(default=900.0, gt=0)
+    failure_limit: int = Field(default=3, ge=1, le=10_000)
+    failure_window_s: float = Field(default=900.0, gt=0, le=7 * DAY_S)
     #: mandatory moves (maintenance, quarantine, rule repair) continue while paused
     allow_mandatory: bool = True
 
@@ -113,18 +119,18 @@ class ServiceOptions(_Strict):
     """Behaviour of the long-running service beyond the job intervals."""
 
     #: a VM that went A -> B -> A within this many hours is held from balancing
-    pingpong_window_h: float = Field(default=24.0, gt=0)
+    pingpong_window_h: float = Field(default=24.0, gt=0, le=31 * 24.0)
     #: the first SIGTERM/SIGINT waits this long for migrations in flight before exiting
-    drain_timeout_s: float = Field(default=120.0, ge=0)
+    drain_timeout_s: float = Field(default=120.0, ge=0, le=DAY_S)
     #: time limit of one optimizer run and its seed
-    plan_time_limit_s: float = Field(default=10.0, gt=0)
-    plan_seed: int = 0
+    plan_time_limit_s: float = Field(default=10.0, gt=0, le=HOUR_S)
+    plan_seed: int = Field(default=0, ge=0, le=2**31 - 1)
     #: a pending recommendation expires after this long even if nothing changed
-    recommendation_ttl_s: float = Field(default=3600.0, gt=0)
+    recommendation_ttl_s: float = Field(default=3600.0, gt=0, le=31 * DAY_S)
     #: how much imbalance history the service keeps (and the dashboard shows)
-    history_h: float = Field(default=6.0, gt=0)
+    history_h: float = Field(default=6.0, gt=0, le=31 * 24.0)
     #: how often the executor follows migrations in flight
-    executor_poll_s: float = Field(default=1.0, gt=0)
+    executor_poll_s: float = Field(default=1.0, gt=0, le=HOUR_S)
 
 
 class AuditOptions(_Strict):
@@ -147,10 +153,10 @@ class HA(_Strict):
     #: how long a lease lasts without renewal: a dead leader's clusters move after about this
     lease_seconds: float = Field(default=15.0, ge=1.0, le=3600.0)
     #: how often the leases are renewed and free ones sought (default: a quarter of the lease)
-    renew_seconds: float | None = Field(default=None, gt=0)
+    renew_seconds: float | None = Field(default=None, gt=0, le=HOUR_S)
     #: an instance counts as alive (for spreading the clusters) when seen within this long
     #: (default: one lease; instances are seen at every renewal)
-    alive_seconds: float | None = Field(default=None, gt=0)
+    alive_seconds: float | None = Field(default=None, gt=0, le=DAY_S)
 
     @model_validator(mode="after")
     def _renew_within_lease(self) -> HA:
@@ -239,11 +245,6 @@ def load_settings(path: str | Path) -> Settings:
     """Load and validate a settings file. Relative paths in it are resolved from the current
     directory (where ops run the command), as written in the README."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise SettingsError("no such file", path=str(p)) from None
-    except OSError as exc:
-        raise SettingsError(f"cannot read: {exc.strerror}", path=str(p)) from exc
+    text = read_text(p, SETTINGS)
     settings, _ = validate_yaml(text, str(p), Settings, SettingsError)
     return settings

@@ -14,6 +14,13 @@ Optional: ``state``, ``cpu_features``, ``labels``, ``memory_used_mib`` (defaults
 ``memory_mib``), ``dirty_rate_mib_s``; on hosts also ``overhead_cpu_cores`` and
 ``overhead_memory_mib`` (unmanaged load), written only when not zero. Every rejection names the
 item (``vms[3] 'vm004'``) and the field.
+
+Bounds (:mod:`balancer.model`): a host has 1..65536 cores and 1..2^30 MiB; a VM 1..65536 vCPUs
+and 1..2^30 MiB; every figure is finite and not negative. Impossible states are refused
+(:func:`balancer.model.state_problems`): a VM using more cores than its vCPUs or configured with
+more memory than its host, a host's own use beyond its capacity. A VM on a host that lacks CPU
+features it needs is accepted (it is what the cluster runs; the optimizer reports it blocked).
+The file is read through :mod:`balancer.inputs` (regular file, at most 256 MiB, strict UTF-8).
 """
 
 from __future__ import annotations
@@ -27,9 +34,22 @@ from pathlib import Path
 from typing import Any
 
 from balancer.errors import SnapshotError
-from balancer.model import VM, Host, HostState, Snapshot
+from balancer.inputs import SNAPSHOT, HugeNumber, load_json, printable
+from balancer.model import (
+    MAX_DIRTY_RATE_MIB_S,
+    MAX_HOST_CPU_CORES,
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    VM,
+    Host,
+    HostState,
+    Snapshot,
+    state_problems,
+)
 
 SNAPSHOT_VERSION = 1
+#: a host or VM name has at most this many characters (a DNS name: 253)
+MAX_NAME = 253
 
 _HOST_REQUIRED = ("name", "cpu_cores", "memory_mib")
 _HOST_OPTIONAL = ("state", "cpu_features", "labels", "overhead_cpu_cores", "overhead_memory_mib")
@@ -53,13 +73,14 @@ class _Reader:
         if not isinstance(obj, dict):
             raise self.fail("must be a JSON object", item)
         if isinstance(obj.get("name"), str) and obj["name"].strip():
-            item = f"{item} {obj['name']!r}"
+            item = f"{item} {printable(obj['name'])!r}"
         unknown = sorted(set(obj) - set(required) - set(optional))
         if unknown:
             raise self.fail(
-                f"unknown key {unknown[0]!r} (allowed: {', '.join(required + optional)})",
+                f"unknown key {printable(unknown[0])!r} "
+                f"(allowed: {', '.join(required + optional)})",
                 item,
-                unknown[0],
+                printable(unknown[0]),
             )
         for k in required:
             if k not in obj:
@@ -70,14 +91,20 @@ class _Reader:
         v = obj["name"]
         if not isinstance(v, str) or not v.strip():
             raise self.fail("must be a non-empty string", item, "name")
+        if len(v) > MAX_NAME or not v.isprintable():
+            raise self.fail(f"must be at most {MAX_NAME} printable characters", item, "name")
         return v
 
-    def positive_int(self, obj: Mapping[str, Any], key: str, item: str) -> int:
+    def positive_int(self, obj: Mapping[str, Any], key: str, item: str, maximum: int) -> int:
         v = obj[key]
+        if isinstance(v, HugeNumber):
+            raise self.fail(f"{v!r} is out of range (at most {maximum})", item, key)
         if isinstance(v, bool) or not isinstance(v, int):
-            raise self.fail(f"must be a whole number, got {v!r}", item, key)
+            raise self.fail(f"must be a whole number, got {_shown(v)}", item, key)
         if v <= 0:
             raise self.fail(f"must be greater than zero, got {v}", item, key)
+        if v > maximum:
+            raise self.fail(f"{v} is out of range (at most {maximum})", item, key)
         return v
 
     def number(
@@ -87,15 +114,19 @@ class _Reader:
         item: str,
         *,
         default: float | None,
-        minimum: float = 0.0,
+        maximum: float,
     ) -> float | None:
         if key not in obj or obj[key] is None:
             return default
         v = obj[key]
+        if isinstance(v, HugeNumber):
+            raise self.fail(f"{v!r} is out of range (at most {maximum:g})", item, key)
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise self.fail(f"must be a number, got {v!r}", item, key)
-        if v < minimum:
+            raise self.fail(f"must be a finite number, got {_shown(v)}", item, key)
+        if v < 0:
             raise self.fail(f"must not be negative, got {v}", item, key)
+        if v > maximum:
+            raise self.fail(f"{v} is out of range (at most {maximum:g})", item, key)
         return float(v)
 
     def strings(self, obj: Mapping[str, Any], key: str, item: str) -> frozenset[str]:
@@ -111,6 +142,12 @@ class _Reader:
         ):
             raise self.fail("must be an object of string to string", item, "labels")
         return dict(v)
+
+
+def _shown(v: Any) -> str:
+    """A value for a message: its repr, cut to one short line."""
+    text = repr(v)
+    return text if len(text) <= 60 else f"{text[:40]}... ({type(v).__name__})"
 
 
 def snapshot_from_dict(doc: Any, *, path: str | None = None) -> Snapshot:
@@ -148,13 +185,19 @@ def snapshot_from_dict(doc: Any, *, path: str | None = None) -> Snapshot:
         hosts.append(
             Host(
                 name=name,
-                cpu_cores=r.positive_int(h, "cpu_cores", item),
-                memory_mib=r.positive_int(h, "memory_mib", item),
+                cpu_cores=r.positive_int(h, "cpu_cores", item, MAX_HOST_CPU_CORES),
+                memory_mib=r.positive_int(h, "memory_mib", item, MAX_MEMORY_MIB),
                 state=state,
                 cpu_features=r.strings(h, "cpu_features", item),
                 labels=r.labels(h, item),
-                overhead_cpu_cores=r.number(h, "overhead_cpu_cores", item, default=0.0) or 0.0,
-                overhead_memory_mib=int(r.number(h, "overhead_memory_mib", item, default=0.0) or 0),
+                overhead_cpu_cores=r.number(
+                    h, "overhead_cpu_cores", item, default=0.0, maximum=MAX_HOST_CPU_CORES
+                )
+                or 0.0,
+                overhead_memory_mib=int(
+                    r.number(h, "overhead_memory_mib", item, default=0.0, maximum=MAX_MEMORY_MIB)
+                    or 0
+                ),
             )
         )
 
@@ -169,13 +212,13 @@ def snapshot_from_dict(doc: Any, *, path: str | None = None) -> Snapshot:
         host = v["host"]
         if not isinstance(host, str) or host not in seen:
             raise r.fail(f"unknown host {host!r}", item, "host")
-        memory = r.positive_int(v, "memory_mib", item)
+        memory = r.positive_int(v, "memory_mib", item, MAX_MEMORY_MIB)
         used: int | None = None
         if v.get("memory_used_mib") is not None:
             used_raw = v["memory_used_mib"]
             if isinstance(used_raw, bool) or not isinstance(used_raw, int) or used_raw < 0:
                 raise r.fail(
-                    f"must be a whole number >= 0, got {used_raw!r}", item, "memory_used_mib"
+                    f"must be a whole number >= 0, got {_shown(used_raw)}", item, "memory_used_mib"
                 )
             if used_raw > memory:
                 raise r.fail(f"{used_raw} is above memory_mib {memory}", item, "memory_used_mib")
@@ -184,16 +227,24 @@ def snapshot_from_dict(doc: Any, *, path: str | None = None) -> Snapshot:
             VM(
                 name=name,
                 host=host,
-                vcpus=r.positive_int(v, "vcpus", item),
+                vcpus=r.positive_int(v, "vcpus", item, MAX_VCPUS),
                 memory_mib=memory,
-                cpu_used_cores=r.number(v, "cpu_used_cores", item, default=0.0) or 0.0,
+                cpu_used_cores=r.number(v, "cpu_used_cores", item, default=0.0, maximum=MAX_VCPUS)
+                or 0.0,
                 memory_used_mib=used,
                 cpu_features=r.strings(v, "cpu_features", item),
                 labels=r.labels(v, item),
-                dirty_rate_mib_s=r.number(v, "dirty_rate_mib_s", item, default=None),
+                dirty_rate_mib_s=r.number(
+                    v, "dirty_rate_mib_s", item, default=None, maximum=MAX_DIRTY_RATE_MIB_S
+                ),
             )
         )
-    return Snapshot(hosts=tuple(hosts), vms=tuple(vms), version=SNAPSHOT_VERSION)
+    snap = Snapshot(hosts=tuple(hosts), vms=tuple(vms), version=SNAPSHOT_VERSION)
+    for problem in state_problems(snap):
+        raise r.fail(
+            problem.message, f"{problem.kind}[{problem.index}] {problem.name!r}", problem.field
+        )
+    return snap
 
 
 def snapshot_to_dict(snapshot: Snapshot) -> dict[str, Any]:
@@ -231,18 +282,8 @@ def snapshot_to_dict(snapshot: Snapshot) -> dict[str, Any]:
 
 
 def load_snapshot(path: str | Path) -> Snapshot:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise SnapshotError("no such file", path=str(p)) from None
-    except OSError as exc:
-        raise SnapshotError(f"cannot read: {exc.strerror}", path=str(p)) from exc
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SnapshotError(f"line {exc.lineno}: not valid JSON: {exc.msg}", path=str(p)) from exc
-    return snapshot_from_dict(doc, path=str(p))
+    """Read (:func:`balancer.inputs.load_json`) and validate a snapshot file."""
+    return snapshot_from_dict(load_json(path, SNAPSHOT), path=str(path))
 
 
 def write_json_atomic(path: str | Path, doc: Any) -> None:

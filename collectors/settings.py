@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from balancer.errors import SettingsError
+from balancer.inputs import TOKEN, read_text
 
 DEFAULT_TOKEN_ENV = "BALANCER_INFLUX_TOKEN"
 
@@ -56,11 +57,11 @@ class InfluxSettings(_Settings):
     def token(self) -> SecretStr:
         """The API token from ``token_file`` or else ``token_env`` (never logged)."""
         if self.token_file is not None:
-            try:
-                text = self.token_file.read_text(encoding="utf-8")
-            except OSError as exc:
+            try:  # a regular file of at most 64 KiB, never blocking (balancer.inputs)
+                text = read_text(self.token_file, TOKEN)
+            except SettingsError as exc:
                 raise SettingsError(
-                    f"cannot read the token file: {exc.strerror}",
+                    f"cannot read the token file: {exc.message.split(': ', 1)[-1]}",
                     path=str(self.token_file),
                     field="influx.token_file",
                 ) from exc

@@ -14,6 +14,7 @@ trace ``crc32(v) mod n`` (stable when VMs come and go). ``cpu_used_cores = vcpus
 
 from __future__ import annotations
 
+import io
 import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from balancer.errors import InputError
+from balancer.inputs import TRACE, read_text
 from balancer.model import Snapshot
 from collectors.sampler import batch_from_snapshot
 from collectors.samples import SampleBatch, epoch_s
@@ -48,11 +50,14 @@ class TraceSet:
 
 
 def read_trace_file(path: Path) -> tuple[list[str], npt.NDArray[np.float32]]:
-    """One CSV(.gz) trace file: names and a (traces x steps) percent matrix."""
+    """One CSV(.gz) trace file: names and a (traces x steps) percent matrix. Read through
+    :mod:`balancer.inputs`: a regular file, at most 64 MiB (also decompressed), strict UTF-8."""
+    text = read_text(path, TRACE)
     try:
-        frame = pd.read_csv(path, compression="infer")
+        frame = pd.read_csv(io.StringIO(text))
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read trace file: {exc}", subject=str(path)) from exc
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot read trace file: {first}", subject=str(path)) from exc
     if frame.shape[1] < 2:
         raise InputError(
             f"{path}: a trace row needs a name and at least one value", subject=str(path)

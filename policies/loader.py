@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from balancer.errors import PolicyError
+from balancer.inputs import MAX_POLICY_FILES, POLICY, check_regular, files_in, read_text
 from balancer.yamlfile import line_of, validate_yaml
 from policies.model import (
     Automation,
@@ -55,17 +56,24 @@ def _selector(raw: list[str] | SelectorDoc | str) -> Selector:
 
 
 def _files(paths: Sequence[str | Path]) -> list[Path]:
+    """The policy files named by ``paths``: files, and the ``*.yaml``/``*.yml`` of directories
+    (see :func:`balancer.inputs.files_in`: a FIFO or device in a directory is refused)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            found = files_in(p, ("*.yaml", "*.yml"), POLICY, MAX_POLICY_FILES)
             if not found:
                 raise PolicyError("the directory holds no *.yaml policy file", path=str(p))
             out.extend(found)
-        elif p.exists():
-            out.append(p)
         else:
-            raise PolicyError("no such file or directory", path=str(p))
+            try:
+                exists = p.exists() or p.is_symlink()
+            except (OSError, ValueError):
+                exists = True  # let check_regular say what is wrong with the path
+            if not exists:
+                raise PolicyError("no such file or directory", path=str(p))
+            check_regular(p, POLICY)
+            out.append(p)
     return out
 
 
@@ -89,10 +97,7 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
     seen_rules: dict[str, str] = {}
     digest = hashlib.sha256()
     for f in files:
-        try:
-            text = f.read_text()
-        except OSError as exc:
-            raise PolicyError(f"cannot read: {exc.strerror}", path=str(f)) from exc
+        text = read_text(f, POLICY)
         digest.update(f.name.encode() + b"\0" + text.encode() + b"\0")
         doc, node = validate_yaml(text, str(f), PolicyDoc)
         for key in SINGLE_KEYS:

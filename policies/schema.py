@@ -1,19 +1,32 @@
-"""The policy file schema (pydantic, at the edge). Converted to pure values by the loader."""
+"""The policy file schema (pydantic, at the edge). Converted to pure values by the loader.
+
+Every number is finite and bounded (listed in docs/input-hardening.md): weights 0..100,
+headroom 0..0.9, limits, cooldown up to a week, migration bandwidth up to 1 000 000 MiB/s,
+downtime up to 60 s, stall timeout up to a day, time limit up to a week. Values are strict:
+``threshold: "3"`` or ``threshold: true`` is refused, not converted. Names are 1..253
+characters.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+#: a VM, host or label name (DNS names are at most 253 characters)
+Name = Annotated[str, Field(min_length=1, max_length=253)]
+#: the largest weight of a resource in the balance objective
+MAX_WEIGHT = 100.0
 
 
 class SelectorDoc(_Strict):
-    names: list[str] = Field(default_factory=list)
-    labels: dict[str, str] = Field(default_factory=dict)
+    names: list[Name] = Field(default_factory=list)
+    labels: dict[Name, Annotated[str, Field(max_length=253)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _not_empty(self) -> SelectorDoc:
@@ -23,8 +36,8 @@ class SelectorDoc(_Strict):
 
 
 class ResourcesDoc(_Strict):
-    cpu: float = Field(ge=0.0)
-    memory: float = Field(ge=0.0)
+    cpu: float = Field(ge=0.0, le=MAX_WEIGHT)
+    memory: float = Field(ge=0.0, le=MAX_WEIGHT)
 
 
 class HeadroomDoc(_Strict):
@@ -39,20 +52,20 @@ class LimitsDoc(_Strict):
 
 
 class MigrationDoc(_Strict):
-    bandwidth_mib_s: int = Field(default=0, ge=0)
+    bandwidth_mib_s: int = Field(default=0, ge=0, le=1_000_000)
     max_downtime_ms: int = Field(default=300, ge=1, le=60000)
     auto_converge: bool = True
     post_copy: bool = False
     allow_storage_copy: bool = False
-    stall_timeout_s: float = Field(default=60.0, gt=0)
-    time_limit_s: float = Field(default=1800.0, gt=0)
+    stall_timeout_s: float = Field(default=60.0, gt=0, le=86400.0)
+    time_limit_s: float = Field(default=1800.0, gt=0, le=7 * 86400.0)
 
 
-NamesOrSelector = list[str] | SelectorDoc
+NamesOrSelector = list[Name] | SelectorDoc
 
 
 class RuleDoc(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.:-]+$")
     kind: Literal["affinity", "anti_affinity", "vm_host"]
     vms: NamesOrSelector
     hosts: NamesOrSelector | None = None
@@ -88,7 +101,7 @@ class PolicyDoc(_Strict):
     cooldown_minutes: int | None = Field(default=None, ge=0, le=7 * 24 * 60)
     migration: MigrationDoc | None = None
     rules: list[RuleDoc] = Field(default_factory=list)
-    exclude: list[str | SelectorDoc] = Field(default_factory=list)
+    exclude: list[Name | SelectorDoc] = Field(default_factory=list)
 
     @field_validator("balance")
     @classmethod

@@ -15,6 +15,7 @@ import click
 
 from balancer.cli.common import finite, handle_errors, json_option, print_json, print_table
 from balancer.errors import InputError
+from balancer.inputs import TOKEN, read_text
 
 
 @click.command()
@@ -154,7 +155,7 @@ def _run_loop(
     if push_url:
         token = None
         if push_token_file is not None:
-            token = push_token_file.read_text(encoding="utf-8").strip() or None
+            token = read_text(push_token_file, TOKEN).strip() or None  # balancer.inputs
         targets.append(HttpIngestTarget(push_url, token=token))
     if influx_url:
         if not influx_org or not influx_bucket:

@@ -9,7 +9,6 @@ was in flight with the hypervisors.
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +18,7 @@ from balancer.errors import InputError, LabError
 from balancer.executor.engine import Executor, result_of
 from balancer.executor.types import ExecutorConfig, ExecutorStatus, MigrationResult
 from balancer.model import Snapshot
-from balancer.plan_io import plan_from_dict
+from balancer.plan_io import read_plan_file
 from balancer.port import Clock, HypervisorPort
 from balancer.sim.clock import RealClock
 from balancer.sim.cluster import DEFAULT_LINK_MIB_S, SimulatedCluster
@@ -89,14 +88,8 @@ def run_plan_file(
 ) -> PlanRun:
     clock = clock or RealClock()
     p = Path(plan_path)
-    try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{p}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read: {exc.strerror}") from exc
-    plan = plan_from_dict(doc, source=str(p))
-    made_at = _parse_time(doc.get("made_at") if isinstance(doc, dict) else None, f"{p}: made_at")
+    plan, doc = read_plan_file(p)  # validated: format, version, every item and field
+    made_at = _parse_time(doc.get("made_at"), f"{p}: made_at")
     snapshot: Snapshot | None = None
     port: HypervisorPort
     if lab:

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from balancer.errors import BalancerError, HypervisorError, InputError, PolicyError
+from balancer.inputs import POLICY, read_bytes
 from balancer.model import HostState, Snapshot, stddev
 from balancer.plan import Blocked, Move, MoveReason, Plan, PlanStatus
 from balancer.plan_io import plan_to_dict
@@ -132,9 +133,9 @@ def _fingerprint(path: Path) -> str:
     files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
     for f in files:
         h.update(f.name.encode())
-        try:
-            h.update(f.read_bytes())
-        except OSError as exc:
+        try:  # never blocks on a FIFO in the policy directory (balancer.inputs)
+            h.update(read_bytes(f, POLICY))
+        except InputError as exc:
             h.update(str(exc).encode())
     return h.hexdigest()
 

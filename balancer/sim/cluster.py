@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
-import json
 import math
 import os
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from balancer.errors import MigrationError, VMNotFoundError
+from balancer.inputs import SNAPSHOT, load_json
 from balancer.model import HostState, Snapshot
 from balancer.port import Clock, JobState, MigrationOptions, MigrationProgress
 from balancer.snapshot_io import snapshot_from_dict, snapshot_to_dict, write_json_atomic
@@ -204,7 +204,7 @@ class SimulatedCluster:
     # -- persistence -------------------------------------------------------------------------
     def _load(self) -> None:
         assert self._state_path is not None
-        doc = json.loads(self._state_path.read_text())
+        doc = load_json(self._state_path, SNAPSHOT)  # never blocks, bounded (balancer.inputs)
         self._snap = snapshot_from_dict(doc["snapshot"], path=str(self._state_path))
         self._jobs = {j["job_id"]: _Job.from_doc(j) for j in doc["jobs"]}
         self._unreachable = set(doc["unreachable"])

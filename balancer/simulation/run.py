@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from balancer.errors import InputError
+from balancer.inputs import MAX_TRACE_FILES, TRACE, check_regular, files_in
 from balancer.model import Host
 from balancer.simulation.decide import Decider, NeverMigrate, ServiceDecider
 from balancer.simulation.engine import DayResult, SimConfig, combine, simulate_day
@@ -37,8 +38,10 @@ def trace_files(path: str | Path) -> list[Path]:
     if p.is_file():
         return [p]
     if not p.is_dir():
+        if p.exists():  # a FIFO, a device...: refused by name (balancer.inputs)
+            check_regular(p, TRACE)
         raise InputError(f"{p}: no such trace file or directory", subject=str(p))
-    files = sorted([*p.glob("*.csv"), *p.glob("*.csv.gz")])
+    files = files_in(p, ("*.csv", "*.csv.gz"), TRACE, MAX_TRACE_FILES)
     if not files:
         raise InputError(f"{p}: no *.csv or *.csv.gz trace file", subject=str(p))
     return files

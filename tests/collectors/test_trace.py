@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,23 @@ def test_real_planetlab_day() -> None:
     assert day.shape == (288, 100)
     assert day.min() >= 0.0 and day.max() <= 2.0
     assert day.std(axis=0).mean() > 0.01  # it really varies over the day
+
+
+def test_trace_files_go_through_the_input_layer(tmp_path: Path) -> None:
+    """Non-UTF-8 bytes are located, a gzip bomb is cut at the limit, a FIFO never blocks."""
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"vm,t0\nx\xff,1\n")
+    with pytest.raises(InputError, match=r"bad.csv: not valid CSV: line 2, column 2: byte 0xff"):
+        load_traces([bad])
+    bomb = tmp_path / "bomb.csv.gz"
+    bomb.write_bytes(gzip.compress(b"0" * (65 * 1024 * 1024)))
+    with pytest.raises(InputError, match=r"bomb\.csv\.gz: decompresses to more than the limit"):
+        load_traces([bomb])
+    broken = tmp_path / "broken.csv.gz"
+    broken.write_bytes(gzip.compress(b"vm,t0\nx,1\n")[:-12])
+    with pytest.raises(InputError, match=r"broken\.csv\.gz: not a valid gzip file"):
+        load_traces([broken])
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match=r"pipe.csv: is a FIFO \(named pipe\)"):
+        load_traces([fifo])

@@ -1,0 +1,1 @@
+"""Fuzz suites: malformed inputs driven through the real command line (bounded examples)."""

@@ -32,9 +32,9 @@ def _files(tmp_path: Path, policy: str = POLICY) -> tuple[str, str]:
     ]
     vms = [
         make_vm("a", "h1"),
-        make_vm("b", "h2", cpu_used_cores=9.0),
-        make_vm("c", "h2", cpu_used_cores=9.0),
-        make_vm("d", "h2", cpu_used_cores=9.0, cpu_features={"avx2"}),
+        make_vm("b", "h2", vcpus=16, cpu_used_cores=9.0),
+        make_vm("c", "h2", vcpus=16, cpu_used_cores=9.0),
+        make_vm("d", "h2", vcpus=16, cpu_used_cores=9.0, cpu_features={"avx2"}),
     ]
     snap = tmp_path / "snap.json"
     dump_snapshot(make_snapshot(hosts, vms), snap)
@@ -48,7 +48,15 @@ def test_plan_json_has_exactly_the_documented_shape(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["plan", "--snapshot", snap, "--policy", pol, "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
-    assert list(doc) == ["status", "moves", "blocked", "before", "after", "solve_seconds"]
+    assert list(doc) == [
+        "version",
+        "status",
+        "moves",
+        "blocked",
+        "before",
+        "after",
+        "solve_seconds",
+    ]
     assert doc["status"] == "moves"
     for m in doc["moves"]:
         assert list(m) == ["vm", "source", "target", "step", "reason", "gain"]
