@@ -7,8 +7,9 @@ Every client command takes ``--url`` (default: the settings' ``api.listen`` when
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -22,6 +23,27 @@ from balancer.errors import InputError, ServiceError
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_CONFIG = "config/balancer.yaml"
+
+
+_RELATIVE = re.compile(r"\+(\d{1,6})([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_at(text: str, now: datetime) -> str:
+    """``--at``: an ISO time with a zone, or ``+N`` seconds/minutes/hours/days from ``now``;
+    returned as ISO text for the service."""
+    m = _RELATIVE.fullmatch(text.strip())
+    if m:
+        return (now + timedelta(seconds=int(m[1]) * _UNIT_S[m[2]])).isoformat()
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            f"--at {text!r}: not an ISO date and time with a zone, nor +N[smhd] from now"
+        ) from None
+    if when.tzinfo is None:
+        raise InputError(f"--at {text!r}: give a zone (Z or +HH:MM)")
+    return text
 
 
 def _client_options(func: F) -> F:
@@ -418,7 +440,10 @@ def register(cli: click.Group) -> None:
         ),
     )
     @click.option(
-        "--at", "at", default=None, help="One-off: ISO time with zone, e.g. 2026-12-01T02:00Z."
+        "--at",
+        "at",
+        default=None,
+        help="One-off: ISO time with zone (2026-12-01T02:00Z) or from now (+30m, +2h, +1d).",
     )
     @click.option("--cron", default=None, help='Recurring: 5-field cron in UTC, e.g. "0 2 * * 6".')
     @click.option(
@@ -437,7 +462,7 @@ def register(cli: click.Group) -> None:
         config_path: str | None,
         as_json: bool,
     ) -> None:
-        """Schedule a task, e.g. ``schedule add migrate --at 2026-12-01T02:00Z --arg vm=vm007
+        """Schedule a task, e.g. ``schedule add migrate --at +2h --arg vm=vm007
         --arg target=h03``."""
         parsed: dict[str, str | bool] = {}
         for a in args:
@@ -447,10 +472,7 @@ def register(cli: click.Group) -> None:
             check_name(k, f"--arg {a!r}: KEY")
             parsed[k] = v.lower() in ("1", "true", "yes") if k == "move_back" else v
         if at is not None:
-            try:
-                datetime.fromisoformat(at.replace("Z", "+00:00"))
-            except ValueError:
-                raise InputError(f"--at {at!r}: not an ISO date and time") from None
+            at = parse_at(at, datetime.now(UTC))
         body: dict[str, Any] = {"kind": kind, "args": parsed}
         if at is not None:
             body["at"] = at
