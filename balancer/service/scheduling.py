@@ -91,20 +91,33 @@ def check_args(kind: TaskKind, args: dict[str, str]) -> None:
         raise InputError("args.move_back: true or false")
 
 
-#: the running service, for the task function (APScheduler stores jobs by reference)
-_service: Service | None = None
+#: what the task store keeps as every task's function (APScheduler stores jobs by reference);
+#: the store of each service binds the jobs it loads to that service (:class:`TaskStore`)
+TASK_FUNC = "balancer.service.scheduling:run_task"
 
 
 def run_task(task_id: str, kind: str, args: dict[str, str], who: str) -> None:
-    """The function of every scheduled task (importable: the job store keeps a reference)."""
-    svc = _service
-    if svc is None:
-        log.error("task %s: no running service", task_id)
-        return
-    if not svc.leading():
-        log.warning("task %s: not run: this instance no longer leads the cluster", task_id)
-        return
-    svc_run_task(svc, task_id, TaskKind(kind), args, who)
+    """The reference every task is stored with. A job loaded through a :class:`TaskStore` runs
+    its service's :meth:`Scheduler.run_task` instead; reaching this means a job was loaded by
+    a scheduler that belongs to no service, so it is refused."""
+    log.error("task %s (%s): not run: it was not loaded by a service's task store", task_id, kind)
+
+
+class TaskStore(SQLAlchemyJobStore):  # type: ignore[misc]
+    """The durable task store of one service: every task it loads runs against that service.
+
+    There is no module-level "current service": several clusters' schedulers live in one process
+    (balancer.ha), and each runs its own tasks."""
+
+    def __init__(self, run: Callable[..., None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._run = run
+
+    def _reconstitute_job(self, job_state: bytes) -> Any:
+        job = super()._reconstitute_job(job_state)
+        if job.func_ref == TASK_FUNC:
+            job.func = self._run
+        return job
 
 
 def svc_run_task(
@@ -185,7 +198,7 @@ class Scheduler:
         self.scheduler = BackgroundScheduler(
             jobstores={
                 "default": MemoryJobStore(),
-                TASK_STORE: SQLAlchemyJobStore(engine=engine, tablename=TASK_TABLE),
+                TASK_STORE: TaskStore(self.run_task, engine=engine, tablename=TASK_TABLE),
             },
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
@@ -198,8 +211,6 @@ class Scheduler:
 
     def start(self, *, paused: bool = False) -> None:
         """Start the jobs; ``paused``: a standby (balancer.ha) holds them until it leads."""
-        global _service
-        _service = self.svc
         s = self.scheduler
         now = datetime.now(UTC)
         s.add_job(
@@ -248,10 +259,15 @@ class Scheduler:
             self.scheduler.pause()
 
     def shutdown(self) -> None:
-        global _service
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        _service = None
+
+    def run_task(self, task_id: str, kind: str, args: dict[str, str], who: str) -> None:
+        """Run one scheduled task against this scheduler's service (as leader only)."""
+        if not self.svc.leading():
+            log.warning("task %s: not run: this instance no longer leads the cluster", task_id)
+            return
+        svc_run_task(self.svc, task_id, TaskKind(kind), args, who)
 
     def _collect(self) -> None:
         if self.svc.stopping:
@@ -322,7 +338,7 @@ class Scheduler:
             schedule = f"cron {cron}"
         task_id = f"task-{now:%Y%m%dT%H%M%S}-{kind.value}-{abs(hash((who, now))) % 10**6:06d}"
         job = self.scheduler.add_job(
-            "balancer.service.scheduling:run_task",
+            TASK_FUNC,
             trigger,
             id=task_id,
             name=f"{kind.value}|{who}|{now.isoformat()}|{schedule}",
