@@ -5,8 +5,10 @@
   the role may not.
 * Every mutating call (POST/PUT/DELETE) by an authenticated user lands in the audit trail
   (kind ``api``) with the user, the call and its status.
-* Errors are ``{"error": "...", "field": "..."}`` with a 4xx status naming the field; a
-  500 would be a bug.
+* Errors are ``{"error": "...", "field": "...", "request_id": "..."}`` with a 4xx status
+  naming the field (422 for a body, query or argument that is invalid, 413 for a body above
+  ``api.max_body_bytes``); a 500 would be a bug, logged once under its request id
+  (:mod:`balancer.api.guard`). Every response has an ``X-Request-ID`` header.
 * ``/`` is the dashboard (static HTML+JS in this package), ``/metrics`` Prometheus.
 """
 
@@ -35,11 +37,11 @@ from pydantic import (
     StrictBool,
     StringConstraints,
 )
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from balancer import __version__
 from balancer.api.auth import ANONYMOUS, Principal, Role, TokenBook
+from balancer.api.guard import Guard
 from balancer.api.metrics import ServiceMetrics
 from balancer.errors import BalancerError, HypervisorError, InputError, StorageError
 from balancer.service.core import Service
@@ -76,6 +78,9 @@ class _Body(BaseModel):
 class ErrorBody(BaseModel):
     error: str = Field(description="What is wrong, naming the field")
     field: str | None = Field(default=None, description="The offending field, when one is")
+    request_id: str | None = Field(
+        default=None, description="The request's id (also the X-Request-ID header) for the log"
+    )
 
 
 class WhoAmI(BaseModel):
@@ -184,17 +189,43 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (403, "The role may not"),
         (404, "Not found"),
         (409, "Refused in the current state"),
+        (413, "The body is larger than api.max_body_bytes"),
         (422, "Invalid request, naming the field"),
+        (500, "A bug: the log has it under the request id"),
         (502, "A hypervisor did not answer"),
         (503, "Not ready or stopping"),
     )
 }
 
 
-def _err(status: int, message: str, field: str | None = None, **headers: str) -> JSONResponse:
+def _err(
+    request: Request, status: int, message: str, field: str | None = None, **headers: str
+) -> JSONResponse:
+    rid = getattr(request.state, "request_id", None)
     return JSONResponse(
-        ErrorBody(error=message, field=field).model_dump(), status_code=status, headers=headers
+        ErrorBody(error=message, field=field, request_id=rid).model_dump(),
+        status_code=status,
+        headers=headers,
     )
+
+
+def status_of(exc: BalancerError) -> int:
+    """The HTTP status of one of our errors: 404 not found, 409 refused in this state, 503 not
+    ready, 422 any other bad input (schema and reference checks), 502 a hypervisor, 503 the
+    store, 409 the rest (e.g. planning)."""
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ConflictError):
+        return 409
+    if isinstance(exc, UnavailableError):
+        return 503
+    if isinstance(exc, InputError):
+        return 422
+    if isinstance(exc, HypervisorError):
+        return 502
+    if isinstance(exc, StorageError):
+        return 503
+    return 409
 
 
 def _field_of(exc: BalancerError) -> str | None:
@@ -258,15 +289,25 @@ def create_app(rt: Runtime) -> FastAPI:
 
     # -- errors ------------------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        parts = [str(p) for p in first.get("loc", ())]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        if first.get("type") == "json_invalid":
+            ctx = first.get("ctx") or {}
+            at = f" at character {parts[1]}" if len(parts) > 1 else ""
+            why = ctx.get("error", "JSON decode error")
+            return _err(request, 422, f"body: not valid JSON{at}: {why}", "body")
+        loc = ".".join(p for p in (parts[1:] if parts[:1] == ["body"] else parts)) or "body"
         msg = str(first.get("msg", "invalid request"))
-        return _err(422, f"{loc}: {msg}" if loc else msg, loc)
+        return _err(request, 422, f"{loc}: {msg}{more}", loc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers or {})
+        field: str | None = None
+        message = str(exc.detail)
         if exc.status_code == 405:
             # one path may be served by several routes (GET and POST): list them all
             allowed: set[str] = set()
@@ -275,47 +316,29 @@ def create_app(rt: Runtime) -> FastAPI:
                     allowed |= route.methods or set()
             if allowed:
                 headers["Allow"] = ", ".join(sorted(allowed))
-        return _err(exc.status_code, str(exc.detail), None, **headers)
+        elif exc.status_code == 400 and message == "There was an error parsing the body":
+            # e.g. an integer of more digits than Python converts (FastAPI hides the cause)
+            cause = exc.__cause__
+            field = "body"
+            message = "body: cannot be parsed" + (f": {str(cause)[:200]}" if cause else "")
+        elif exc.status_code in (401, 403):
+            field = "authorization"
+        return _err(request, exc.status_code, message, field, **headers)
 
     @app.exception_handler(BalancerError)
-    async def _balancer(_r: Request, exc: BalancerError) -> JSONResponse:
-        if isinstance(exc, NotFoundError):
-            code = 404
-        elif isinstance(exc, ConflictError):
-            code = 409
-        elif isinstance(exc, UnavailableError):
-            code = 503
-        elif isinstance(exc, InputError):
-            code = 400
-        elif isinstance(exc, HypervisorError):
-            code = 502
-        elif isinstance(exc, StorageError):
-            code = 503
-        else:
-            code = 409
-        return _err(code, str(exc), _field_of(exc))
+    async def _balancer(request: Request, exc: BalancerError) -> JSONResponse:
+        return _err(request, status_of(exc), str(exc), _field_of(exc))
 
-    @app.exception_handler(Exception)
-    async def _bug(_r: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error: %s", exc)
-        return _err(500, f"internal error: {type(exc).__name__}")
-
-    # -- audit of mutating calls -------------------------------------------------------------
-    @app.middleware("http")
-    async def _audit_calls(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        response: Response = await call_next(request)
-        if request.method in ("POST", "PUT", "DELETE", "PATCH") and request.url.path.startswith(
-            "/api/"
-        ):
-            user = getattr(request.state, "user", None)
-            if user is not None:
-                await run_in_threadpool(
-                    svc.record_call,
-                    who=user,
-                    action=f"{request.method} {request.url.path}",
-                    result=str(response.status_code),
-                )
-        return response
+    # no handler for Exception: the Guard below is the last resort (it logs once)
+    app.add_middleware(
+        Guard,
+        max_body_bytes=rt.settings.api.max_body_bytes,
+        max_json_depth=rt.settings.api.max_json_depth,
+        record_call=lambda who, action, result: svc.record_call(
+            who=who, action=action, result=result
+        ),
+        on_internal_error=metrics.internal_errors.inc,
+    )
 
     # -- pages -------------------------------------------------------------------------------
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

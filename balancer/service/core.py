@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -127,12 +128,19 @@ def imbalance_of(snapshot: Snapshot, policy: Policy | None) -> tuple[float, floa
 
 
 def _fingerprint(path: Path) -> str:
+    """A digest of the policy files' names and contents. Only regular files are read (a FIFO
+    would block the reload job for ever); anything else counts by its name and type, so the
+    loader sees it and refuses it."""
     h = hashlib.sha256()
     files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
     for f in files:
         h.update(f.name.encode())
         try:
-            h.update(f.read_bytes())
+            st = f.stat()
+            if stat.S_ISREG(st.st_mode):
+                h.update(f.read_bytes())
+            else:
+                h.update(f"not a regular file: {stat.S_IFMT(st.st_mode):o}".encode())
         except OSError as exc:
             h.update(str(exc).encode())
     return h.hexdigest()
@@ -271,7 +279,11 @@ class Service:
 
     def reload_policy(self, *, initial: bool = False) -> bool:
         """Load the policy files when they changed. A bad file is refused (log, API, audit) and
-        the last good policy stays in force. Returns True when a new policy was applied."""
+        the last good policy stays in force. Returns True when a new policy was applied.
+
+        Any failure refuses the files, not only a PolicyError: an exception of another class
+        is a bug of the loader or of lint, but it must still show as ``last_error`` (API,
+        dashboard) with the last good policy kept, and its traceback goes to the log once."""
         try:
             fp = _fingerprint(self.policy_path)
         except OSError as exc:
@@ -285,15 +297,23 @@ class Service:
             errors = [str(f) for f in lint(policy, self._snap) if f.severity is Severity.ERROR]
             if errors:
                 raise PolicyError("; ".join(errors), path=str(self.policy_path))
-        except PolicyError as exc:
+        except Exception as exc:
             if initial and self._pol.policy is None:
-                raise
-            self._pol.error, self._pol.error_at = str(exc), now
+                if isinstance(exc, BalancerError):
+                    raise
+                raise PolicyError(
+                    f"cannot load the policy: {type(exc).__name__}: {exc}",
+                    path=str(self.policy_path),
+                ) from exc
+            expected = isinstance(exc, PolicyError)
+            text = str(exc) if expected else f"{self.policy_path}: {type(exc).__name__}: {exc}"
+            self._pol.error, self._pol.error_at = text[:2000], now
             kept = self._pol.policy.digest[:12] if self._pol.policy else "none"
             log.error(
                 "policy refused, keeping %s: %s",
                 kept,
-                exc,
+                text[:2000],
+                exc_info=None if expected else exc,
                 extra=fields(reason="policy_refused"),
             )
             self.audit.record(
@@ -301,7 +321,7 @@ class Service:
                 kind="policy",
                 who=SYSTEM,
                 result="refused",
-                error=str(exc),
+                error=text[:2000],
                 detail=f"kept policy {kept}",
                 policy_digest=self._pol.policy.digest if self._pol.policy else None,
             )
