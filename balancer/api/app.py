@@ -198,6 +198,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _links(status: int, **links: tuple[str, dict[str, str]]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI links of a response: where its values lead (clients and the stateful fuzz
+    follow them), each ``name=(operationId, {parameter: runtime expression})``."""
+    return {
+        status: {
+            "links": {
+                name: {"operationId": op, "parameters": params}
+                for name, (op, params) in links.items()
+            }
+        }
+    }
+
+
 def _err(
     request: Request, status: int, message: str, field: str | None = None, **headers: str
 ) -> JSONResponse:
@@ -356,13 +369,25 @@ def create_app(rt: Runtime) -> FastAPI:
         return {"status": "stopping" if svc.stopping else "ok"}
 
     v1 = "/api/v1"
+    same_host = {"host": "$request.path.host"}
 
     # -- status ------------------------------------------------------------------------------
     @app.get(f"{v1}/whoami", response_model=WhoAmI, tags=["status"])
     def whoami(p: Viewer) -> WhoAmI:
         return WhoAmI(user=p.user, role=p.role.label)  # type: ignore[arg-type]
 
-    @app.get(f"{v1}/status", response_model=StatusView, tags=["status"])
+    first_host = {"host": "$response.body#/hosts/0/name"}
+
+    @app.get(
+        f"{v1}/status",
+        response_model=StatusView,
+        tags=["status"],
+        responses=_links(
+            200,
+            Preflight=("preflight", first_host),
+            EnterMaintenance=("enter_maintenance", first_host),
+        ),
+    )
     def status(_p: Viewer) -> StatusView:
         return svc.status()
 
@@ -373,8 +398,15 @@ def create_app(rt: Runtime) -> FastAPI:
         return svc.history(hours)
 
     # -- recommendations ---------------------------------------------------------------------
+    first_id = {"rid": "$response.body#/0/id"}
+
     @app.get(
-        f"{v1}/recommendations", response_model=list[RecommendationView], tags=["recommendations"]
+        f"{v1}/recommendations",
+        response_model=list[RecommendationView],
+        tags=["recommendations"],
+        responses=_links(
+            200, Approve=("approve_recommendation", first_id), Reject=("reject", first_id)
+        ),
     )
     def recommendations(
         _p: Viewer,
@@ -387,6 +419,7 @@ def create_app(rt: Runtime) -> FastAPI:
         f"{v1}/recommendations/{{rid}}/approve",
         response_model=RecommendationView,
         tags=["recommendations"],
+        operation_id="approve_recommendation",
     )
     def approve(
         p: Operator, rid: Annotated[int, PathParam(ge=1, le=2**31 - 1)]
@@ -397,6 +430,7 @@ def create_app(rt: Runtime) -> FastAPI:
         f"{v1}/recommendations/{{rid}}/reject",
         response_model=RecommendationView,
         tags=["recommendations"],
+        operation_id="reject",
     )
     def reject(
         p: Operator,
@@ -406,18 +440,30 @@ def create_app(rt: Runtime) -> FastAPI:
         return svc.reject(rid, who=p.user, note=body.note if body else "")
 
     # -- plans -------------------------------------------------------------------------------
-    @app.get(f"{v1}/plans", response_model=list[PlanView], tags=["plans"])
+    @app.get(
+        f"{v1}/plans",
+        response_model=list[PlanView],
+        tags=["plans"],
+        responses=_links(200, Plan=("get_plan", {"plan_id": "$response.body#/0/id"})),
+    )
     def plans(_p: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 20) -> list[PlanView]:
         return svc.plans(limit=limit)
 
-    @app.get(f"{v1}/plans/{{plan_id}}", response_model=PlanView, tags=["plans"])
+    @app.get(
+        f"{v1}/plans/{{plan_id}}", response_model=PlanView, tags=["plans"], operation_id="get_plan"
+    )
     def plan(_p: Viewer, plan_id: Name) -> PlanView:
         found = svc.plan(plan_id)
         if found is None:
             raise NotFoundError(f"plan_id: no plan {plan_id!r}")
         return found
 
-    @app.post(f"{v1}/balance", response_model=PlanView, tags=["plans"])
+    @app.post(
+        f"{v1}/balance",
+        response_model=PlanView,
+        tags=["plans"],
+        responses=_links(200, Plan=("get_plan", {"plan_id": "$response.body#/id"})),
+    )
     def balance_now(p: Operator) -> PlanView:
         return svc.balance(who=p.user)
 
@@ -431,12 +477,21 @@ def create_app(rt: Runtime) -> FastAPI:
         return svc.migrations(active_only=active, limit=limit)
 
     @app.post(
-        f"{v1}/migrations", response_model=MigrationView, status_code=202, tags=["migrations"]
+        f"{v1}/migrations",
+        response_model=MigrationView,
+        status_code=202,
+        tags=["migrations"],
+        responses=_links(202, Cancel=("cancel_migration", {"mid": "$response.body#/id"})),
     )
     def request_migration(p: Operator, body: MigrationBody) -> MigrationView:
         return svc.request_migration(body.vm, body.target, priority=body.priority, who=p.user)
 
-    @app.post(f"{v1}/migrations/{{mid}}/cancel", response_model=MigrationView, tags=["migrations"])
+    @app.post(
+        f"{v1}/migrations/{{mid}}/cancel",
+        response_model=MigrationView,
+        tags=["migrations"],
+        operation_id="cancel_migration",
+    )
     def cancel_migration(
         p: Operator, mid: Annotated[int, PathParam(ge=1, le=2**31 - 1)]
     ) -> MigrationView:
@@ -447,24 +502,43 @@ def create_app(rt: Runtime) -> FastAPI:
     def maintenance_list(_p: Viewer, active: bool = False) -> list[MaintenanceView]:
         return svc.maintenance_list(active_only=active)
 
-    @app.get(f"{v1}/maintenance/{{host}}", response_model=MaintenanceView, tags=["maintenance"])
+    @app.get(
+        f"{v1}/maintenance/{{host}}",
+        response_model=MaintenanceView,
+        tags=["maintenance"],
+        operation_id="maintenance_status",
+    )
     def maintenance_status(_p: Viewer, host: Name) -> MaintenanceView:
         return svc.maintenance_status(host)
 
     @app.get(
-        f"{v1}/maintenance/{{host}}/preflight", response_model=PreflightView, tags=["maintenance"]
+        f"{v1}/maintenance/{{host}}/preflight",
+        response_model=PreflightView,
+        tags=["maintenance"],
+        operation_id="preflight",
     )
     def preflight(_p: Viewer, host: Name) -> PreflightView:
         return svc.preflight(host)
 
     @app.post(
-        f"{v1}/maintenance/{{host}}/enter", response_model=MaintenanceView, tags=["maintenance"]
+        f"{v1}/maintenance/{{host}}/enter",
+        response_model=MaintenanceView,
+        tags=["maintenance"],
+        operation_id="enter_maintenance",
+        responses=_links(
+            200,
+            Status=("maintenance_status", same_host),
+            Exit=("exit_maintenance", same_host),
+        ),
     )
     def enter(p: Operator, host: Name, body: EnterBody | None = None) -> MaintenanceView:
         return svc.enter_maintenance(host, who=p.user, force=bool(body and body.force))
 
     @app.post(
-        f"{v1}/maintenance/{{host}}/exit", response_model=MaintenanceView, tags=["maintenance"]
+        f"{v1}/maintenance/{{host}}/exit",
+        response_model=MaintenanceView,
+        tags=["maintenance"],
+        operation_id="exit_maintenance",
     )
     def exit_(p: Operator, host: Name, body: ExitBody | None = None) -> MaintenanceView:
         return svc.exit_maintenance(host, who=p.user, move_back=bool(body and body.move_back))
@@ -506,7 +580,13 @@ def create_app(rt: Runtime) -> FastAPI:
     ) -> list[TaskRunView]:
         return sched.runs(limit)
 
-    @app.post(f"{v1}/tasks", response_model=TaskView, status_code=201, tags=["tasks"])
+    @app.post(
+        f"{v1}/tasks",
+        response_model=TaskView,
+        status_code=201,
+        tags=["tasks"],
+        responses=_links(201, Cancel=("cancel_task", {"task_id": "$response.body#/id"})),
+    )
     def add_task(p: Operator, body: OneOffTask | RecurringTask) -> TaskView:
         kind = TaskKind(body.kind)
         if p.role < Role[kind.role.upper()]:
@@ -519,7 +599,9 @@ def create_app(rt: Runtime) -> FastAPI:
             cron=body.cron if isinstance(body, RecurringTask) else None,
         )
 
-    @app.delete(f"{v1}/tasks/{{task_id}}", response_model=Done, tags=["tasks"])
+    @app.delete(
+        f"{v1}/tasks/{{task_id}}", response_model=Done, tags=["tasks"], operation_id="cancel_task"
+    )
     def cancel_task(p: Operator, task_id: Name) -> Done:
         sched.cancel_task(task_id, who=p.user)
         return Done(ok=True, detail=f"{task_id} cancelled")
