@@ -274,6 +274,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Pa
         r = subprocess.run(
             [
                 exe,
+                "--config-file",
+                str(REPO / "tests/fuzz/schemathesis.toml"),
                 "run",
                 f"{svc.url}/openapi.json",
                 "--checks",
