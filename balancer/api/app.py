@@ -164,16 +164,18 @@ class TaskArgs(_Body):
 TaskKindName = Literal["migrate", "maintenance_enter", "maintenance_exit", "automation", "balance"]
 
 
-class OneOffTask(_Body):
+class TaskBody(_Body):
+    """A task: one-off (``at``) or recurring (``cron``), exactly one of them. (One model, not
+    a union of two: an error then names ``at`` or ``args.vm``, not a union member.)"""
+
     kind: TaskKindName
     args: TaskArgs = Field(default_factory=TaskArgs)
-    at: When = Field(description="when, with a time zone (e.g. 2026-12-01T02:00:00Z)")
-
-
-class RecurringTask(_Body):
-    kind: TaskKindName
-    args: TaskArgs = Field(default_factory=TaskArgs)
-    cron: str = Field(min_length=1, max_length=200, description="5-field cron, UTC")
+    at: When | None = Field(
+        default=None, description="one-off: when, with a time zone (e.g. 2026-12-01T02:00:00Z)"
+    )
+    cron: str | None = Field(
+        default=None, min_length=1, max_length=200, description="recurring: 5-field cron, UTC"
+    )
 
 
 class Done(BaseModel):
@@ -587,7 +589,7 @@ def create_app(rt: Runtime) -> FastAPI:
         tags=["tasks"],
         responses=_links(201, Cancel=("cancel_task", {"task_id": "$response.body#/id"})),
     )
-    def add_task(p: Operator, body: OneOffTask | RecurringTask) -> TaskView:
+    def add_task(p: Operator, body: TaskBody) -> TaskView:
         kind = TaskKind(body.kind)
         if p.role < Role[kind.role.upper()]:
             raise HTTPException(403, f"{p.user} ({p.role.label}) may not schedule {kind.value}")
@@ -595,8 +597,8 @@ def create_app(rt: Runtime) -> FastAPI:
             kind=kind,
             args=body.args.as_dict(),
             who=p.user,
-            at=body.at if isinstance(body, OneOffTask) else None,
-            cron=body.cron if isinstance(body, RecurringTask) else None,
+            at=body.at,
+            cron=body.cron,
         )
 
     @app.delete(

@@ -319,6 +319,27 @@ def test_tasks_naming_unknown_vms_or_hosts_are_refused_naming_the_field(svc: Ser
     assert [t["id"] for t in svc.get("/tasks")] == before
 
 
+def test_task_errors_name_the_field_not_a_union_member(svc: Service) -> None:
+    cases = [
+        ({"kind": "nuke", "cron": "0 2 * * *"}, "kind"),
+        ({"kind": "balance"}, "at"),
+        ({"kind": "balance", "cron": "0 2 * * *", "at": "2030-01-01T00:00:00Z"}, "at"),
+        ({"kind": "balance", "cron": 5}, "cron"),
+        ({"kind": "balance", "cron": "every day"}, "cron"),
+        ({"kind": "balance", "at": "2030-01-01T00:00:00"}, "at"),
+        ({"kind": "balance", "at": "2020-01-01T00:00:00Z"}, "at"),
+        ({"kind": "migrate", "args": {"vm": 5}, "cron": "0 2 * * *"}, "args.vm"),
+        ({"kind": "migrate", "args": {"vm": "vm001"}, "cron": "0 2 * * *"}, "args.target"),
+        ({"kind": "balance", "args": {"host": "h01"}, "cron": "0 2 * * *"}, "args.host"),
+        ({"kind": "automation", "args": {"level": "max"}, "cron": "0 2 * * *"}, "args.level"),
+    ]
+    with svc.client("alice") as c:
+        for body, field in cases:
+            r = c.post("/tasks", json=body)
+            assert r.status_code == 422, (body, r.text)
+            assert check_answer(r)["field"] == field, (body, r.text)
+
+
 def test_cli_schedule_add_shows_the_servers_message_for_an_unknown_vm(svc: Service) -> None:
     from balancer.cli import cli
 
