@@ -92,8 +92,8 @@ def _size_text(n: int) -> str:
     return f"{n // 1048576} MiB" if n % 1048576 == 0 else f"{n} bytes"
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _ClientGone(Exception):
+    """The client disconnected before its body arrived: there is no one to answer."""
 
 
 class Guard:
@@ -144,6 +144,8 @@ class Guard:
                 await self._error(send_with_id, status, text, field, rid)
                 return
             await self.app(scope, replay, send_with_id)
+        except _ClientGone:
+            return
         except Exception as exc:
             # the last resort: logged here once, never re-raised (the server would log again)
             self.internal_errors += 1
@@ -197,8 +199,8 @@ class Guard:
         more = True
         while more:
             message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return None, _replay(message, receive)
+            if message["type"] != "http.request":
+                raise _ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:

@@ -179,6 +179,19 @@ def test_a_30_mib_chunked_body_is_refused_once_it_passes_the_limit(svc: Service)
     assert "api.max_body_bytes" in doc["error"]
 
 
+def test_a_client_that_leaves_mid_body_is_no_error(svc: Service) -> None:
+    before = internal_errors(svc)
+    host, port = svc.url.removeprefix("http://").rsplit(":", 1)
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(
+                b"POST /api/v1/migrations HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                b"Content-Type: application/json\r\n\r\n" + b'{"vm": "vm0'
+            )
+    wait_for("the service", lambda: httpx.get(f"{svc.url}/healthz").status_code == 200)
+    assert internal_errors(svc) == before
+
+
 def test_a_30_mib_body_through_an_ordinary_client_gets_the_413(svc: Service) -> None:
     with svc.client("vic") as c:
         r = c.post("/policy/validate", content=b"{" + b" " * (30 * MIB) + b"}")

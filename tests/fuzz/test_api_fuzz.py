@@ -108,6 +108,8 @@ def test_every_endpoint_with_every_role_and_stateful_sequences(svc: Service, use
     assert f"{n} selected / {n} total" in out, out[:2000]  # every endpoint
     assert "Stateful" in out and "Scenarios:" in out, out[-3000:]  # the stateful phase ran
     assert internal_errors(svc.url) == before, svc.tail()
+    cases = out.split("Test cases:", 1)[-1].strip().splitlines()[0]
+    print(f"schemathesis as {ROLES[user]}: {cases}")  # shown with -s
     assert time.monotonic() - t0 < BUDGET_S + 60
     # the service is still well after the run
     assert httpx.get(f"{svc.url}/healthz").json()["status"] == "ok"
