@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
-from balancer.api.app import create_app
+from balancer.api.app import create_app, principal
 from balancer.api.guard import json_depth, lone_surrogate
 from balancer.service.logs import JsonFormatter, TextFormatter
 from balancer.service.runtime import Runtime
@@ -38,7 +38,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     def boom() -> None:
         raise Boom("marker-7f3a: a bug")
 
-    app.add_api_route("/api/v1/boom", boom, methods=["GET", "POST"])
+    app.add_api_route(
+        "/api/v1/boom", boom, methods=["GET", "POST"], dependencies=[Depends(principal)]
+    )
     try:
         yield app
     finally:
@@ -75,6 +77,14 @@ def test_an_unexpected_error_is_a_500_logged_once_with_its_request_id(
         assert text.count("Traceback (most recent call last)") == 1
         assert text.count("raise Boom(") == 1  # the failing line, once
     assert _internal_errors(client) == before + 1
+
+
+def test_a_mutating_call_that_ends_in_a_500_is_audited_too(client: TestClient) -> None:
+    operator = {"Authorization": f"Bearer {TOKENS['bob']}"}
+    r = client.post("/api/v1/boom", headers=operator)
+    assert r.status_code == 500
+    calls = client.get("/api/v1/audit", params={"kind": "api"}, headers=operator).json()
+    assert any(c["detail"] == "POST /api/v1/boom" and c["result"] == "500" for c in calls), calls
 
 
 def test_every_response_carries_a_request_id(client: TestClient) -> None:
