@@ -298,13 +298,16 @@ class Service:
                     path=str(self.policy_path),
                 ) from exc
             expected = isinstance(exc, PolicyError)
-            text = str(exc) if expected else f"{self.policy_path}: {type(exc).__name__}: {exc}"
-            self._pol.error, self._pol.error_at = text[:2000], now
+            # an unexpected exception's text may quote the input at length (5000 digits)
+            text = (
+                str(exc) if expected else f"{self.policy_path}: {type(exc).__name__}: {exc}"[:2000]
+            )
+            self._pol.error, self._pol.error_at = text, now
             kept = self._pol.policy.digest[:12] if self._pol.policy else "none"
             log.error(
                 "policy refused, keeping %s: %s",
                 kept,
-                text[:2000],
+                text,
                 exc_info=None if expected else exc,
                 extra=fields(reason="policy_refused"),
             )
@@ -313,7 +316,7 @@ class Service:
                 kind="policy",
                 who=SYSTEM,
                 result="refused",
-                error=text[:2000],
+                error=text,
                 detail=f"kept policy {kept}",
                 policy_digest=self._pol.policy.digest if self._pol.policy else None,
             )
