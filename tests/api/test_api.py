@@ -289,6 +289,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Pa
                 "1",
                 "--max-time",
                 "60",
+                "--request-timeout",
+                "60",
                 "--phases",
                 "examples,coverage,fuzzing",
                 "-H",
