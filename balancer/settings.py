@@ -87,6 +87,10 @@ class Api(_Strict):
     tokens: list[Token] = Field(default_factory=list)
     #: requests without a token get the ``viewer`` role (a read-only dashboard); off by default
     anonymous_viewer: bool = False
+    #: a request body above this is refused with 413 before it is read whole (default 1 MiB)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1_073_741_824)
+    #: a JSON body nested deeper than this is refused with 422 before it is parsed
+    max_json_depth: int = Field(default=32, ge=4, le=256)
 
     @property
     def host(self) -> str:

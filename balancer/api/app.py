@@ -5,8 +5,10 @@
   the role may not.
 * Every mutating call (POST/PUT/DELETE) by an authenticated user lands in the audit trail
   (kind ``api``) with the user, the call and its status.
-* Errors are ``{"error": "...", "field": "..."}`` with a 4xx status naming the field; a
-  500 would be a bug.
+* Errors are ``{"error": "...", "field": "...", "request_id": "..."}`` with a 4xx status
+  naming the field (422 for a body, query or argument that is invalid, 413 for a body above
+  ``api.max_body_bytes``); a 500 would be a bug, logged once under its request id
+  (:mod:`balancer.api.guard`). Every response has an ``X-Request-ID`` header.
 * ``/`` is the dashboard (static HTML+JS in this package), ``/metrics`` Prometheus.
 """
 
@@ -35,11 +37,11 @@ from pydantic import (
     StrictBool,
     StringConstraints,
 )
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from balancer import __version__
 from balancer.api.auth import ANONYMOUS, Principal, Role, TokenBook
+from balancer.api.guard import Guard
 from balancer.api.metrics import ServiceMetrics
 from balancer.errors import BalancerError, HypervisorError, InputError, StorageError
 from balancer.service.core import Service
@@ -76,6 +78,9 @@ class _Body(BaseModel):
 class ErrorBody(BaseModel):
     error: str = Field(description="What is wrong, naming the field")
     field: str | None = Field(default=None, description="The offending field, when one is")
+    request_id: str | None = Field(
+        default=None, description="The request's id (also the X-Request-ID header) for the log"
+    )
 
 
 class WhoAmI(BaseModel):
@@ -159,16 +164,18 @@ class TaskArgs(_Body):
 TaskKindName = Literal["migrate", "maintenance_enter", "maintenance_exit", "automation", "balance"]
 
 
-class OneOffTask(_Body):
+class TaskBody(_Body):
+    """A task: one-off (``at``) or recurring (``cron``), exactly one of them. (One model, not
+    a union of two: an error then names ``at`` or ``args.vm``, not a union member.)"""
+
     kind: TaskKindName
     args: TaskArgs = Field(default_factory=TaskArgs)
-    at: When = Field(description="when, with a time zone (e.g. 2026-12-01T02:00:00Z)")
-
-
-class RecurringTask(_Body):
-    kind: TaskKindName
-    args: TaskArgs = Field(default_factory=TaskArgs)
-    cron: str = Field(min_length=1, max_length=200, description="5-field cron, UTC")
+    at: When | None = Field(
+        default=None, description="one-off: when, with a time zone (e.g. 2026-12-01T02:00:00Z)"
+    )
+    cron: str | None = Field(
+        default=None, min_length=1, max_length=200, description="recurring: 5-field cron, UTC"
+    )
 
 
 class Done(BaseModel):
@@ -184,17 +191,56 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (403, "The role may not"),
         (404, "Not found"),
         (409, "Refused in the current state"),
+        (413, "The body is larger than api.max_body_bytes"),
         (422, "Invalid request, naming the field"),
+        (500, "A bug: the log has it under the request id"),
         (502, "A hypervisor did not answer"),
         (503, "Not ready or stopping"),
     )
 }
 
 
-def _err(status: int, message: str, field: str | None = None, **headers: str) -> JSONResponse:
+def _links(status: int, **links: tuple[str, dict[str, str]]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI links of a response: where its values lead (clients and the stateful fuzz
+    follow them), each ``name=(operationId, {parameter: runtime expression})``."""
+    return {
+        status: {
+            "links": {
+                name: {"operationId": op, "parameters": params}
+                for name, (op, params) in links.items()
+            }
+        }
+    }
+
+
+def _err(
+    request: Request, status: int, message: str, field: str | None = None, **headers: str
+) -> JSONResponse:
+    rid = getattr(request.state, "request_id", None)
     return JSONResponse(
-        ErrorBody(error=message, field=field).model_dump(), status_code=status, headers=headers
+        ErrorBody(error=message, field=field, request_id=rid).model_dump(),
+        status_code=status,
+        headers=headers,
     )
+
+
+def status_of(exc: BalancerError) -> int:
+    """The HTTP status of one of our errors: 404 not found, 409 refused in this state, 503 not
+    ready, 422 any other bad input (schema and reference checks), 502 a hypervisor, 503 the
+    store, 409 the rest (e.g. planning)."""
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ConflictError):
+        return 409
+    if isinstance(exc, UnavailableError):
+        return 503
+    if isinstance(exc, InputError):
+        return 422
+    if isinstance(exc, HypervisorError):
+        return 502
+    if isinstance(exc, StorageError):
+        return 503
+    return 409
 
 
 def _field_of(exc: BalancerError) -> str | None:
@@ -258,15 +304,25 @@ def create_app(rt: Runtime) -> FastAPI:
 
     # -- errors ------------------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        parts = [str(p) for p in first.get("loc", ())]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        if first.get("type") == "json_invalid":
+            ctx = first.get("ctx") or {}
+            at = f" at character {parts[1]}" if len(parts) > 1 else ""
+            why = ctx.get("error", "JSON decode error")
+            return _err(request, 422, f"body: not valid JSON{at}: {why}", "body")
+        loc = ".".join(p for p in (parts[1:] if parts[:1] == ["body"] else parts)) or "body"
         msg = str(first.get("msg", "invalid request"))
-        return _err(422, f"{loc}: {msg}" if loc else msg, loc)
+        return _err(request, 422, f"{loc}: {msg}{more}", loc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers or {})
+        field: str | None = None
+        message = str(exc.detail)
         if exc.status_code == 405:
             # one path may be served by several routes (GET and POST): list them all
             allowed: set[str] = set()
@@ -275,47 +331,29 @@ def create_app(rt: Runtime) -> FastAPI:
                     allowed |= route.methods or set()
             if allowed:
                 headers["Allow"] = ", ".join(sorted(allowed))
-        return _err(exc.status_code, str(exc.detail), None, **headers)
+        elif exc.status_code == 400 and message == "There was an error parsing the body":
+            # e.g. an integer of more digits than Python converts (FastAPI hides the cause)
+            cause = exc.__cause__
+            field = "body"
+            message = "body: cannot be parsed" + (f": {str(cause)[:200]}" if cause else "")
+        elif exc.status_code in (401, 403):
+            field = "authorization"
+        return _err(request, exc.status_code, message, field, **headers)
 
     @app.exception_handler(BalancerError)
-    async def _balancer(_r: Request, exc: BalancerError) -> JSONResponse:
-        if isinstance(exc, NotFoundError):
-            code = 404
-        elif isinstance(exc, ConflictError):
-            code = 409
-        elif isinstance(exc, UnavailableError):
-            code = 503
-        elif isinstance(exc, InputError):
-            code = 400
-        elif isinstance(exc, HypervisorError):
-            code = 502
-        elif isinstance(exc, StorageError):
-            code = 503
-        else:
-            code = 409
-        return _err(code, str(exc), _field_of(exc))
+    async def _balancer(request: Request, exc: BalancerError) -> JSONResponse:
+        return _err(request, status_of(exc), str(exc), _field_of(exc))
 
-    @app.exception_handler(Exception)
-    async def _bug(_r: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error: %s", exc)
-        return _err(500, f"internal error: {type(exc).__name__}")
-
-    # -- audit of mutating calls -------------------------------------------------------------
-    @app.middleware("http")
-    async def _audit_calls(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        response: Response = await call_next(request)
-        if request.method in ("POST", "PUT", "DELETE", "PATCH") and request.url.path.startswith(
-            "/api/"
-        ):
-            user = getattr(request.state, "user", None)
-            if user is not None:
-                await run_in_threadpool(
-                    svc.record_call,
-                    who=user,
-                    action=f"{request.method} {request.url.path}",
-                    result=str(response.status_code),
-                )
-        return response
+    # no handler for Exception: the Guard below is the last resort (it logs once)
+    app.add_middleware(
+        Guard,
+        max_body_bytes=rt.settings.api.max_body_bytes,
+        max_json_depth=rt.settings.api.max_json_depth,
+        record_call=lambda who, action, result: svc.record_call(
+            who=who, action=action, result=result
+        ),
+        on_internal_error=metrics.internal_errors.inc,
+    )
 
     # -- pages -------------------------------------------------------------------------------
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -333,13 +371,25 @@ def create_app(rt: Runtime) -> FastAPI:
         return {"status": "stopping" if svc.stopping else "ok"}
 
     v1 = "/api/v1"
+    same_host = {"host": "$request.path.host"}
 
     # -- status ------------------------------------------------------------------------------
     @app.get(f"{v1}/whoami", response_model=WhoAmI, tags=["status"])
     def whoami(p: Viewer) -> WhoAmI:
         return WhoAmI(user=p.user, role=p.role.label)  # type: ignore[arg-type]
 
-    @app.get(f"{v1}/status", response_model=StatusView, tags=["status"])
+    first_host = {"host": "$response.body#/hosts/0/name"}
+
+    @app.get(
+        f"{v1}/status",
+        response_model=StatusView,
+        tags=["status"],
+        responses=_links(
+            200,
+            Preflight=("preflight", first_host),
+            EnterMaintenance=("enter_maintenance", first_host),
+        ),
+    )
     def status(_p: Viewer) -> StatusView:
         return svc.status()
 
@@ -350,8 +400,15 @@ def create_app(rt: Runtime) -> FastAPI:
         return svc.history(hours)
 
     # -- recommendations ---------------------------------------------------------------------
+    first_id = {"rid": "$response.body#/0/id"}
+
     @app.get(
-        f"{v1}/recommendations", response_model=list[RecommendationView], tags=["recommendations"]
+        f"{v1}/recommendations",
+        response_model=list[RecommendationView],
+        tags=["recommendations"],
+        responses=_links(
+            200, Approve=("approve_recommendation", first_id), Reject=("reject", first_id)
+        ),
     )
     def recommendations(
         _p: Viewer,
@@ -364,6 +421,7 @@ def create_app(rt: Runtime) -> FastAPI:
         f"{v1}/recommendations/{{rid}}/approve",
         response_model=RecommendationView,
         tags=["recommendations"],
+        operation_id="approve_recommendation",
     )
     def approve(
         p: Operator, rid: Annotated[int, PathParam(ge=1, le=2**31 - 1)]
@@ -374,6 +432,7 @@ def create_app(rt: Runtime) -> FastAPI:
         f"{v1}/recommendations/{{rid}}/reject",
         response_model=RecommendationView,
         tags=["recommendations"],
+        operation_id="reject",
     )
     def reject(
         p: Operator,
@@ -383,18 +442,30 @@ def create_app(rt: Runtime) -> FastAPI:
         return svc.reject(rid, who=p.user, note=body.note if body else "")
 
     # -- plans -------------------------------------------------------------------------------
-    @app.get(f"{v1}/plans", response_model=list[PlanView], tags=["plans"])
+    @app.get(
+        f"{v1}/plans",
+        response_model=list[PlanView],
+        tags=["plans"],
+        responses=_links(200, Plan=("get_plan", {"plan_id": "$response.body#/0/id"})),
+    )
     def plans(_p: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 20) -> list[PlanView]:
         return svc.plans(limit=limit)
 
-    @app.get(f"{v1}/plans/{{plan_id}}", response_model=PlanView, tags=["plans"])
+    @app.get(
+        f"{v1}/plans/{{plan_id}}", response_model=PlanView, tags=["plans"], operation_id="get_plan"
+    )
     def plan(_p: Viewer, plan_id: Name) -> PlanView:
         found = svc.plan(plan_id)
         if found is None:
             raise NotFoundError(f"plan_id: no plan {plan_id!r}")
         return found
 
-    @app.post(f"{v1}/balance", response_model=PlanView, tags=["plans"])
+    @app.post(
+        f"{v1}/balance",
+        response_model=PlanView,
+        tags=["plans"],
+        responses=_links(200, Plan=("get_plan", {"plan_id": "$response.body#/id"})),
+    )
     def balance_now(p: Operator) -> PlanView:
         return svc.balance(who=p.user)
 
@@ -408,12 +479,21 @@ def create_app(rt: Runtime) -> FastAPI:
         return svc.migrations(active_only=active, limit=limit)
 
     @app.post(
-        f"{v1}/migrations", response_model=MigrationView, status_code=202, tags=["migrations"]
+        f"{v1}/migrations",
+        response_model=MigrationView,
+        status_code=202,
+        tags=["migrations"],
+        responses=_links(202, Cancel=("cancel_migration", {"mid": "$response.body#/id"})),
     )
     def request_migration(p: Operator, body: MigrationBody) -> MigrationView:
         return svc.request_migration(body.vm, body.target, priority=body.priority, who=p.user)
 
-    @app.post(f"{v1}/migrations/{{mid}}/cancel", response_model=MigrationView, tags=["migrations"])
+    @app.post(
+        f"{v1}/migrations/{{mid}}/cancel",
+        response_model=MigrationView,
+        tags=["migrations"],
+        operation_id="cancel_migration",
+    )
     def cancel_migration(
         p: Operator, mid: Annotated[int, PathParam(ge=1, le=2**31 - 1)]
     ) -> MigrationView:
@@ -424,24 +504,43 @@ def create_app(rt: Runtime) -> FastAPI:
     def maintenance_list(_p: Viewer, active: bool = False) -> list[MaintenanceView]:
         return svc.maintenance_list(active_only=active)
 
-    @app.get(f"{v1}/maintenance/{{host}}", response_model=MaintenanceView, tags=["maintenance"])
+    @app.get(
+        f"{v1}/maintenance/{{host}}",
+        response_model=MaintenanceView,
+        tags=["maintenance"],
+        operation_id="maintenance_status",
+    )
     def maintenance_status(_p: Viewer, host: Name) -> MaintenanceView:
         return svc.maintenance_status(host)
 
     @app.get(
-        f"{v1}/maintenance/{{host}}/preflight", response_model=PreflightView, tags=["maintenance"]
+        f"{v1}/maintenance/{{host}}/preflight",
+        response_model=PreflightView,
+        tags=["maintenance"],
+        operation_id="preflight",
     )
     def preflight(_p: Viewer, host: Name) -> PreflightView:
         return svc.preflight(host)
 
     @app.post(
-        f"{v1}/maintenance/{{host}}/enter", response_model=MaintenanceView, tags=["maintenance"]
+        f"{v1}/maintenance/{{host}}/enter",
+        response_model=MaintenanceView,
+        tags=["maintenance"],
+        operation_id="enter_maintenance",
+        responses=_links(
+            200,
+            Status=("maintenance_status", same_host),
+            Exit=("exit_maintenance", same_host),
+        ),
     )
     def enter(p: Operator, host: Name, body: EnterBody | None = None) -> MaintenanceView:
         return svc.enter_maintenance(host, who=p.user, force=bool(body and body.force))
 
     @app.post(
-        f"{v1}/maintenance/{{host}}/exit", response_model=MaintenanceView, tags=["maintenance"]
+        f"{v1}/maintenance/{{host}}/exit",
+        response_model=MaintenanceView,
+        tags=["maintenance"],
+        operation_id="exit_maintenance",
     )
     def exit_(p: Operator, host: Name, body: ExitBody | None = None) -> MaintenanceView:
         return svc.exit_maintenance(host, who=p.user, move_back=bool(body and body.move_back))
@@ -483,8 +582,14 @@ def create_app(rt: Runtime) -> FastAPI:
     ) -> list[TaskRunView]:
         return sched.runs(limit)
 
-    @app.post(f"{v1}/tasks", response_model=TaskView, status_code=201, tags=["tasks"])
-    def add_task(p: Operator, body: OneOffTask | RecurringTask) -> TaskView:
+    @app.post(
+        f"{v1}/tasks",
+        response_model=TaskView,
+        status_code=201,
+        tags=["tasks"],
+        responses=_links(201, Cancel=("cancel_task", {"task_id": "$response.body#/id"})),
+    )
+    def add_task(p: Operator, body: TaskBody) -> TaskView:
         kind = TaskKind(body.kind)
         if p.role < Role[kind.role.upper()]:
             raise HTTPException(403, f"{p.user} ({p.role.label}) may not schedule {kind.value}")
@@ -492,11 +597,13 @@ def create_app(rt: Runtime) -> FastAPI:
             kind=kind,
             args=body.args.as_dict(),
             who=p.user,
-            at=body.at if isinstance(body, OneOffTask) else None,
-            cron=body.cron if isinstance(body, RecurringTask) else None,
+            at=body.at,
+            cron=body.cron,
         )
 
-    @app.delete(f"{v1}/tasks/{{task_id}}", response_model=Done, tags=["tasks"])
+    @app.delete(
+        f"{v1}/tasks/{{task_id}}", response_model=Done, tags=["tasks"], operation_id="cancel_task"
+    )
     def cancel_task(p: Operator, task_id: Name) -> Done:
         sched.cancel_task(task_id, who=p.user)
         return Done(ok=True, detail=f"{task_id} cancelled")

@@ -123,6 +123,11 @@ class ServiceMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
+        self.internal_errors = Counter(
+            "balancer_api_internal_errors",
+            "API requests answered 500 by the last-resort handler (each one is a bug)",
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(svc))
         if store is not None:
             self.registry.register(_AuditCollector(store))

@@ -274,7 +274,11 @@ class Service:
 
     def reload_policy(self, *, initial: bool = False) -> bool:
         """Load the policy files when they changed. A bad file is refused (log, API, audit) and
-        the last good policy stays in force. Returns True when a new policy was applied."""
+        the last good policy stays in force. Returns True when a new policy was applied.
+
+        Any failure refuses the files, not only a PolicyError: an exception of another class
+        is a bug of the loader or of lint, but it must still show as ``last_error`` (API,
+        dashboard) with the last good policy kept, and its traceback goes to the log once."""
         try:
             fp = _fingerprint(self.policy_path)
         except OSError as exc:
@@ -288,15 +292,26 @@ class Service:
             errors = [str(f) for f in lint(policy, self._snap) if f.severity is Severity.ERROR]
             if errors:
                 raise PolicyError("; ".join(errors), path=str(self.policy_path))
-        except PolicyError as exc:
+        except Exception as exc:
             if initial and self._pol.policy is None:
-                raise
-            self._pol.error, self._pol.error_at = str(exc), now
+                if isinstance(exc, BalancerError):
+                    raise
+                raise PolicyError(
+                    f"cannot load the policy: {type(exc).__name__}: {exc}",
+                    path=str(self.policy_path),
+                ) from exc
+            expected = isinstance(exc, PolicyError)
+            # an unexpected exception's text may quote the input at length (5000 digits)
+            text = (
+                str(exc) if expected else f"{self.policy_path}: {type(exc).__name__}: {exc}"[:2000]
+            )
+            self._pol.error, self._pol.error_at = text, now
             kept = self._pol.policy.digest[:12] if self._pol.policy else "none"
             log.error(
                 "policy refused, keeping %s: %s",
                 kept,
-                exc,
+                text,
+                exc_info=None if expected else exc,
                 extra=fields(reason="policy_refused"),
             )
             self.audit.record(
@@ -304,7 +319,7 @@ class Service:
                 kind="policy",
                 who=SYSTEM,
                 result="refused",
-                error=str(exc),
+                error=text,
                 detail=f"kept policy {kept}",
                 policy_digest=self._pol.policy.digest if self._pol.policy else None,
             )

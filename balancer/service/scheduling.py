@@ -29,12 +29,13 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from balancer.errors import BalancerError, InputError
-from balancer.service.errors import ConflictError, NotFoundError
+from balancer.service.errors import NotFoundError
 from balancer.service.logs import fields
 from balancer.service.views import TaskRunView, TaskView
 from policies.model import Automation
 
 if TYPE_CHECKING:
+    from balancer.model import Snapshot
     from balancer.service.core import Service
 
 log = logging.getLogger("balancer.service.tasks")
@@ -74,12 +75,13 @@ class TaskKind(StrEnum):
 
 
 def check_args(kind: TaskKind, args: dict[str, str]) -> None:
+    """The arguments' presence and values (an InputError naming ``args.<name>``)."""
     for key in kind.required:
         if not args.get(key):
-            raise ConflictError(f"args.{key}: required for a {kind.value} task")
+            raise InputError(f"args.{key}: required for a {kind.value} task")
     extra = set(args) - set(kind.required) - set(kind.optional)
     if extra:
-        raise ConflictError(f"args.{sorted(extra)[0]}: not an argument of a {kind.value} task")
+        raise InputError(f"args.{sorted(extra)[0]}: not an argument of a {kind.value} task")
     if kind is TaskKind.MIGRATE and args.get("priority", "normal") not in ("high", "normal", "low"):
         raise InputError("args.priority: one of high, normal, low")
     if kind is TaskKind.AUTOMATION and args["level"] not in ("manual", "partial", "full", "policy"):
@@ -89,6 +91,21 @@ def check_args(kind: TaskKind, args: dict[str, str]) -> None:
         "false",
     ):
         raise InputError("args.move_back: true or false")
+
+
+#: the arguments that name something of the cluster, and what
+_REFS = {"vm": "VM", "target": "host", "host": "host"}
+
+
+def check_refs(args: dict[str, str], snapshot: Snapshot) -> None:
+    """The VMs and hosts the arguments name exist in the cluster now (an InputError naming
+    ``args.<name>`` and the unknown name): a task that could only fail is refused up front."""
+    known = {"VM": set(snapshot.vm_map()), "host": set(snapshot.host_map())}
+    for key, what in _REFS.items():
+        name = args.get(key)
+        if name is not None and name not in known[what]:
+            raise InputError(f"args.{key}: no {what} {name!r} in the cluster")
+
 
 
 #: what the task store keeps as every task's function (APScheduler stores jobs by reference);
@@ -318,6 +335,8 @@ class Scheduler:
         cron: str | None,
     ) -> TaskView:
         check_args(kind, args)
+        if any(k in args for k in _REFS):
+            check_refs(args, self.svc.snapshot())
         if (at is None) == (cron is None):
             raise InputError("at: give exactly one of at (one-off) and cron (recurring)")
         now = datetime.now(UTC)
@@ -326,7 +345,7 @@ class Scheduler:
             if at.tzinfo is None:
                 raise InputError("at: a time zone is required (e.g. 2026-12-01T02:00:00Z)")
             if at <= now:
-                raise ConflictError("at: the time is in the past")
+                raise InputError("at: the time is in the past")
             trigger = DateTrigger(run_date=at, timezone=UTC)
             schedule = f"at {at.astimezone(UTC).isoformat()}"
         else:
@@ -334,7 +353,7 @@ class Scheduler:
             try:
                 trigger = CronTrigger.from_crontab(cron, timezone=UTC)
             except ValueError as exc:
-                raise ConflictError(f"cron: {exc}") from exc
+                raise InputError(f"cron: {exc}") from exc
             schedule = f"cron {cron}"
         task_id = f"task-{now:%Y%m%dT%H%M%S}-{kind.value}-{abs(hash((who, now))) % 10**6:06d}"
         job = self.scheduler.add_job(
@@ -362,7 +381,7 @@ class Scheduler:
         try:
             self.scheduler.remove_job(task_id, jobstore=TASK_STORE)
         except JobLookupError:
-            raise NotFoundError(f"task {task_id}: no such task") from None
+            raise NotFoundError(f"task_id: no task {task_id!r}") from None
         self.svc.audit.record(
             at=datetime.now(UTC), kind="task", who=who, result="cancelled", detail=task_id
         )
