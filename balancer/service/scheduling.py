@@ -107,7 +107,6 @@ def check_refs(args: dict[str, str], snapshot: Snapshot) -> None:
             raise InputError(f"args.{key}: no {what} {name!r} in the cluster")
 
 
-
 #: what the task store keeps as every task's function (APScheduler stores jobs by reference);
 #: the store of each service binds the jobs it loads to that service (:class:`TaskStore`)
 TASK_FUNC = "balancer.service.scheduling:run_task"
