@@ -25,6 +25,9 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_CONFIG = "config/balancer.yaml"
 
 
+#: answers that say the request was wrong (a field, a body too large): the CLI exits 2
+BAD_INPUT_STATUS = frozenset({400, 413, 422})
+
 _RELATIVE = re.compile(r"\+(\d{1,6})([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -134,7 +137,10 @@ class Client:
                 msg = (doc.get("error") if isinstance(doc, dict) else None) or r.text
             except ValueError:
                 msg = r.text.strip() or r.reason_phrase
-            raise ServiceError(one_line(f"{r.status_code}: {msg}"))
+            text = one_line(f"{r.status_code}: {msg}")
+            if r.status_code in BAD_INPUT_STATUS:  # the request itself was wrong: bad input
+                raise InputError(text)
+            raise ServiceError(text)
         try:
             return r.json()
         except ValueError:

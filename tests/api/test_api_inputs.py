@@ -374,7 +374,7 @@ def test_cli_schedule_add_shows_the_servers_message_for_an_unknown_vm(svc: Servi
         env={"BALANCER_TOKEN": TOKENS["bob"]},
         catch_exceptions=False,
     )
-    assert r.exit_code != 0
+    assert r.exit_code == 2  # the server's 422: bad input
     assert "args.vm: no VM 'vm999' in the cluster" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
