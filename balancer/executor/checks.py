@@ -1,5 +1,5 @@
-"""Pure checks of the executor: the pre-start re-check, anti-affinity groups, the default target
-chooser and a plan's premises. Values in, values out; no port, no clock."""
+"""Pure checks of the executor: the pre-start re-check, anti-affinity groups, the target
+choosers for a retry and a plan's premises. Values in, values out; no port, no clock."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from balancer.errors import InputError
 from balancer.executor.types import SkipReason
 from balancer.model import Snapshot
+from balancer.optimizer.assist import assist
 from policies.model import Policy, RuleKind
 
 #: (live snapshot, VM, hosts to leave out, memory reserved per host by migrations in flight)
-#: -> another target, or None. The service passes the optimizer's assistant here.
+#: -> another target, or None. With a policy the executor uses :func:`make_policy_chooser`.
 TargetChooser = Callable[[Snapshot, str, frozenset[str], Mapping[str, int]], str | None]
 
 
@@ -145,6 +147,38 @@ def make_default_chooser(
             if best is None or free > best[0] or (free == best[0] and h.name < best[1]):
                 best = (free, h.name)
         return best[1] if best else None
+
+    return choose
+
+
+def make_policy_chooser(
+    policy: Callable[[], Policy | None], can_run: Callable[[str, str], bool] | None = None
+) -> TargetChooser:
+    """The target of a retry, as the optimizer's assistant ranks it under the policy in force
+    (``policy()`` at the time of the retry): only hosts every hard rule (vm_host, affinity,
+    anti-affinity), the headroom, the host state and the CPU features allow, best first, that
+    also have room beside the migrations in flight. Without a policy: the default chooser."""
+
+    def choose(
+        snapshot: Snapshot, vm: str, exclude: frozenset[str], reserved: Mapping[str, int]
+    ) -> str | None:
+        pol = policy()
+        if pol is None:
+            return make_default_chooser(None, can_run)(snapshot, vm, exclude, reserved)
+        try:
+            v = snapshot.vm(vm)
+            ranked = assist(snapshot, pol, vm).candidates
+        except (KeyError, InputError):
+            return None
+        for c in ranked:
+            if c.host in exclude or c.host == v.host:
+                continue
+            if can_run is not None and not can_run(vm, c.host):
+                continue
+            if free_memory_mib(snapshot, c.host, reserved) < v.memory_mib:
+                continue
+            return c.host
+        return None
 
     return choose
 

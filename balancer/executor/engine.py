@@ -27,7 +27,7 @@ from balancer.errors import HypervisorError
 from balancer.executor.checks import (
     TargetChooser,
     anti_affinity_groups,
-    make_default_chooser,
+    make_policy_chooser,
     premises_digest,
     recheck,
 )
@@ -173,7 +173,8 @@ class Executor:
         self.clock = clock
         self.config = config or ExecutorConfig()
         self.policy = policy
-        self.chooser = chooser or make_default_chooser(policy, port.can_run)
+        # a retry goes only where the policy in force allows (rules, headroom): the assistant
+        self.chooser = chooser or make_policy_chooser(lambda: self.policy, port.can_run)
         self._on_result = on_result
         self._lock = threading.RLock()
         self._queue: dict[int, _Work] = {}
