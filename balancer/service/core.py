@@ -82,7 +82,7 @@ from balancer.service.views import (
 from balancer.settings import Settings
 from policies.lint import Severity, lint
 from policies.loader import load_policy
-from policies.model import Automation, Policy
+from policies.model import Automation, Goal, Policy
 
 #: who the service itself is in the audit trail
 SYSTEM = "balancer"
@@ -292,6 +292,13 @@ class Service:
             errors = [str(f) for f in lint(policy, self._snap) if f.severity is Severity.ERROR]
             if errors:
                 raise PolicyError("; ".join(errors), path=str(self.policy_path))
+            if policy.goal is Goal.CONSOLIDATE:
+                raise PolicyError(
+                    "consolidate is not carried out by the service yet (only `balancer "
+                    "simulate` packs hosts and powers them off); use goal: balance",
+                    path=str(self.policy_path),
+                    field="goal",
+                )
         except Exception as exc:
             if initial and self._pol.policy is None:
                 if isinstance(exc, BalancerError):
