@@ -61,7 +61,7 @@ Backend = Annotated[SimulatedBackend | LibvirtBackend | LabBackend, Field(discri
 
 class Token(_Strict):
     user: str = Field(min_length=1)
-    role: Literal["viewer", "operator", "admin"]
+    role: Literal["agent", "viewer", "operator", "admin"]
     token_env: str | None = None
     token_file: str | None = None
 

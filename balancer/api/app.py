@@ -62,6 +62,7 @@ from balancer.service.views import (
     TaskView,
     ValidationView,
 )
+from collectors.agent import host_sample_from_doc
 from policies.model import Automation
 
 log = logging.getLogger("balancer.api")
@@ -81,6 +82,43 @@ class ErrorBody(BaseModel):
     request_id: str | None = Field(
         default=None, description="The request's id (also the X-Request-ID header) for the log"
     )
+
+
+class PsiLineBody(_Body):
+    avg10: float = Field(ge=0, le=100, allow_inf_nan=False)
+    avg60: float = Field(ge=0, le=100, allow_inf_nan=False)
+    avg300: float = Field(ge=0, le=100, allow_inf_nan=False)
+    total_us: int = Field(ge=0, le=2**63 - 1)
+
+
+class PsiResourceBody(_Body):
+    some: PsiLineBody
+    full: PsiLineBody | None = None
+
+
+class PsiBody(_Body):
+    cpu: PsiResourceBody | None = None
+    memory: PsiResourceBody | None = None
+    io: PsiResourceBody | None = None
+
+
+class HostSampleBody(_Body):
+    """One sample of a host's agent (``balancer agent``; collectors.agent.host_sample_doc)."""
+
+    host: str = Field(min_length=1, max_length=200)
+    time: AwareDatetime
+    cpu_cores: int = Field(ge=1, le=100_000)
+    cpu_used_cores: float = Field(ge=0, le=100_000, allow_inf_nan=False)
+    memory_mib: int = Field(ge=1, le=2**40)
+    memory_used_mib: int = Field(ge=0, le=2**40)
+    psi: PsiBody | None = None
+    net_rx_bps: float | None = Field(default=None, ge=0, le=1e15, allow_inf_nan=False)
+    net_tx_bps: float | None = Field(default=None, ge=0, le=1e15, allow_inf_nan=False)
+
+
+class Ingested(BaseModel):
+    host: str
+    time: AwareDatetime
 
 
 class WhoAmI(BaseModel):
@@ -286,6 +324,17 @@ Operator = Annotated[Principal, Depends(_need(Role.OPERATOR))]
 Admin = Annotated[Principal, Depends(_need(Role.ADMIN))]
 
 
+def _agent(p: Annotated[Principal, Depends(principal)]) -> Principal:
+    if p.role not in (Role.AGENT, Role.ADMIN):
+        raise HTTPException(
+            403, f"{p.user} ({p.role.label}) may not post host samples: the agent role is needed"
+        )
+    return p
+
+
+Agent = Annotated[Principal, Depends(_agent)]
+
+
 def create_app(rt: Runtime) -> FastAPI:
     svc: Service = rt.service
     sched: Scheduler = rt.scheduler
@@ -372,6 +421,20 @@ def create_app(rt: Runtime) -> FastAPI:
 
     v1 = "/api/v1"
     same_host = {"host": "$request.path.host"}
+
+    # -- ingest ------------------------------------------------------------------------------
+    @app.post(
+        f"{v1}/ingest/host",
+        response_model=Ingested,
+        status_code=202,
+        tags=["ingest"],
+        responses={422: {"model": ErrorBody}},
+    )
+    def ingest_host(_p: Agent, body: HostSampleBody) -> Ingested:
+        """A host agent's sample: into the sample window and the status (PSI)."""
+        sample = host_sample_from_doc(body.model_dump(mode="json"))
+        svc.ingest_host_sample(sample)
+        return Ingested(host=sample.host, time=sample.time)
 
     # -- status ------------------------------------------------------------------------------
     @app.get(f"{v1}/whoami", response_model=WhoAmI, tags=["status"])

@@ -1,7 +1,7 @@
-"""Bearer tokens with roles: ``viewer`` reads, ``operator`` migrates and runs maintenance,
-``admin`` also changes automation and pauses. Tokens come from the settings (each from an
-environment variable or a file); with ``api.anonymous_viewer`` a request without a token is a
-viewer (a read-only dashboard)."""
+"""Bearer tokens with roles: ``agent`` only posts host samples (``balancer agent``), ``viewer``
+reads, ``operator`` migrates and runs maintenance, ``admin`` also changes automation and pauses.
+Tokens come from the settings (each from an environment variable or a file); with
+``api.anonymous_viewer`` a request without a token is a viewer (a read-only dashboard)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from balancer.settings import Api
 
 
 class Role(IntEnum):
+    AGENT = 0  # below viewer: reads nothing, may only post its host's samples
     VIEWER = 1
     OPERATOR = 2
     ADMIN = 3

@@ -38,6 +38,9 @@ _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 #: what may decode to a lone UTF-16 surrogate (an escape, or raw bytes that json lets pass)
 _SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _MUTATING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+#: calls that change no state of the balancer's and are not audited: host agents' samples
+#: (one every interval per host: telemetry, not a decision)
+_NOT_AUDITED = frozenset({"/api/v1/ingest/host"})
 
 RecordCall = Callable[[str, str, str], None]  # (who, action, result)
 
@@ -239,7 +242,7 @@ class Guard:
         if root and path.startswith(root):
             path = path[len(root) :]
         user = scope.get("state", {}).get("user")
-        if user is None or not path.startswith("/api/"):
+        if user is None or not path.startswith("/api/") or path in _NOT_AUDITED:
             return
         await run_in_threadpool(self.record_call, user, f"{scope['method']} {path}", str(status))
 

@@ -61,6 +61,7 @@ from balancer.service.store import (
     ServiceStore,
 )
 from balancer.service.views import (
+    AgentSampleView,
     BlockedVM,
     BreakerView,
     ClusterLeaderView,
@@ -80,6 +81,7 @@ from balancer.service.views import (
     VMView,
 )
 from balancer.settings import Settings
+from collectors.samples import HostSample
 from policies.lint import Severity, lint
 from policies.loader import load_policy
 from policies.model import Automation, Goal, Policy
@@ -107,6 +109,23 @@ class DemandSource:
     def observe(self, snapshot: Snapshot, now: datetime) -> tuple[Snapshot, str | None]:
         """The snapshot to decide on and, when the metrics are stale, why."""
         return snapshot, None
+
+    def ingest_host(self, sample: HostSample) -> None:
+        """A host agent's sample (the whole host's use, PSI): only a sample window takes it."""
+        raise UnavailableError("this service keeps no sample window: agent samples are not used")
+
+
+def _agent_view(sample: HostSample | None) -> AgentSampleView | None:
+    if sample is None:
+        return None
+    return AgentSampleView(
+        at=sample.time,
+        cpu_used_cores=sample.cpu_used_cores,
+        memory_used_mib=sample.memory_used_mib,
+        net_rx_bps=sample.net_rx_bps,
+        net_tx_bps=sample.net_tx_bps,
+        psi=sample.psi.fields() if sample.psi else {},
+    )
 
 
 def new_id(prefix: str, now: datetime) -> str:
@@ -185,6 +204,7 @@ class Service:
         self._collect_error: str | None = None
         self._last_plan_id: str | None = None
         self._stopping = False
+        self._agent: dict[str, HostSample] = {}  # the newest agent sample per host
         self._breaker_watch = BreakerWatch()
         self._breaker_lock = threading.Lock()  # one evaluation at a time: changes stay in order
         #: observers (metrics): called with (name, seconds)
@@ -508,6 +528,20 @@ class Service:
             except HypervisorError as exc:
                 raise UnavailableError(f"no snapshot of the cluster yet: {exc}") from exc
         return self._snap
+
+    def ingest_host_sample(self, sample: HostSample) -> None:
+        """A sample from a host's agent (``balancer agent``): fed to the sample window, where it
+        stands for the whole host's use while fresh (unmanaged load beyond the VMs), and shown
+        in the status with its pressure stall information. A host the cluster does not have is
+        refused, naming it."""
+        snap = self.snapshot()
+        if sample.host not in snap.host_map():
+            raise InputError(f"host: no host {sample.host!r} in the cluster", subject="host")
+        self.demand.ingest_host(sample)
+        with self._lock:
+            prev = self._agent.get(sample.host)
+            if prev is None or prev.time <= sample.time:
+                self._agent[sample.host] = sample
 
     # ------------------------------------------------------------------------------------------
     # holds and breakers
@@ -1505,6 +1539,7 @@ class Service:
                     memory_load=round(loads[h.name].memory_load, 4),
                     vm_count=loads[h.name].vm_count,
                     labels=dict(h.labels),
+                    agent=_agent_view(self._agent.get(h.name)),
                 )
                 for h in (snap.hosts if snap else ())
             ],

@@ -14,6 +14,7 @@ from datetime import datetime
 from balancer.model import Snapshot
 from balancer.service.core import DemandSource
 from collectors.sampler import batch_from_snapshot
+from collectors.samples import HostSample, SampleBatch
 from collectors.settings import CollectorSettings
 from collectors.window import Window, demand_view
 
@@ -27,3 +28,6 @@ class WindowDemand(DemandSource):
         view = demand_view(self.window, snapshot, now)
         fresh = view.freshness
         return view.snapshot, None if fresh.balancing_allowed else fresh.explain()
+
+    def ingest_host(self, sample: HostSample) -> None:
+        self.window.ingest(SampleBatch(time=sample.time, hosts=(sample,)))

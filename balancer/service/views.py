@@ -7,6 +7,19 @@ from datetime import datetime
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSampleView:
+    """The newest sample the host's agent posted (``POST /ingest/host``)."""
+
+    at: datetime
+    cpu_used_cores: float
+    memory_used_mib: int
+    net_rx_bps: float | None
+    net_tx_bps: float | None
+    #: pressure stall information, ``psi_<cpu|memory|io>_<some|full>_<avg10|avg60|avg300>``
+    psi: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostView:
     name: str
     state: str
@@ -16,6 +29,7 @@ class HostView:
     memory_load: float
     vm_count: int
     labels: dict[str, str] = field(default_factory=dict)
+    agent: AgentSampleView | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

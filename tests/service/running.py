@@ -24,8 +24,8 @@ import httpx
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-TOKENS = {"alice": "t-admin", "bob": "t-operator", "vic": "t-viewer"}
-ROLES = {"alice": "admin", "bob": "operator", "vic": "viewer"}
+TOKENS = {"alice": "t-admin", "bob": "t-operator", "vic": "t-viewer", "ada": "t-agent"}
+ROLES = {"alice": "admin", "bob": "operator", "vic": "viewer", "ada": "agent"}
 
 
 def free_port() -> int:
