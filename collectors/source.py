@@ -71,11 +71,15 @@ class WindowDemandSource:
     def ingest_host(self, doc: Mapping[str, Any]) -> HostSample:
         """One agent document (raises :class:`~balancer.errors.InputError` when malformed)."""
         sample = host_sample_from_doc(doc)
+        self.ingest_sample(sample)
+        return sample
+
+    def ingest_sample(self, sample: HostSample) -> None:
+        """One agent sample: into the window (the whole host's use while fresh) and InfluxDB."""
         batch = SampleBatch(time=sample.time, hosts=(sample,))
         self.window.ingest(batch)
         if self.exporter is not None:
             self.exporter.export_batch(batch)
-        return sample
 
     def record_migration(
         self, progress: MigrationProgress, now: datetime, reason: str | None = None

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -110,9 +110,23 @@ class DemandSource:
         """The snapshot to decide on and, when the metrics are stale, why."""
         return snapshot, None
 
-    def ingest_host(self, sample: HostSample) -> None:
+    def ingest_sample(self, sample: HostSample) -> None:
         """A host agent's sample (the whole host's use, PSI): only a sample window takes it."""
         raise UnavailableError("this service keeps no sample window: agent samples are not used")
+
+    def close(self) -> None:
+        """Flush and close what the source writes to (the collectors' InfluxDB spool)."""
+
+
+class Demand(Protocol):
+    """What the service asks of its load figures (:class:`DemandSource`, or the collectors'
+    ``collectors.source.WindowDemandSource``, which also exports to InfluxDB)."""
+
+    def observe(self, snapshot: Snapshot, now: datetime) -> tuple[Snapshot, str | None]: ...
+
+    def ingest_sample(self, sample: HostSample) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _agent_view(sample: HostSample | None) -> AgentSampleView | None:
@@ -181,7 +195,7 @@ class Service:
         store: ServiceStore,
         audit: AuditPort,
         clock: Clock,
-        demand: DemandSource | None = None,
+        demand: Demand | None = None,
         backend_name: str = "simulated",
     ) -> None:
         self.settings = settings
@@ -278,6 +292,7 @@ class Service:
     def close(self) -> None:
         self.audit.record(at=self.clock.now(), kind="service", who=SYSTEM, result="stopped")
         self.executor.close()
+        self.demand.close()  # the last InfluxDB flush
 
     # ------------------------------------------------------------------------------------------
     # policy
@@ -537,7 +552,7 @@ class Service:
         snap = self.snapshot()
         if sample.host not in snap.host_map():
             raise InputError(f"host: no host {sample.host!r} in the cluster", subject="host")
-        self.demand.ingest_host(sample)
+        self.demand.ingest_sample(sample)
         with self._lock:
             prev = self._agent.get(sample.host)
             if prev is None or prev.time <= sample.time:

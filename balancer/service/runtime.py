@@ -20,13 +20,13 @@ from balancer.executor import MigrationResult
 from balancer.port import HypervisorPort
 from balancer.service.adapters import ExecutorAdapter, IsolatedPlanner, OverlayPort, StoreAudit
 from balancer.service.core import Service
-from balancer.service.demand import WindowDemand
 from balancer.service.scheduling import Intervals, Scheduler
 from balancer.service.store import ServiceStore
 from balancer.settings import LabBackend, LibvirtBackend, Settings, SimulatedBackend
 from balancer.sim.clock import RealClock
 from balancer.storage import Store
 from balancer.storage.journal import AuditVerdict, sqlite_file
+from collectors.source import WindowDemandSource
 from policies.loader import load_policy
 
 log = logging.getLogger("balancer.service")
@@ -163,7 +163,9 @@ class Runtime:
             store=svc_store,
             audit=StoreAudit(store),
             clock=clock,
-            demand=WindowDemand(settings.collector_settings()),
+            # the collectors' window; with collectors.influx also the InfluxDB export (and the
+            # window rebuilt from its history at start)
+            demand=WindowDemandSource.open(settings.collector_settings(), clock.now()),
             backend_name=name,
         )
         svc.policy_listeners.append(executor.set_policy)
