@@ -17,7 +17,7 @@ from typing import Any
 
 from balancer.errors import BalancerError, LabError
 from balancer.executor import MigrationResult
-from balancer.port import HypervisorPort
+from balancer.port import Clock, HypervisorPort
 from balancer.service.adapters import ExecutorAdapter, IsolatedPlanner, OverlayPort, StoreAudit
 from balancer.service.core import Service
 from balancer.service.scheduling import Intervals, Scheduler
@@ -122,8 +122,14 @@ class Runtime:
 
     @staticmethod
     def build(
-        settings: Settings, *, lab: bool = False, port: HypervisorPort | None = None
+        settings: Settings,
+        *,
+        lab: bool = False,
+        port: HypervisorPort | None = None,
+        clock: Clock | None = None,
     ) -> Runtime:
+        """Wire everything from the settings; ``port`` and ``clock`` replace the backend and the
+        real clock (tests and backtests drive a simulated cluster on a manual clock)."""
         if settings.database.startswith("sqlite:///"):
             db_path = Path(settings.database[len("sqlite:///") :])
             db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +141,7 @@ class Runtime:
         anchor = anchor_path(settings)
         store = Store.open(settings.database, anchor=anchor)
         svc_store = ServiceStore(store.engine)
-        clock = RealClock()
+        clock = clock or RealClock()
         hooks: list[Callable[[MigrationResult], None]] = []
 
         def on_result(r: MigrationResult) -> None:
