@@ -51,6 +51,13 @@ def lab() -> None:
     show_default=True,
     help="kvm, tcg (plain emulation) or auto.",
 )
+@click.option(
+    "--guest",
+    type=click.Choice(["bootsector", "linux"]),
+    default="bootsector",
+    show_default=True,
+    help="bootsector: tiny guests (fast); linux: real Linux guests on the lab bridge.",
+)
 @state_dir_option
 @json_option
 @handle_errors
@@ -60,13 +67,22 @@ def up(
     busy: int | None,
     memory_mib: int,
     accel: str,
+    guest: str,
     state_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Start N lab hosts and M tiny guests."""
+    """Start N lab hosts and M guests (tiny boot-sector guests, or real Linux ones)."""
     from balancer.lab import Lab
 
-    Lab.up(hosts, vms, busy=busy, state_dir=state_dir, memory_mib=memory_mib, accel=accel)
+    Lab.up(
+        hosts,
+        vms,
+        busy=busy,
+        state_dir=state_dir,
+        memory_mib=memory_mib,
+        accel=accel,
+        guest=guest,
+    )
     _print_status(as_json, state_dir)
 
 

@@ -185,3 +185,134 @@ def strip_cpu_feature(caps_xml: str, feature: str) -> str:
                 continue
         out.append(line)
     return "".join(out)
+
+
+# -- real Linux guests ---------------------------------------------------------------------
+
+#: the lab's bridge is ``BRIDGE_PREFIX + slot``; its subnet ``10.213.SLOT.0/24``
+BRIDGE_PREFIX = "blab"
+SUBNET_PREFIX = "10.213"
+NET_PREFIX_LEN = 24
+#: guest ``n`` (from 1) gets ``10.213.SLOT.(GUEST_ADDRESS_BASE + n)``
+GUEST_ADDRESS_BASE = 10
+MAX_LINUX_GUESTS = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetPlan:
+    """The lab's one bridge shared by every lab host, and the machine's address on it."""
+
+    bridge: str
+    subnet: str  # e.g. 10.213.0.0/24
+    host_address: str  # the machine's address on the bridge, e.g. 10.213.0.1
+
+
+def net_plan(slot: int) -> NetPlan:
+    if not 0 <= slot < MAX_SLOTS:
+        raise ValueError(f"slot must be 0..{MAX_SLOTS - 1}, not {slot}")
+    return NetPlan(
+        bridge=f"{BRIDGE_PREFIX}{slot}",
+        subnet=f"{SUBNET_PREFIX}.{slot}.0/{NET_PREFIX_LEN}",
+        host_address=f"{SUBNET_PREFIX}.{slot}.1",
+    )
+
+
+def guest_address(slot: int, n: int) -> str:
+    if not 1 <= n <= MAX_LINUX_GUESTS:
+        raise ValueError(f"Linux guest number must be 1..{MAX_LINUX_GUESTS}, not {n}")
+    return f"{SUBNET_PREFIX}.{slot}.{GUEST_ADDRESS_BASE + n}"
+
+
+def guest_mac(slot: int, n: int) -> str:
+    """A fixed, locally administered MAC per lab slot and guest number."""
+    if not 1 <= n <= MAX_LINUX_GUESTS:
+        raise ValueError(f"Linux guest number must be 1..{MAX_LINUX_GUESTS}, not {n}")
+    return f"52:54:00:6c:{slot:02x}:{n:02x}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiskSource:
+    """A Linux guest's writable data disk: a file (``path``) or a network disk served by
+    ``host``:``port``: ``kind="iscsi"`` (``path`` = ``IQN/LUN``) or ``kind="nfs"``
+    (``path`` inside the export)."""
+
+    kind: str  # "file", "iscsi" or "nfs"
+    path: str
+    fmt: str = "raw"
+    host: str = ""
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        """The QEMU URL (``iscsi://127.0.0.1:3260/iqn.../1``) or the file path."""
+        if self.kind == "file":
+            return self.path
+        port = f":{self.port}" if self.port else ""
+        return f"{self.kind}://{self.host}{port}/{self.path.lstrip('/')}"
+
+
+def data_disk_xml(disk: DiskSource, dev: str = "vda") -> str:
+    driver = f"<driver name='qemu' type='{escape(disk.fmt)}' cache='none'/>"
+    target = f"<target dev='{escape(dev)}' bus='virtio'/>"
+    if disk.kind == "file":
+        return (
+            f"<disk type='file' device='disk'>{driver}"
+            f"<source file='{escape(disk.path)}'/>{target}</disk>"
+        )
+    if disk.kind in ("iscsi", "nfs"):
+        port = f" port='{disk.port}'" if disk.port else ""
+        identity = "<identity user='root' group='root'/>" if disk.kind == "nfs" else ""
+        return (
+            f"<disk type='network' device='disk'>{driver}"
+            f"<source protocol='{disk.kind}' name='{escape(disk.path)}'>"
+            f"<host name='{escape(disk.host)}'{port}/>{identity}</source>"
+            f"{target}</disk>"
+        )
+    raise ValueError(f"disk kind must be file, iscsi or nfs, not {disk.kind!r}")
+
+
+def linux_domain_xml(
+    *,
+    name: str,
+    uuid: str,
+    kernel: str,
+    initrd: str,
+    cmdline: str,
+    mac: str,
+    bridge: str,
+    disk: DiskSource | None,
+    memory_mib: int = 256,
+    domain_type: str = "kvm",
+) -> str:
+    """A real Linux guest: direct kernel boot of the machine's kernel with the lab's
+    initramfs, one virtio NIC on the lab bridge (fixed MAC), one writable virtio data disk,
+    a serial console logged to a file."""
+    if domain_type not in ("kvm", "qemu"):
+        raise ValueError(f"domain type must be kvm or qemu, not {domain_type}")
+    disk_xml = data_disk_xml(disk) if disk is not None else ""
+    return (
+        f"<domain type='{domain_type}'>"
+        f"<name>{escape(name)}</name><uuid>{uuid}</uuid>"
+        "<title>balancer lab linux guest</title>"
+        f"<memory unit='MiB'>{memory_mib}</memory>"
+        f"<currentMemory unit='MiB'>{memory_mib}</currentMemory>"
+        "<vcpu placement='static'>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type>"
+        f"<kernel>{escape(kernel)}</kernel><initrd>{escape(initrd)}</initrd>"
+        f"<cmdline>{escape(cmdline)}</cmdline></os>"
+        "<clock offset='utc'/>"
+        "<on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>"
+        "<on_crash>destroy</on_crash>"
+        "<devices>"
+        "<emulator>/usr/bin/qemu-system-x86_64</emulator>"
+        f"{disk_xml}"
+        f"<interface type='bridge'><mac address='{escape(mac)}'/>"
+        f"<source bridge='{escape(bridge)}'/><model type='virtio'/></interface>"
+        f"<serial type='file'><source path='/var/log/libvirt/qemu/{escape(name)}.console'/>"
+        "<target port='0'/></serial>"
+        "<controller type='usb' model='none'/>"
+        "<video><model type='none'/></video>"
+        "<memballoon model='none'/>"
+        "</devices>"
+        "</domain>"
+    )
