@@ -532,6 +532,9 @@ class Lab:
                     )
                 else:
                     lab.define_vm(f"{kind.value}-{i}", home, kind, memory_mib=memory_mib)
+            for v in lab.vms:
+                if v.os == "linux":
+                    lab.wait_guest_ready(v.name)
         except BaseException:
             with contextlib.suppress(Exception):
                 lab.down()

@@ -68,6 +68,10 @@ MIGRATION_FLAGS = (
 RELEASE_WAIT_S = 600.0
 
 
+#: the reason a migration is refused when its disks are not shared and may not be copied
+STORAGE_NOT_SHARED = "storage_not_shared"
+
+
 def _silence_libvirt_stderr() -> None:
     def _ignore(_ctx: object, _err: object) -> None:
         return None
@@ -835,22 +839,24 @@ class LibvirtBackend:
         cfg = self._state(target).config
         candidates = domxml.disks_needing_copy(info.disks, cfg.shared_storage_prefixes)
 
-        def visible_shared(conn: libvirt.virConnect, path: str) -> bool:
+        def pool_identity(conn: libvirt.virConnect, path: str) -> tuple[str, str] | None:
             try:
                 vol = conn.storageVolLookupByPath(path)
                 pool_xml = vol.storagePoolLookupByVolume().XMLDesc(0)
             except libvirt.libvirtError:
-                return False
-            return any(f"type='{t}'" in pool_xml[:200] for t in domxml.SHARED_POOL_TYPES)
+                return None
+            return domxml.pool_source_identity(pool_xml)
 
         out = []
         for d in candidates:
             path = d.source or ""
 
-            def check(c: libvirt.virConnect, path: str = path) -> bool:
-                return visible_shared(c, path)
+            def check(c: libvirt.virConnect, path: str = path) -> tuple[str, str] | None:
+                return pool_identity(c, path)
 
-            if not self._call(target, check, "storage pools"):
+            # shared only when both hosts see the path in the same network pool
+            theirs = self._call(target, check, "storage pools")
+            if theirs is None or self._call(source, check, "storage pools") != theirs:
                 out.append(d)
         return tuple(out)
 
@@ -878,8 +884,9 @@ class LibvirtBackend:
                 vm,
                 source,
                 target,
-                f"needs a storage copy: disks {listed} are not shared with {target}; "
-                "set copy_storage to copy them",
+                f"{STORAGE_NOT_SHARED}: disks {listed} are not shared with {target} and "
+                "copying them is not allowed (allow_storage_copy: false); it needs a storage "
+                "copy",
             )
         flags = MIGRATION_FLAGS
         if options.auto_converge:

@@ -136,3 +136,19 @@ def test_addresses_and_macs_are_unique_per_slot_and_guest() -> None:
         guest_mac(0, 0)
     with pytest.raises(ValueError):
         data_disk_xml(DiskSource(kind="ceph", path="x"))
+
+
+def test_only_network_pools_with_the_same_source_are_shared() -> None:
+    from balancer.libvirt.domxml import pool_source_identity
+
+    nfs = (
+        "<pool type='netfs'><name>a</name><source><host name='10.0.0.5'/>"
+        "<dir path='/export/vms'/><format type='nfs'/></source></pool>"
+    )
+    nfs_other_name = nfs.replace("<name>a</name>", "<name>b</name>")
+    nfs_other_export = nfs.replace("/export/vms", "/export/other")
+    assert pool_source_identity(nfs) == pool_source_identity(nfs_other_name) is not None
+    assert pool_source_identity(nfs) != pool_source_identity(nfs_other_export)
+    for local in ("zfs", "scsi", "logical", "dir", "mpath"):
+        xml = f"<pool type='{local}'><name>p</name><source><name>tank</name></source></pool>"
+        assert pool_source_identity(xml) is None, local
