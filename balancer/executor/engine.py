@@ -640,7 +640,7 @@ class Executor:
                     Outcome(
                         result=Result.SUCCEEDED.value,
                         downtime_ms=p.downtime_ms,
-                        detail=w.notes,
+                        detail="; ".join(x for x in (w.notes, transport_note(p)) if x),
                         duration_s=dur,
                         data_copied_mib=data,
                     ),
@@ -1034,3 +1034,14 @@ def _new_request(r: MigrationRequest) -> NewRequest:
         allow_retry=r.allow_retry,
         preempt=r.preempt,
     )
+
+
+def transport_note(p: MigrationProgress) -> str:
+    """How the stream and the disks moved, for the audit record: e.g. ``stream: TLS; storage:
+    shared`` (empty when the hypervisor did not say)."""
+    parts = []
+    if p.encrypted is not None:
+        parts.append(f"stream: {'TLS' if p.encrypted else 'unencrypted'}")
+    if p.storage:
+        parts.append(f"storage: {p.storage}")
+    return "; ".join(parts)

@@ -133,6 +133,7 @@ class ExecutorConfig:
                 auto_converge=m.auto_converge,
                 post_copy=m.post_copy,
                 copy_storage=m.allow_storage_copy,
+                tls=m.tls,
             ),
         }
         base.update(overrides)

@@ -40,6 +40,8 @@ from balancer.lab.config import (
     MAX_HOSTS,
     MAX_SLOTS,
     NET_PREFIX_LEN,
+    SSH_PORT_OFFSET,
+    TLS_PORT_OFFSET,
     DiskSource,
     HostPlan,
     domain_xml,
@@ -63,6 +65,7 @@ from balancer.lab.linuxguest import (
     kernel_cmdline,
     verify_records,
 )
+from balancer.lab.pki import make_lab_pki, missing_pki_prerequisites
 from balancer.lab.storage import IscsiServer, control_port, iscsi_port, read_image
 
 if TYPE_CHECKING:
@@ -276,6 +279,10 @@ class _State:
     bridge: str | None = None
     linux_serial: int = 0  # Linux guests ever defined (each gets a new number)
     kernel: str | None = None  # the Linux guests' kernel (made with their initramfs)
+    #: the hosts listen for qemu+tls:// (the lab made its certificates with certtool)
+    tls: bool = False
+    #: the hosts whose QEMU has migration TLS certificates
+    migration_tls_hosts: list[str] = field(default_factory=list)
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -286,6 +293,8 @@ class _State:
             "bridge": self.bridge,
             "linux_serial": self.linux_serial,
             "kernel": self.kernel,
+            "tls": self.tls,
+            "migration_tls_hosts": list(self.migration_tls_hosts),
             "hosts": [asdict(h) for h in self.hosts],
             "vms": [
                 {
@@ -309,6 +318,8 @@ class _State:
             bridge=doc.get("bridge"),
             linux_serial=int(doc.get("linux_serial", 0)),
             kernel=doc.get("kernel"),
+            tls=bool(doc.get("tls", False)),
+            migration_tls_hosts=list(doc.get("migration_tls_hosts", [])),
             hosts=[HostPlan(**h) for h in doc["hosts"]],
             vms=[
                 LabVM(
@@ -354,6 +365,7 @@ def _port_free(port: int) -> bool:
 def _pick_slot(n_hosts: int) -> int:
     for slot in range(MAX_SLOTS):
         ports = [p for i in range(1, n_hosts + 1) for p in port_plan(slot, i)[:2]]
+        ports += [p + off for p in ports[::2] for off in (TLS_PORT_OFFSET, SSH_PORT_OFFSET)]
         ports += [iscsi_port(slot), control_port(slot)]
         if all(_port_free(p) for p in ports):
             return slot
@@ -982,15 +994,105 @@ class Lab:
         if pid is not None:
             _signal([pid], signal.SIGCONT)
 
-    def backend(self, *, timeout_s: float = 5.0, **kwargs: Any) -> LibvirtBackend:
+    def start_ssh(self, timeout_s: float = 30.0) -> None:
+        """An ``sshd`` per lab host on its own loopback port, running inside that host's
+        mount namespace, so a ``qemu+ssh://`` session's ``virt-ssh-helper`` reaches that
+        host's libvirtd. Root logs in with the lab's key only; known hosts are kept in the
+        lab's dir (the ``command=`` wrapper), nothing is written to ~/.ssh. Idempotent."""
+        sdir = self.state_dir / "ssh"
+        key = sdir / "id_ed25519"
+        if not key.exists():
+            if shutil.which("sshd", path="/usr/sbin:/sbin") is None:
+                raise LabError("cannot run qemu+ssh:// lab hosts: apt-get install openssh-server")
+            sdir.mkdir(parents=True, exist_ok=True)
+            for k in (key, sdir / "host_ed25519"):
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)],
+                    check=True,
+                    capture_output=True,
+                    timeout=30,
+                )
+            (sdir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+            wrapper = sdir / "ssh"
+            wrapper.write_text(
+                "#!/bin/sh\n"
+                f"exec ssh -o UserKnownHostsFile='{sdir}/known_hosts' "
+                '-o StrictHostKeyChecking=no -o BatchMode=yes -o LogLevel=ERROR "$@"\n'
+            )
+            wrapper.chmod(0o755)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        for plan in self.state.hosts:
+            pidfile = sdir / f"{plan.name}.pid"
+            with contextlib.suppress(OSError, ValueError):
+                if _alive(int(pidfile.read_text())):
+                    continue
+            pid = self._daemon_pid(plan)
+            if pid is None:
+                raise LabError(f"lab host {plan.name} is not running: cannot start its sshd")
+            conf = sdir / f"{plan.name}.conf"
+            conf.write_text(
+                "\n".join(
+                    [
+                        f"Port {plan.ssh_port}",
+                        "ListenAddress 127.0.0.1",
+                        f"HostKey {sdir / 'host_ed25519'}",
+                        f"AuthorizedKeysFile {sdir / 'authorized_keys'}",
+                        "PermitRootLogin prohibit-password",
+                        "PasswordAuthentication no",
+                        "KbdInteractiveAuthentication no",
+                        "UsePAM no",
+                        "StrictModes no",
+                        f"PidFile {pidfile}",
+                        "",
+                    ]
+                )
+            )
+            with open(sdir / f"{plan.name}.log", "ab") as log:
+                proc = subprocess.Popen(
+                    ["nsenter", "-t", str(pid), "-m", "/usr/sbin/sshd", "-D", "-f", str(conf)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            with _children_lock:
+                _children[proc.pid] = proc
+            deadline = time.monotonic() + timeout_s
+            while _port_free(plan.ssh_port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise LabError(
+                        f"the sshd of lab host {plan.name} did not start: "
+                        f"{_tail(sdir / f'{plan.name}.log')}"
+                    )
+                time.sleep(0.05)
+
+    def uri_for(self, host: str, transport: str = "tcp") -> str:
+        """The host's libvirt URI over ``transport`` (tcp, tls or ssh)."""
+        if transport == "tls" and not self.state.tls:
+            raise LabError("this lab has no TLS certificates: apt-get install gnutls-bin")
+        if transport == "ssh":
+            self.start_ssh()
+        return self.host(host).uri_for(
+            transport,
+            pki=str(self.state_dir / "pki" / "client"),
+            ssh_key=str(self.state_dir / "ssh" / "id_ed25519"),
+            ssh_command=str(self.state_dir / "ssh" / "ssh"),
+        )
+
+    def backend(
+        self, *, timeout_s: float = 5.0, transport: str = "tcp", **kwargs: Any
+    ) -> LibvirtBackend:
         """A :class:`balancer.libvirt.LibvirtBackend` for this lab's hosts (``timeout_s`` per
-        host call; other keyword arguments go to the backend)."""
+        host call; ``transport``: tcp, tls or ssh management connections; other keyword
+        arguments go to the backend). Hosts with QEMU migration certificates can encrypt
+        the migration stream (``MigrationOptions(tls=...)``)."""
         from balancer.libvirt import HostConfig, LibvirtBackend
 
         configs = [
             HostConfig(
                 name=h.name,
-                uri=h.uri,
+                uri=self.uri_for(h.name, transport),
+                migration_tls=h.name in self.state.migration_tls_hosts,
                 timeout_s=timeout_s,
                 migration_uri="tcp://127.0.0.1",
                 listen_address="127.0.0.1",
@@ -1029,6 +1131,15 @@ class Lab:
         for kind in GuestKind:
             data = boot_sector(kind)
             (disks / f"{kind.value}.img").write_bytes(data + b"\0" * (DISK_SIZE - len(data)))
+        state.tls = not missing_pki_prerequisites()
+        if state.tls:
+            # every host but the weaker one gets QEMU migration certificates
+            state.migration_tls_hosts = [h.name for h in state.hosts if h.name != state.poor_host]
+            make_lab_pki(
+                self.state_dir / "pki",
+                {h.name: self._host_dir(h) / "etc" for h in state.hosts},
+                qemu_certs=set(state.migration_tls_hosts),
+            )
         for plan in state.hosts:
             hdir = self._host_dir(plan)
             for _, sub in BIND_MOUNTS:
@@ -1040,6 +1151,7 @@ class Lab:
                     tcp_port=plan.tcp_port,
                     host_uuid=plan.host_uuid,
                     log_path="/var/log/libvirt/libvirtd.log",
+                    tls_port=plan.tls_port if state.tls else None,
                 )
             )
             (hdir / "etc" / "qemu.conf").write_text(

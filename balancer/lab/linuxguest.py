@@ -63,7 +63,13 @@ ip link set lo up
 [ -n "$ip" ] && ip addr add "$ip" dev eth0
 ip link set eth0 up
 echo 0 > /run/seq
-printf '#!/bin/sh\nread up _ < /proc/uptime\necho "$up $(cat /run/seq)"\n' > /bin/lab-status
+# the writer rewrites /run/seq in place: read until it is not caught half-written
+cat > /bin/lab-status <<'STATUS'
+#!/bin/sh
+read up _ < /proc/uptime
+while :; do read s < /run/seq; [ -n "$s" ] && break; done
+echo "$up $s"
+STATUS
 chmod +x /bin/lab-status
 nc -ll -p "$echo" -e cat &
 nc -ll -p "$status" -e /bin/lab-status &

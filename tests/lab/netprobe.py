@@ -7,6 +7,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Self
 
 ETH_P_ALL = 0x0003
 ETH_P_ARP = 0x0806
@@ -102,21 +103,22 @@ def mac_bytes(mac: str) -> bytes:
     return bytes(int(x, 16) for x in mac.split(":"))
 
 
-@dataclass(slots=True)
-class AnnounceCapture:
-    """Frames on ``bridge`` whose Ethernet source is ``mac`` and that announce it: RARP (QEMU's
-    self-announce) or gratuitous ARP. Each entry: (monotonic time, ethertype)."""
+class _Sniffer:
+    """Every frame seen on ``iface`` (a raw AF_PACKET socket) handed to :meth:`on_frame` in a
+    thread, from :meth:`start` until :meth:`stop`."""
 
-    bridge: str
-    mac: str
-    frames: list[tuple[float, int]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _sock: socket.socket | None = None
+    def __init__(self, iface: str) -> None:
+        self.iface = iface
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
 
-    def start(self) -> AnnounceCapture:
+    def on_frame(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self._sock.bind((self.bridge, 0))
+        self._sock.bind((self.iface, 0))
         self._sock.settimeout(0.2)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -124,19 +126,14 @@ class AnnounceCapture:
 
     def _run(self) -> None:
         assert self._sock is not None
-        want = mac_bytes(self.mac)
         while not self._stop.is_set():
             try:
-                frame = self._sock.recv(2048)
+                frame = self._sock.recv(65536)
             except TimeoutError:
                 continue
             except OSError:
                 return
-            if len(frame) < 14 or frame[6:12] != want:
-                continue
-            (ethertype,) = struct.unpack("!H", frame[12:14])
-            if ethertype in (ETH_P_RARP, ETH_P_ARP):
-                self.frames.append((time.monotonic(), ethertype))
+            self.on_frame(frame)
 
     def stop(self) -> None:
         self._stop.set()
@@ -145,5 +142,45 @@ class AnnounceCapture:
         if self._sock is not None:
             self._sock.close()
 
+
+class AnnounceCapture(_Sniffer):
+    """Frames on ``bridge`` whose Ethernet source is ``mac`` and that announce it: RARP (QEMU's
+    self-announce) or gratuitous ARP. Each entry: (monotonic time, ethertype)."""
+
+    def __init__(self, bridge: str, mac: str) -> None:
+        super().__init__(bridge)
+        self.want = mac_bytes(mac)
+        self.frames: list[tuple[float, int]] = []
+
+    def on_frame(self, frame: bytes) -> None:
+        if len(frame) < 14 or frame[6:12] != self.want:
+            return
+        (ethertype,) = struct.unpack("!H", frame[12:14])
+        if ethertype in (ETH_P_RARP, ETH_P_ARP):
+            self.frames.append((time.monotonic(), ethertype))
+
     def after(self, t: float, ethertype: int = ETH_P_RARP) -> list[float]:
         return [ts for ts, et in self.frames if ts >= t and et == ethertype]
+
+
+class StreamSniffer(_Sniffer):
+    """The first payload bytes of every TCP connection to ``ports`` on loopback: enough to
+    tell a TLS stream (a handshake record, ``16 03``) from QEMU's clear migration stream
+    (which starts with its magic ``QEVM``)."""
+
+    def __init__(self, ports: range, iface: str = "lo") -> None:
+        super().__init__(iface)
+        self.ports = ports
+        self.first_payloads: dict[tuple[int, int], bytes] = {}
+
+    def on_frame(self, frame: bytes) -> None:
+        if len(frame) < 14 + 20 or frame[12:14] != b"\x08\x00" or frame[14 + 9] != 6:
+            return
+        ip = frame[14:]
+        tcp = ip[(ip[0] & 0x0F) * 4 :]
+        if len(tcp) < 20:
+            return
+        sport, dport = struct.unpack("!HH", tcp[:4])
+        payload = tcp[(tcp[12] >> 4) * 4 :]
+        if dport in self.ports and payload and (sport, dport) not in self.first_payloads:
+            self.first_payloads[(sport, dport)] = payload[:16]
