@@ -32,6 +32,23 @@ def _print_status(as_json: bool, state_dir: Path | None) -> None:
             for h in status.hosts
         ],
     )
+    linux = [g for g in status.guests if g.os == "linux"]
+    if linux:
+        print_table(
+            f"Linux guests on bridge {status.bridge}",
+            ["guest", "on", "mac", "address", "echo port", "disk"],
+            [
+                (
+                    g.name,
+                    ", ".join(h.name for h in status.hosts if g.name in h.vms) or "-",
+                    g.mac,
+                    g.address,
+                    g.echo_port,
+                    g.disk.url if g.disk else "-",
+                )
+                for g in linux
+            ],
+        )
 
 
 @click.group()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import json
 import os
 import shutil
@@ -157,10 +158,14 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def _make_bridge(bridge: str, subnet: str, host_address: str) -> None:
     """Create the lab's bridge with the machine's address on it; refuse when the subnet is
     already routed here (never touch a network the lab did not make)."""
-    net = subnet.rsplit(".", 1)[0] + "."
+    net = ipaddress.ip_network(subnet)
     for line in _ip("-4", "route", "show").stdout.splitlines():
-        if line.split() and line.split()[0].startswith(net):
-            raise LabError(f"the lab subnet {subnet} is already in use here: {line.strip()}")
+        dest = line.split()[0] if line.split() else "default"
+        if dest == "default":
+            continue
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_network(dest, strict=False).overlaps(net):
+                raise LabError(f"the lab subnet {subnet} is already in use here: {line.strip()}")
     if _ip("link", "show", bridge, check=False).returncode == 0:
         raise LabError(f"network device {bridge} exists already (a lab not taken down?)")
     _ip("link", "add", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0")
@@ -374,7 +379,7 @@ def _pick_slot(n_hosts: int) -> int:
 
 def _pids_referring_to(path: Path) -> list[int]:
     """Processes whose command line mentions ``path`` (our libvirtds, reapers and QEMUs)."""
-    needle = str(path).encode()
+    root = str(path).rstrip("/").encode()
     me = os.getpid()
     pids = []
     for entry in os.listdir("/proc"):
@@ -385,9 +390,25 @@ def _pids_referring_to(path: Path) -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if needle in cmdline:
+        # the path itself or something under it, not a longer name (/tmp/lab vs /tmp/lab2)
+        if _mentions(cmdline, root):
             pids.append(int(entry))
     return pids
+
+
+_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def _mentions(cmdline: bytes, root: bytes) -> bool:
+    """``root`` occurs in ``cmdline`` as a whole path (followed by ``/``, a quote, a separator
+    or the end), so that /tmp/lab does not match /tmp/lab2 or /tmp/lab.py."""
+    start = cmdline.find(root)
+    while start >= 0:
+        end = start + len(root)
+        if end == len(cmdline) or cmdline[end] not in _NAME_CHARS:
+            return True
+        start = cmdline.find(root, start + 1)
+    return False
 
 
 def _alive(pid: int) -> bool:

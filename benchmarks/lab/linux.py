@@ -99,6 +99,10 @@ def run_case(lab: Lab, memory_mib: int, writing: bool, k: int, rounds: int) -> l
                 else:
                     got = _virsh_round(lab, names, where, dst)
                 where = dst
+                for vm in names:  # every guest arrived and still answers on its network
+                    if lab.where(vm) != [dst]:
+                        raise RuntimeError(f"{vm} runs on {lab.where(vm)}, not on {dst}")
+                    lab.guest_status(vm, timeout_s=30)
                 samples += [
                     Sample(
                         memory_mib=memory_mib,
@@ -122,11 +126,25 @@ def run_case(lab: Lab, memory_mib: int, writing: bool, k: int, rounds: int) -> l
                     raise RuntimeError(f"{vm} stopped writing")
                 if lab.verify_disk(vm).count < seq:
                     raise RuntimeError(f"{vm}: records missing on its disk")
+    except BaseException:
+        _print_guest_logs(lab, names)
+        raise
     finally:
         backend.close()
         for vm in names:
             lab.remove_vm(vm)
     return samples
+
+
+def _print_guest_logs(lab: Lab, names: list[str]) -> None:
+    """The end of each guest's QEMU log and serial console on every host (why it died)."""
+    for host in lab.host_names():
+        logs = lab.state_dir / "hosts" / host / "log" / "qemu"
+        for vm in names:
+            for f in (logs / f"{vm}.log", logs / f"{vm}.console"):
+                if f.exists():
+                    tail = f.read_text(errors="replace").strip().splitlines()[-8:]
+                    print(f"--- {host} {f.name}:", *tail, sep="\n  ", file=sys.stderr)
 
 
 def _fmt(xs: list[float], digits: int) -> str:

@@ -5,6 +5,7 @@ management."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +15,7 @@ from balancer.lab import Lab
 from balancer.libvirt import LibvirtBackend
 from balancer.port import MigrationOptions
 from tests.lab.linuxcheck import QEMU_MAGIC, TLS_HANDSHAKE, migrate_with_open_connection
+from tests.lab.test_lab_lifecycle import _cli
 from tests.service.running import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
@@ -92,9 +94,14 @@ def test_tls_required_to_a_host_without_certificates_is_refused_before_it_starts
 
 
 def test_status_lists_mac_address_and_echo_port(lab: Lab, linux_vm: str) -> None:
-    doc = lab.status().to_json()
-    (entry,) = [g for g in doc["guests"] if g["name"] == linux_vm]  # type: ignore[union-attr, index]
+    env = {"BALANCER_LAB_DIR": str(lab.state_dir)}
+    res = _cli("lab", "status", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    (entry,) = [g for g in json.loads(res.stdout)["guests"] if g["name"] == linux_vm]
     guest = lab.vm(linux_vm)
     assert entry["mac"] == guest.mac and entry["address"] == guest.address
     assert entry["echo_port"] == 7 and entry["on"] == lab.where(linux_vm)
     assert entry["disk"]["kind"] == "iscsi"
+    text = _cli("lab", "status", env=env)
+    assert text.returncode == 0, text.stderr
+    assert guest.mac in text.stdout and guest.address in text.stdout

@@ -109,3 +109,15 @@ def test_settings_migration_address_reaches_the_backend() -> None:
         assert c.migration_uri is None and c.migration_tls and not a.migration_tls
     finally:
         be.close()
+
+
+def test_lab_down_kills_only_processes_of_its_own_state_dir() -> None:
+    from balancer.lab.lab import _mentions
+
+    root = b"/tmp/lg/lab"
+    assert _mentions(b"libvirtd\0-p\0/tmp/lg/lab/hosts/h1/libvirtd.pid\0", root)
+    assert _mentions(b'qemu\0-blockdev\0{"filename":"/tmp/lg/lab/disks/a.img"}\0', root)
+    assert _mentions(b"sh\0-c\0mount --bind '/tmp/lg/lab' /x\0", root)
+    assert _mentions(b"tool\0/tmp/lg/lab", root)
+    assert not _mentions(b"python\0/tmp/lg/lab.py\0", root)
+    assert not _mentions(b"qemu\0/tmp/lg/lab2/disks/a.img\0", root)
