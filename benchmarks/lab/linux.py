@@ -214,11 +214,17 @@ Result (2 cores shared with other jobs, load average {os.getloadavg()[0]:.1f} at
 {tbl}
 
 Reading it: a Linux guest that has just booted has touched only a few tens of MiB of its
-memory; QEMU sends untouched pages as zero-page markers, so a 1 GiB guest moves almost as
-fast as a 256 MiB one and far faster than 1 GiB / 119 MiB/s = 8.6 s. The seed's figure (under
-2 s on Gigabit Ethernet) is met for single migrations; with k concurrent migrations the k
-streams share the 2 cores and each takes longer. A guest with its memory really full would
-take size / 119 MiB/s plus the dirtied pages' resends.
+memory; QEMU sends untouched pages as zero-page markers, so a 1 GiB guest moves about as
+fast as a 256 MiB one and far faster than 1 GiB / 119 MiB/s = 8.6 s. Compare with the seed's
+figure (under 2 s on Gigabit Ethernet): single migrations of idle guests stay under it, of
+writing guests about at it (the writer keeps the single TCG vCPU and the iSCSI path busy);
+with k concurrent migrations the k streams and guests share the 2 cores and each takes
+longer, the batch less than k times as long. Backend and `virsh` are within noise of each
+other. A guest with its memory really full would take size / 119 MiB/s plus the resends of
+the pages it dirties. Known: in two runs on the same machine under much heavier load (load
+average 9-12) guests of the 4-concurrent case stopped running on their target after a round
+(QEMU gone without a log line); the benchmark now checks every guest after each round and
+prints the guests' QEMU logs and consoles when that happens. The cause is not found yet.
 """
     doc = args.out.read_text() if args.out.exists() else "# Lab migration benchmark\n"
     if HEADING in doc:
