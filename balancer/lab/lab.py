@@ -67,7 +67,13 @@ from balancer.lab.linuxguest import (
     verify_records,
 )
 from balancer.lab.pki import make_lab_pki, missing_pki_prerequisites
-from balancer.lab.storage import IscsiServer, control_port, iscsi_port, read_image
+from balancer.lab.storage import (
+    IscsiServer,
+    control_port,
+    iscsi_port,
+    missing_iscsi_prerequisites,
+    read_image,
+)
 
 if TYPE_CHECKING:
     import libvirt
@@ -144,7 +150,7 @@ def missing_linux_prerequisites() -> list[str]:
         missing.append("ip (apt-get install iproute2)")
     if not Path("/dev/net/tun").exists():
         missing.append("/dev/net/tun (the tun driver, for the guests' tap devices)")
-    return missing
+    return missing + missing_iscsi_prerequisites()
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
