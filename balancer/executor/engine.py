@@ -923,6 +923,19 @@ class Executor:
             del self._queue[w.request_id]
             w.started_at = now
             self._inflight[w.request_id] = w  # so that a retry or the outcome takes it out
+            if str(getattr(exc, "detail", "")).startswith(SkipReason.STORAGE_NOT_SHARED.value):
+                # blocked, not failed: no other target would see the disks either
+                self._finish(
+                    w,
+                    Outcome(
+                        result=Result.SKIPPED.value,
+                        skip_reason=SkipReason.STORAGE_NOT_SHARED.value,
+                        error=str(exc),
+                        detail=w.notes,
+                    ),
+                    now,
+                )
+                return False
             if not self._retry(w, now, str(exc)):
                 self._finish(
                     w,

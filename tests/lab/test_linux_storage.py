@@ -3,12 +3,21 @@ records verifying on the target; refused with ``storage_not_shared`` naming the 
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 
 from balancer.errors import MigrationError
+from balancer.executor import Executor, ExecutorConfig, Result
 from balancer.lab import Lab
 from balancer.libvirt import LibvirtBackend
 from balancer.port import JobState, MigrationOptions
+from balancer.sim.clock import RealClock
+from balancer.storage import Store
+from balancer.storage.audit import AuditQuery
+from tests.executor.helpers import make_plan
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
@@ -41,3 +50,41 @@ def test_local_disk_guest_is_copied_when_allowed_and_blocked_when_not(
         assert check.count >= seq_after
     finally:
         lab.remove_vm("local-linux")
+
+
+def test_executor_blocks_a_move_of_unshared_disks_with_storage_not_shared(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Through the executor (policy allow_storage_copy: false): the move is skipped with the
+    reason storage_not_shared, the error naming the disk, no retry elsewhere, VM untouched."""
+    host = lab.host_names()[0]
+    target = next(h for h in lab.host_names() if h not in (host, lab.poor_host))
+    image = lab.state_dir / "hosts" / host / "lib" / "images" / "blocked-1.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True, timeout=30
+    )
+    lab.define_vm("blocked-1", host, extra_disks=["/var/lib/libvirt/images/blocked-1.qcow2"])
+    backend = lab.backend()
+    store = Store.open(f"sqlite:///{tmp_path / 'b.db'}")
+    try:
+        clock = RealClock()
+        ex = Executor(backend, store, clock=clock, config=ExecutorConfig(poll_interval_s=0.1))
+        sub = ex.submit_plan(make_plan([("blocked-1", host, target)]))
+        deadline = time.monotonic() + 60
+        while not ex.idle:
+            assert time.monotonic() < deadline, ex.status()
+            ex.tick()
+            clock.sleep(0.1)
+        (result,) = ex.results(sub.request_ids)
+        assert result.result is Result.SKIPPED, result
+        assert result.skip_reason == "storage_not_shared"
+        assert result.error is not None and "vdb (/var/lib/libvirt/images/blocked-1.qcow2)" in (
+            result.error
+        )
+        (rec,) = [r for r in store.audit(AuditQuery(kind="outcome")) if r.vm == "blocked-1"]
+        assert rec.result == "skipped" and rec.detail == "storage_not_shared"
+        assert lab.where("blocked-1") == [host]
+    finally:
+        store.close()
+        backend.close()
+        lab.remove_vm("blocked-1")
