@@ -33,6 +33,9 @@ class MigrationOptions:
     auto_converge: bool = True
     post_copy: bool = False
     copy_storage: bool = False
+    #: encrypt the migration stream (VIR_MIGRATE_TLS): "off", "preferred" (when both hosts
+    #: have migration certificates) or "required" (refuse to migrate in clear text)
+    tls: str = "off"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +54,10 @@ class MigrationProgress:
     #: filled when the job is final and succeeded
     downtime_ms: float | None = None
     error: str | None = None
+    #: the migration stream was TLS-encrypted (None: not known, e.g. a simulated move)
+    encrypted: bool | None = None
+    #: how the disks moved: "shared" (nothing to copy) or "copied" (NON_SHARED_DISK)
+    storage: str | None = None
 
     @property
     def fraction(self) -> float:

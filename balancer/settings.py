@@ -44,6 +44,11 @@ class LibvirtHost(_Strict):
     name: str = Field(min_length=1)
     uri: str = Field(pattern=r"^qemu(\+(ssh|tls|tcp|unix))?://")
     timeout_s: float = Field(default=5.0, gt=0, le=HOUR_S)
+    #: the host's address on a dedicated migration network (migration traffic leaves the
+    #: management network): VIR_MIGRATE_PARAM_URI tcp://ADDRESS and the listen address
+    migration_address: str | None = Field(default=None, min_length=1, max_length=255)
+    #: the host's QEMU has migration TLS certificates (for migration: {tls: ...})
+    migration_tls: bool = False
 
 
 class LibvirtBackend(_Strict):

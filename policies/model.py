@@ -99,6 +99,7 @@ class MigrationSettings:
     auto_converge: bool = True
     post_copy: bool = False
     allow_storage_copy: bool = False
+    tls: str = "off"  # off | preferred | required (the migration stream's encryption)
     stall_timeout_s: float = 60.0
     time_limit_s: float = 1800.0
 

@@ -57,6 +57,8 @@ class MigrationDoc(_Strict):
     auto_converge: bool = True
     post_copy: bool = False
     allow_storage_copy: bool = False
+    #: encrypt the migration stream: off, preferred (when both hosts can) or required
+    tls: Literal["off", "preferred", "required"] = "off"
     stall_timeout_s: float = Field(default=60.0, gt=0, le=86400.0)
     time_limit_s: float = Field(default=1800.0, gt=0, le=7 * 86400.0)
 

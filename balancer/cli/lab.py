@@ -32,6 +32,23 @@ def _print_status(as_json: bool, state_dir: Path | None) -> None:
             for h in status.hosts
         ],
     )
+    linux = [g for g in status.guests if g.os == "linux"]
+    if linux:
+        print_table(
+            f"Linux guests on bridge {status.bridge}",
+            ["guest", "on", "mac", "address", "echo port", "disk"],
+            [
+                (
+                    g.name,
+                    ", ".join(h.name for h in status.hosts if g.name in h.vms) or "-",
+                    g.mac,
+                    g.address,
+                    g.echo_port,
+                    g.disk.url if g.disk else "-",
+                )
+                for g in linux
+            ],
+        )
 
 
 @click.group()
@@ -53,6 +70,13 @@ def lab() -> None:
     show_default=True,
     help="kvm, tcg (plain emulation) or auto.",
 )
+@click.option(
+    "--guest",
+    type=click.Choice(["bootsector", "linux"]),
+    default="bootsector",
+    show_default=True,
+    help="bootsector: tiny guests (fast); linux: real Linux guests on the lab bridge.",
+)
 @state_dir_option
 @json_option
 @handle_errors
@@ -62,13 +86,22 @@ def up(
     busy: int | None,
     memory_mib: int,
     accel: str,
+    guest: str,
     state_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Start N lab hosts and M tiny guests."""
+    """Start N lab hosts and M guests (tiny boot-sector guests, or real Linux ones)."""
     from balancer.lab import Lab
 
-    Lab.up(hosts, vms, busy=busy, state_dir=state_dir, memory_mib=memory_mib, accel=accel)
+    Lab.up(
+        hosts,
+        vms,
+        busy=busy,
+        state_dir=state_dir,
+        memory_mib=memory_mib,
+        accel=accel,
+        guest=guest,
+    )
     _print_status(as_json, state_dir)
 
 

@@ -641,7 +641,7 @@ class Executor:
                     Outcome(
                         result=Result.SUCCEEDED.value,
                         downtime_ms=p.downtime_ms,
-                        detail=w.notes,
+                        detail="; ".join(x for x in (w.notes, transport_note(p)) if x),
                         duration_s=dur,
                         data_copied_mib=data,
                     ),
@@ -924,6 +924,19 @@ class Executor:
             del self._queue[w.request_id]
             w.started_at = now
             self._inflight[w.request_id] = w  # so that a retry or the outcome takes it out
+            if str(getattr(exc, "detail", "")).startswith(SkipReason.STORAGE_NOT_SHARED.value):
+                # blocked, not failed: no other target would see the disks either
+                self._finish(
+                    w,
+                    Outcome(
+                        result=Result.SKIPPED.value,
+                        skip_reason=SkipReason.STORAGE_NOT_SHARED.value,
+                        error=str(exc),
+                        detail=w.notes,
+                    ),
+                    now,
+                )
+                return False
             if not self._retry(w, now, str(exc)):
                 self._finish(
                     w,
@@ -1035,3 +1048,14 @@ def _new_request(r: MigrationRequest) -> NewRequest:
         allow_retry=r.allow_retry,
         preempt=r.preempt,
     )
+
+
+def transport_note(p: MigrationProgress) -> str:
+    """How the stream and the disks moved, for the audit record: e.g. ``stream: TLS; storage:
+    shared`` (empty when the hypervisor did not say)."""
+    parts = []
+    if p.encrypted is not None:
+        parts.append(f"stream: {'TLS' if p.encrypted else 'unencrypted'}")
+    if p.storage:
+        parts.append(f"storage: {p.storage}")
+    return "; ".join(parts)

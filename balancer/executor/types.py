@@ -67,6 +67,8 @@ class SkipReason(StrEnum):
     CPU_INCOMPATIBLE = "cpu_incompatible"
     NO_ROOM = "no_room"  # the target lacks memory, counting migrations in flight to it
     ANTI_AFFINITY = "anti_affinity"  # a member of the VM's anti-affinity group is on the target
+    #: the VM's disks are not shared with the target and the policy forbids copying them
+    STORAGE_NOT_SHARED = "storage_not_shared"
     CANCELLED = "cancelled"
 
 
@@ -133,6 +135,7 @@ class ExecutorConfig:
                 auto_converge=m.auto_converge,
                 post_copy=m.post_copy,
                 copy_storage=m.allow_storage_copy,
+                tls=m.tls,
             ),
         }
         base.update(overrides)

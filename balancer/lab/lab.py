@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import json
 import os
 import shutil
@@ -39,14 +40,39 @@ from balancer.lab.bootsector import COUNTER_GPA, GuestKind, boot_sector, parse_x
 from balancer.lab.config import (
     MAX_HOSTS,
     MAX_SLOTS,
+    NET_PREFIX_LEN,
+    SSH_PORT_OFFSET,
+    TLS_PORT_OFFSET,
+    DiskSource,
     HostPlan,
     domain_xml,
+    guest_address,
+    guest_mac,
     host_name,
     images_pool_xml,
     libvirtd_conf,
+    linux_domain_xml,
+    net_plan,
     port_plan,
     qemu_conf,
     strip_cpu_feature,
+)
+from balancer.lab.linuxguest import (
+    ECHO_PORT,
+    STATUS_PORT,
+    RecordCheck,
+    build_initramfs,
+    find_kernel,
+    kernel_cmdline,
+    verify_records,
+)
+from balancer.lab.pki import make_lab_pki, missing_pki_prerequisites
+from balancer.lab.storage import (
+    IscsiServer,
+    control_port,
+    iscsi_port,
+    missing_iscsi_prerequisites,
+    read_image,
 )
 
 if TYPE_CHECKING:
@@ -111,6 +137,57 @@ def check_prerequisites() -> None:
         raise LabError("cannot run the libvirt lab, missing: " + "; ".join(missing))
 
 
+def missing_linux_prerequisites() -> list[str]:
+    """What the machine lacks to run real Linux guests on the lab bridge (empty: ready)."""
+    missing: list[str] = []
+    try:
+        find_kernel()
+    except LabError:
+        missing.append("a kernel under /boot (apt-get install linux-image-cloud-amd64)")
+    if not Path("/bin/busybox").exists() or b"GLIBC_" in Path("/bin/busybox").read_bytes()[:4096]:
+        missing.append("a static busybox (apt-get install busybox-static)")
+    if shutil.which("ip", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+        missing.append("ip (apt-get install iproute2)")
+    if not Path("/dev/net/tun").exists():
+        missing.append("/dev/net/tun (the tun driver, for the guests' tap devices)")
+    return missing + missing_iscsi_prerequisites()
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    ip = shutil.which("ip", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") or "ip"
+    res = subprocess.run([ip, *args], check=False, capture_output=True, text=True, timeout=30)
+    if check and res.returncode != 0:
+        raise LabError(f"ip {' '.join(args)}: {res.stderr.strip() or res.returncode}")
+    return res
+
+
+def _make_bridge(bridge: str, subnet: str, host_address: str) -> None:
+    """Create the lab's bridge with the machine's address on it; refuse when the subnet is
+    already routed here (never touch a network the lab did not make)."""
+    net = ipaddress.ip_network(subnet)
+    for line in _ip("-4", "route", "show").stdout.splitlines():
+        dest = line.split()[0] if line.split() else "default"
+        if dest == "default":
+            continue
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_network(dest, strict=False).overlaps(net):
+                raise LabError(f"the lab subnet {subnet} is already in use here: {line.strip()}")
+    if _ip("link", "show", bridge, check=False).returncode == 0:
+        raise LabError(f"network device {bridge} exists already (a lab not taken down?)")
+    _ip("link", "add", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0")
+    try:
+        _ip("addr", "add", f"{host_address}/{NET_PREFIX_LEN}", "dev", bridge)
+        _ip("link", "set", bridge, "up")
+    except BaseException:
+        _remove_bridge(bridge)
+        raise
+
+
+def _remove_bridge(bridge: str) -> None:
+    if _ip("link", "show", bridge, check=False).returncode == 0:
+        _ip("link", "del", bridge, check=False)
+
+
 def _kvm_usable() -> bool:
     try:
         fd = os.open("/dev/kvm", os.O_RDWR)
@@ -149,6 +226,28 @@ class LabVM:
     memory_mib: int
     cpu_features: tuple[str, ...] = ()
     extra_disks: tuple[str, ...] = ()
+    #: "bootsector" (the tiny default guests) or "linux" (a real Linux guest on the bridge)
+    os: str = "bootsector"
+    number: int = 0  # the Linux guest's number in the lab (its MAC and address)
+    mac: str = ""
+    address: str = ""
+    disk: DiskSource | None = None  # the Linux guest's writable data disk
+
+    @property
+    def echo_port(self) -> int | None:
+        return ECHO_PORT if self.os == "linux" else None
+
+    def to_json(self) -> dict[str, object]:
+        doc: dict[str, object] = {"name": self.name, "os": self.os, "kind": self.kind.value}
+        if self.os == "linux":
+            doc |= {
+                "mac": self.mac,
+                "address": self.address,
+                "echo_port": ECHO_PORT,
+                "status_port": STATUS_PORT,
+                "disk": asdict(self.disk) if self.disk else None,
+            }
+        return doc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,9 +262,20 @@ class LabHostStatus:
 class LabStatus:
     state_dir: str
     hosts: tuple[LabHostStatus, ...]
+    guests: tuple[LabVM, ...] = ()
+    bridge: str | None = None
 
-    def to_json(self) -> dict[str, list[dict[str, object]]]:
-        return {"hosts": [{"name": h.name, "uri": h.uri, "vms": list(h.vms)} for h in self.hosts]}
+    def to_json(self) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "hosts": [{"name": h.name, "uri": h.uri, "vms": list(h.vms)} for h in self.hosts],
+            "guests": [
+                {**g.to_json(), "on": [h.name for h in self.hosts if g.name in h.vms]}
+                for g in self.guests
+            ],
+        }
+        if self.bridge:
+            doc["bridge"] = self.bridge
+        return doc
 
 
 @dataclass(slots=True, kw_only=True)
@@ -176,6 +286,14 @@ class _State:
     poor_host: str | None
     hosts: list[HostPlan]
     vms: list[LabVM] = field(default_factory=list)
+    #: the lab bridge exists (made on the first Linux guest, removed by down)
+    bridge: str | None = None
+    linux_serial: int = 0  # Linux guests ever defined (each gets a new number)
+    kernel: str | None = None  # the Linux guests' kernel (made with their initramfs)
+    #: the hosts listen for qemu+tls:// (the lab made its certificates with certtool)
+    tls: bool = False
+    #: the hosts whose QEMU has migration TLS certificates
+    migration_tls_hosts: list[str] = field(default_factory=list)
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -183,6 +301,11 @@ class _State:
             "domain_type": self.domain_type,
             "lacking_feature": self.lacking_feature,
             "poor_host": self.poor_host,
+            "bridge": self.bridge,
+            "linux_serial": self.linux_serial,
+            "kernel": self.kernel,
+            "tls": self.tls,
+            "migration_tls_hosts": list(self.migration_tls_hosts),
             "hosts": [asdict(h) for h in self.hosts],
             "vms": [
                 {
@@ -190,6 +313,7 @@ class _State:
                     "kind": v.kind.value,
                     "cpu_features": list(v.cpu_features),
                     "extra_disks": list(v.extra_disks),
+                    "disk": asdict(v.disk) if v.disk else None,
                 }
                 for v in self.vms
             ],
@@ -202,6 +326,11 @@ class _State:
             domain_type=str(doc["domain_type"]),
             lacking_feature=str(doc["lacking_feature"]),
             poor_host=doc.get("poor_host"),
+            bridge=doc.get("bridge"),
+            linux_serial=int(doc.get("linux_serial", 0)),
+            kernel=doc.get("kernel"),
+            tls=bool(doc.get("tls", False)),
+            migration_tls_hosts=list(doc.get("migration_tls_hosts", [])),
             hosts=[HostPlan(**h) for h in doc["hosts"]],
             vms=[
                 LabVM(
@@ -211,6 +340,11 @@ class _State:
                     memory_mib=int(v["memory_mib"]),
                     cpu_features=tuple(v.get("cpu_features", ())),
                     extra_disks=tuple(v.get("extra_disks", ())),
+                    os=v.get("os", "bootsector"),
+                    number=int(v.get("number", 0)),
+                    mac=v.get("mac", ""),
+                    address=v.get("address", ""),
+                    disk=DiskSource(**v["disk"]) if v.get("disk") else None,
                 )
                 for v in doc["vms"]
             ],
@@ -242,6 +376,8 @@ def _port_free(port: int) -> bool:
 def _pick_slot(n_hosts: int) -> int:
     for slot in range(MAX_SLOTS):
         ports = [p for i in range(1, n_hosts + 1) for p in port_plan(slot, i)[:2]]
+        ports += [p + off for p in ports[::2] for off in (TLS_PORT_OFFSET, SSH_PORT_OFFSET)]
+        ports += [iscsi_port(slot), control_port(slot)]
         if all(_port_free(p) for p in ports):
             return slot
     raise LabError("no free loopback port range for the lab (all lab slots are in use)")
@@ -249,7 +385,7 @@ def _pick_slot(n_hosts: int) -> int:
 
 def _pids_referring_to(path: Path) -> list[int]:
     """Processes whose command line mentions ``path`` (our libvirtds, reapers and QEMUs)."""
-    needle = str(path).encode()
+    root = str(path).rstrip("/").encode()
     me = os.getpid()
     pids = []
     for entry in os.listdir("/proc"):
@@ -260,9 +396,25 @@ def _pids_referring_to(path: Path) -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if needle in cmdline:
+        # the path itself or something under it, not a longer name (/tmp/lab vs /tmp/lab2)
+        if _mentions(cmdline, root):
             pids.append(int(entry))
     return pids
+
+
+_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def _mentions(cmdline: bytes, root: bytes) -> bool:
+    """``root`` occurs in ``cmdline`` as a whole path (followed by ``/``, a quote, a separator
+    or the end), so that /tmp/lab does not match /tmp/lab2 or /tmp/lab.py."""
+    start = cmdline.find(root)
+    while start >= 0:
+        end = start + len(root)
+        if end == len(cmdline) or cmdline[end] not in _NAME_CHARS:
+            return True
+        start = cmdline.find(root, start + 1)
+    return False
 
 
 def _alive(pid: int) -> bool:
@@ -348,10 +500,20 @@ class Lab:
         memory_mib: int = 128,
         accel: str = "auto",
         lacking_feature: str = DEFAULT_LACKING_FEATURE,
+        guest: str = "bootsector",
     ) -> Lab:
         """Start ``hosts`` lab hosts and ``vms`` guests (the first ``busy`` of them busy,
-        default half rounded up), spread round-robin over the hosts."""
+        default half rounded up), spread round-robin over the hosts.
+
+        ``guest="linux"``: the guests are real Linux guests on the lab bridge (the busy ones
+        write records to their data disk), see :meth:`define_linux_vm`."""
         check_prerequisites()
+        if guest not in ("bootsector", "linux"):
+            raise LabError(f"--guest must be bootsector or linux, not {guest!r}")
+        if guest == "linux":
+            missing = missing_linux_prerequisites()
+            if missing:
+                raise LabError("cannot run Linux lab guests, missing: " + "; ".join(missing))
         if not 1 <= hosts <= MAX_HOSTS:
             raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
         if vms < 0:
@@ -402,9 +564,16 @@ class Lab:
                 lab._define_pool(p)
             for i in range(1, vms + 1):
                 kind = GuestKind.BUSY if i <= busy else GuestKind.IDLE
-                lab.define_vm(
-                    f"{kind.value}-{i}", plans[(i - 1) % hosts].name, kind, memory_mib=memory_mib
-                )
+                home = plans[(i - 1) % hosts].name
+                if guest == "linux":
+                    lab.define_linux_vm(
+                        f"linux-{i}", home, writer=kind is GuestKind.BUSY, memory_mib=memory_mib
+                    )
+                else:
+                    lab.define_vm(f"{kind.value}-{i}", home, kind, memory_mib=memory_mib)
+            for v in lab.vms:
+                if v.os == "linux":
+                    lab.wait_guest_ready(v.name)
         except BaseException:
             with contextlib.suppress(Exception):
                 lab.down()
@@ -432,6 +601,10 @@ class Lab:
         still = _wait_gone(leftovers, 10.0)
         if still:
             raise LabError(f"lab down: processes {still} referring to {root} did not exit")
+        if state is not None and state.bridge:
+            _remove_bridge(state.bridge)
+        if state is not None:
+            IscsiServer(root, state.slot).cleanup_run_files()
         # our reaper children (if this process started them) exit with their last descendant
         with _children_lock:
             mine = list(_children)
@@ -509,7 +682,12 @@ class Lab:
                 except LabError:
                     running = False
             rows.append(LabHostStatus(name=plan.name, uri=plan.uri, vms=names, running=running))
-        return LabStatus(state_dir=str(self.state_dir), hosts=tuple(rows))
+        return LabStatus(
+            state_dir=str(self.state_dir),
+            hosts=tuple(rows),
+            guests=tuple(self.state.vms),
+            bridge=self.state.bridge,
+        )
 
     def where(self, vm: str) -> list[str]:
         """The hosts on which ``vm`` is running now (a healthy lab answers with exactly one)."""
@@ -558,18 +736,156 @@ class Lab:
             cpu_features=vm.cpu_features,
             extra_disks=vm.extra_disks,
         )
-        conn = self.connect(host)
+        return self._define(vm, xml, start=start)
+
+    def define_linux_vm(
+        self,
+        name: str,
+        host: str,
+        *,
+        writer: bool = True,
+        memory_mib: int = 128,
+        disk: str | DiskSource | None = "iscsi",
+        disk_mib: int = 64,
+        start: bool = True,
+    ) -> LabVM:
+        """Define (persistently) and start a real Linux guest on ``host``: a fixed MAC and
+        address on the lab bridge, the echo service on :data:`ECHO_PORT`, and (``writer``)
+        records written to its data disk. ``disk``: ``"iscsi"`` (a LUN of the lab's
+        iSCSI target: shared network storage), ``"local"`` (a qcow2 in the host's own
+        image directory: not shared), a :class:`DiskSource` made by the caller, or None."""
+        state = self.state
+        self._ensure_linux()
+        assert state.bridge is not None and state.kernel is not None
+        state.linux_serial += 1
+        number = state.linux_serial
+        source: DiskSource | None
+        if disk == "iscsi":
+            source = self.storage().add_disk(number, name, disk_mib)
+        elif disk == "local":
+            rel = f"images/{name}.qcow2"
+            _create_image(self._host_dir(self.host(host)) / "lib" / rel, "qcow2", disk_mib)
+            source = DiskSource(kind="file", path=f"/var/lib/libvirt/{rel}", fmt="qcow2")
+        elif disk is None or isinstance(disk, DiskSource):
+            source = disk
+        else:
+            raise LabError(f"disk must be shared, local, a DiskSource or None, not {disk!r}")
+        if writer and source is None:
+            raise LabError(f"Linux guest {name}: a writer needs a data disk")
+        address = guest_address(state.slot, number)
+        vm = LabVM(
+            name=name,
+            kind=GuestKind.BUSY if writer else GuestKind.IDLE,
+            home=host,
+            memory_mib=memory_mib,
+            os="linux",
+            number=number,
+            mac=guest_mac(state.slot, number),
+            address=address,
+            disk=source,
+        )
+        xml = linux_domain_xml(
+            name=name,
+            uuid=str(uuid.uuid4()),
+            kernel=state.kernel,
+            initrd=str(self.state_dir / "linux" / "initrd.gz"),
+            cmdline=kernel_cmdline(address=address, prefix=NET_PREFIX_LEN, writer=writer),
+            mac=vm.mac,
+            bridge=state.bridge,
+            disk=source,
+            memory_mib=memory_mib,
+            domain_type=state.domain_type,
+        )
+        return self._define(vm, xml, start=start)
+
+    def _define(self, vm: LabVM, xml: str, *, start: bool) -> LabVM:
+        conn = self.connect(vm.home)
         try:
             dom = conn.defineXML(xml)
             if start:
                 dom.create()
         except Exception as exc:
-            raise LabError(f"cannot start lab guest {name} on {host}: {exc}") from exc
+            raise LabError(f"cannot start lab guest {vm.name} on {vm.home}: {exc}") from exc
         finally:
             conn.close()
-        state.vms = [v for v in state.vms if v.name != name] + [vm]
+        self.state.vms = [v for v in self.state.vms if v.name != vm.name] + [vm]
         self._save()
         return vm
+
+    def vm(self, name: str) -> LabVM:
+        for v in self.state.vms:
+            if v.name == name:
+                return v
+        raise LabError(f"no lab guest {name!r}")
+
+    def guest_status(self, vm: str, *, timeout_s: float = 5.0) -> tuple[float, int]:
+        """(uptime in seconds, records written) as the Linux guest itself reports them."""
+        guest = self.vm(vm)
+        if guest.os != "linux":
+            raise LabError(f"{vm} is not a Linux guest")
+        try:
+            with socket.create_connection((guest.address, STATUS_PORT), timeout=timeout_s) as s:
+                s.settimeout(timeout_s)
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = s.recv(256)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError as exc:
+            raise LabError(f"the status service of {vm} ({guest.address}): {exc}") from exc
+        try:
+            up, seq = data.split()
+            return float(up), int(seq)
+        except ValueError as exc:
+            raise LabError(f"the status service of {vm} answered {data!r}") from exc
+
+    def wait_guest_ready(self, vm: str, timeout_s: float = 120.0) -> tuple[float, int]:
+        """Wait until the Linux guest has booted and answers on its network (a writer: has
+        written its first record); return its :meth:`guest_status`."""
+        guest = self.vm(vm)
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                up, seq = self.guest_status(vm, timeout_s=2.0)
+                if guest.kind is not GuestKind.BUSY or seq > 0:
+                    return up, seq
+            except LabError as exc:
+                last = exc
+            time.sleep(0.2)
+        raise LabError(f"Linux guest {vm} not ready within {timeout_s:.0f}s: {last}")
+
+    def storage(self) -> IscsiServer:
+        """The lab's iSCSI target (started on first use)."""
+        return IscsiServer(self.state_dir, self.state.slot)
+
+    def read_disk(self, vm: str) -> bytes:
+        """The guest's data disk as its storage holds it: an iSCSI disk read from the
+        target, a file (raw or qcow2) from where the guest runs now."""
+        guest = self.vm(vm)
+        if guest.disk is not None and guest.disk.kind == "iscsi":
+            return self.storage().read(guest.disk)
+        path = self.disk_path(vm)
+        if path.suffix != ".qcow2":
+            return path.read_bytes()
+        return read_image(str(path), path.with_suffix(".verify.raw"), "-U")
+
+    def disk_path(self, vm: str) -> Path:
+        """Where the machine reads the guest's data disk file (a local disk: on the host that
+        runs the guest now, or ``host``)."""
+        guest = self.vm(vm)
+        if guest.disk is None or guest.disk.kind != "file":
+            raise LabError(f"{vm} has no data disk file")
+        path = Path(guest.disk.path)
+        if path.is_relative_to("/var/lib/libvirt"):
+            (host,) = self.where(vm) or [guest.home]
+            return self._host_dir(self.host(host)) / "lib" / path.relative_to("/var/lib/libvirt")
+        return path
+
+    def verify_disk(self, vm: str, data: bytes | None = None) -> RecordCheck:
+        """Check every record on the guest's data disk (:meth:`read_disk`, or ``data``)."""
+        return verify_records(self.read_disk(vm) if data is None else data)
 
     def remove_vm(self, name: str) -> None:
         """Destroy and undefine ``name`` wherever it is."""
@@ -585,6 +901,9 @@ class Lab:
                     dom.undefine()
             finally:
                 conn.close()
+        for v in self.state.vms:
+            if v.name == name and v.disk is not None and v.disk.kind == "iscsi":
+                self.storage().remove_disk(v.number, name)
         self.state.vms = [v for v in self.state.vms if v.name != name]
         self._save()
 
@@ -702,15 +1021,105 @@ class Lab:
         if pid is not None:
             _signal([pid], signal.SIGCONT)
 
-    def backend(self, *, timeout_s: float = 5.0, **kwargs: Any) -> LibvirtBackend:
+    def start_ssh(self, timeout_s: float = 30.0) -> None:
+        """An ``sshd`` per lab host on its own loopback port, running inside that host's
+        mount namespace, so a ``qemu+ssh://`` session's ``virt-ssh-helper`` reaches that
+        host's libvirtd. Root logs in with the lab's key only; known hosts are kept in the
+        lab's dir (the ``command=`` wrapper), nothing is written to ~/.ssh. Idempotent."""
+        sdir = self.state_dir / "ssh"
+        key = sdir / "id_ed25519"
+        if not key.exists():
+            if shutil.which("sshd", path="/usr/sbin:/sbin") is None:
+                raise LabError("cannot run qemu+ssh:// lab hosts: apt-get install openssh-server")
+            sdir.mkdir(parents=True, exist_ok=True)
+            for k in (key, sdir / "host_ed25519"):
+                subprocess.run(
+                    ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)],
+                    check=True,
+                    capture_output=True,
+                    timeout=30,
+                )
+            (sdir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+            wrapper = sdir / "ssh"
+            wrapper.write_text(
+                "#!/bin/sh\n"
+                f"exec ssh -o UserKnownHostsFile='{sdir}/known_hosts' "
+                '-o StrictHostKeyChecking=no -o BatchMode=yes -o LogLevel=ERROR "$@"\n'
+            )
+            wrapper.chmod(0o755)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        for plan in self.state.hosts:
+            pidfile = sdir / f"{plan.name}.pid"
+            with contextlib.suppress(OSError, ValueError):
+                if _alive(int(pidfile.read_text())):
+                    continue
+            pid = self._daemon_pid(plan)
+            if pid is None:
+                raise LabError(f"lab host {plan.name} is not running: cannot start its sshd")
+            conf = sdir / f"{plan.name}.conf"
+            conf.write_text(
+                "\n".join(
+                    [
+                        f"Port {plan.ssh_port}",
+                        "ListenAddress 127.0.0.1",
+                        f"HostKey {sdir / 'host_ed25519'}",
+                        f"AuthorizedKeysFile {sdir / 'authorized_keys'}",
+                        "PermitRootLogin prohibit-password",
+                        "PasswordAuthentication no",
+                        "KbdInteractiveAuthentication no",
+                        "UsePAM no",
+                        "StrictModes no",
+                        f"PidFile {pidfile}",
+                        "",
+                    ]
+                )
+            )
+            with open(sdir / f"{plan.name}.log", "ab") as log:
+                proc = subprocess.Popen(
+                    ["nsenter", "-t", str(pid), "-m", "/usr/sbin/sshd", "-D", "-f", str(conf)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            with _children_lock:
+                _children[proc.pid] = proc
+            deadline = time.monotonic() + timeout_s
+            while _port_free(plan.ssh_port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise LabError(
+                        f"the sshd of lab host {plan.name} did not start: "
+                        f"{_tail(sdir / f'{plan.name}.log')}"
+                    )
+                time.sleep(0.05)
+
+    def uri_for(self, host: str, transport: str = "tcp") -> str:
+        """The host's libvirt URI over ``transport`` (tcp, tls or ssh)."""
+        if transport == "tls" and not self.state.tls:
+            raise LabError("this lab has no TLS certificates: apt-get install gnutls-bin")
+        if transport == "ssh":
+            self.start_ssh()
+        return self.host(host).uri_for(
+            transport,
+            pki=str(self.state_dir / "pki" / "client"),
+            ssh_key=str(self.state_dir / "ssh" / "id_ed25519"),
+            ssh_command=str(self.state_dir / "ssh" / "ssh"),
+        )
+
+    def backend(
+        self, *, timeout_s: float = 5.0, transport: str = "tcp", **kwargs: Any
+    ) -> LibvirtBackend:
         """A :class:`balancer.libvirt.LibvirtBackend` for this lab's hosts (``timeout_s`` per
-        host call; other keyword arguments go to the backend)."""
+        host call; ``transport``: tcp, tls or ssh management connections; other keyword
+        arguments go to the backend). Hosts with QEMU migration certificates can encrypt
+        the migration stream (``MigrationOptions(tls=...)``)."""
         from balancer.libvirt import HostConfig, LibvirtBackend
 
         configs = [
             HostConfig(
                 name=h.name,
-                uri=h.uri,
+                uri=self.uri_for(h.name, transport),
+                migration_tls=h.name in self.state.migration_tls_hosts,
                 timeout_s=timeout_s,
                 migration_uri="tcp://127.0.0.1",
                 listen_address="127.0.0.1",
@@ -749,16 +1158,27 @@ class Lab:
         for kind in GuestKind:
             data = boot_sector(kind)
             (disks / f"{kind.value}.img").write_bytes(data + b"\0" * (DISK_SIZE - len(data)))
+        state.tls = not missing_pki_prerequisites()
+        if state.tls:
+            # every host but the weaker one gets QEMU migration certificates
+            state.migration_tls_hosts = [h.name for h in state.hosts if h.name != state.poor_host]
+            make_lab_pki(
+                self.state_dir / "pki",
+                {h.name: self._host_dir(h) / "etc" for h in state.hosts},
+                qemu_certs=set(state.migration_tls_hosts),
+            )
         for plan in state.hosts:
             hdir = self._host_dir(plan)
             for _, sub in BIND_MOUNTS:
                 (hdir / sub).mkdir(parents=True, exist_ok=True)
             (hdir / "lib" / "images").mkdir(exist_ok=True)
+            (hdir / "log" / "qemu").mkdir(exist_ok=True)  # the Linux guests' consoles
             (hdir / "etc" / "libvirtd.conf").write_text(
                 libvirtd_conf(
                     tcp_port=plan.tcp_port,
                     host_uuid=plan.host_uuid,
                     log_path="/var/log/libvirt/libvirtd.log",
+                    tls_port=plan.tls_port if state.tls else None,
                 )
             )
             (hdir / "etc" / "qemu.conf").write_text(
@@ -855,6 +1275,25 @@ class Lab:
                     text = strip_cpu_feature(text, state.lacking_feature)
                 (dst / f.name).write_text(text)
 
+    def _ensure_linux(self) -> None:
+        """The lab bridge and the Linux guests' initramfs, made on first use."""
+        state = self.state
+        if state.kernel is None:
+            missing = missing_linux_prerequisites()
+            if missing:
+                raise LabError("cannot run Linux lab guests, missing: " + "; ".join(missing))
+            kernel = find_kernel()
+            out = self.state_dir / "linux"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "initrd.gz").write_bytes(build_initramfs(kernel))
+            state.kernel = str(kernel.image)
+            self._save()
+        if state.bridge is None:
+            plan = net_plan(state.slot)
+            _make_bridge(plan.bridge, plan.subnet, plan.host_address)
+            state.bridge = plan.bridge
+            self._save()
+
     def _define_pool(self, plan: HostPlan) -> None:
         conn = self.connect(plan.name)
         try:
@@ -888,6 +1327,16 @@ class Lab:
                 if _alive(pid):
                     pids.append(pid)
         return pids
+
+
+def _create_image(path: Path, fmt: str, size_mib: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", fmt, str(path), f"{size_mib}M"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def _flag(name: str) -> int:

@@ -68,6 +68,12 @@ MIGRATION_FLAGS = (
 RELEASE_WAIT_S = 600.0
 
 
+#: the reason a migration is refused when its disks are not shared and may not be copied
+STORAGE_NOT_SHARED = "storage_not_shared"
+#: the reason a migration is refused when tls is required and a host cannot encrypt
+MIGRATION_TLS_UNAVAILABLE = "migration_tls_unavailable"
+
+
 def _silence_libvirt_stderr() -> None:
     def _ignore(_ctx: object, _err: object) -> None:
         return None
@@ -93,6 +99,9 @@ class HostConfig:
     measure_host_overhead: bool = True
     #: disk paths under these prefixes are shared by every host (no storage copy)
     shared_storage_prefixes: tuple[str, ...] = ()
+    #: the host's QEMU has migration TLS certificates (migrate_tls_x509_cert_dir), so
+    #: migrations to and from it can be encrypted (VIR_MIGRATE_TLS)
+    migration_tls: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -835,22 +844,24 @@ class LibvirtBackend:
         cfg = self._state(target).config
         candidates = domxml.disks_needing_copy(info.disks, cfg.shared_storage_prefixes)
 
-        def visible_shared(conn: libvirt.virConnect, path: str) -> bool:
+        def pool_identity(conn: libvirt.virConnect, path: str) -> tuple[str, str] | None:
             try:
                 vol = conn.storageVolLookupByPath(path)
                 pool_xml = vol.storagePoolLookupByVolume().XMLDesc(0)
             except libvirt.libvirtError:
-                return False
-            return any(f"type='{t}'" in pool_xml[:200] for t in domxml.SHARED_POOL_TYPES)
+                return None
+            return domxml.pool_source_identity(pool_xml)
 
         out = []
         for d in candidates:
             path = d.source or ""
 
-            def check(c: libvirt.virConnect, path: str = path) -> bool:
-                return visible_shared(c, path)
+            def check(c: libvirt.virConnect, path: str = path) -> tuple[str, str] | None:
+                return pool_identity(c, path)
 
-            if not self._call(target, check, "storage pools"):
+            # shared only when both hosts see the path in the same network pool
+            theirs = self._call(target, check, "storage pools")
+            if theirs is None or self._call(source, check, "storage pools") != theirs:
                 out.append(d)
         return tuple(out)
 
@@ -878,10 +889,14 @@ class LibvirtBackend:
                 vm,
                 source,
                 target,
-                f"needs a storage copy: disks {listed} are not shared with {target}; "
-                "set copy_storage to copy them",
+                f"{STORAGE_NOT_SHARED}: disks {listed} are not shared with {target} and "
+                "copying them is not allowed (allow_storage_copy: false); it needs a storage "
+                "copy",
             )
+        encrypted = self._encrypt(vm, source, target, options.tls)
         flags = MIGRATION_FLAGS
+        if encrypted:
+            flags |= libvirt.VIR_MIGRATE_TLS
         if options.auto_converge:
             flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
         if options.post_copy:
@@ -908,7 +923,13 @@ class LibvirtBackend:
             started=started,
             dom=dom,
             progress=MigrationProgress(
-                job_id=job_id, vm=vm, source=source, target=target, state=JobState.RUNNING
+                job_id=job_id,
+                vm=vm,
+                source=source,
+                target=target,
+                state=JobState.RUNNING,
+                encrypted=encrypted,
+                storage="copied" if copies else "shared",
             ),
         )
         with self._lock:
@@ -924,6 +945,29 @@ class LibvirtBackend:
                 target=self._switch_to_post_copy, args=(job,), name=f"postcopy {vm}", daemon=True
             ).start()
         return job_id
+
+    def _encrypt(self, vm: str, source: str, target: str, tls: str) -> bool:
+        """Whether to encrypt the migration stream; MigrationError (before anything starts)
+        when ``tls`` is "required" and a host has no migration certificates."""
+        if tls not in ("off", "preferred", "required"):
+            raise MigrationError(
+                vm, source, target, f"migration tls must be off, preferred or required, not {tls!r}"
+            )
+        if tls == "off":
+            return False
+        lacking = [h for h in (source, target) if not self._state(h).config.migration_tls]
+        if not lacking:
+            return True
+        if tls == "required":
+            raise MigrationError(
+                vm,
+                source,
+                target,
+                f"{MIGRATION_TLS_UNAVAILABLE}: the migration stream cannot be encrypted: "
+                f"{' and '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no "
+                "migration TLS certificates (migration: {tls: required}); nothing was started",
+            )
+        return False
 
     def _switch_to_post_copy(self, job: _Job) -> None:
         """Switch to post-copy once the first full pass is done (iteration 2)."""
@@ -1107,9 +1151,22 @@ class HostSettings(Protocol):
 
 def backend_from_settings(hosts: Iterable[HostSettings], **kwargs: Any) -> LibvirtBackend:
     """A backend for the hosts of the settings file's ``backend: {kind: libvirt, hosts: [...]}``."""
-    return LibvirtBackend(
-        [HostConfig(name=h.name, uri=h.uri, timeout_s=h.timeout_s) for h in hosts], **kwargs
-    )
+    configs = []
+    for h in hosts:
+        address = getattr(h, "migration_address", None)
+        configs.append(
+            HostConfig(
+                name=h.name,
+                uri=h.uri,
+                timeout_s=h.timeout_s,
+                migration_uri=(f"tcp://[{address}]" if ":" in address else f"tcp://{address}")
+                if address
+                else None,
+                listen_address=address,
+                migration_tls=bool(getattr(h, "migration_tls", False)),
+            )
+        )
+    return LibvirtBackend(configs, **kwargs)
 
 
 def backend_for_uris(uris: Iterable[str], **kwargs: Any) -> LibvirtBackend:

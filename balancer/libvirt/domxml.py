@@ -12,9 +12,29 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 #: storage pool types whose volumes every host of a cluster sees (no copy needed)
-SHARED_POOL_TYPES = frozenset(
-    {"netfs", "gluster", "rbd", "iscsi", "iscsi-direct", "mpath", "scsi", "vstorage", "zfs"}
-)
+#: pool types whose volumes can be seen by several hosts: a network file system or a network
+#: block target. Whether two hosts really share a volume is decided by comparing the pools'
+#: sources (:func:`pool_source_identity`): a local ``zfs``, ``scsi``, ``logical`` or ``mpath``
+#: pool is never shared.
+SHARED_POOL_TYPES = frozenset({"netfs", "gluster", "rbd", "iscsi", "iscsi-direct", "vstorage"})
+
+
+def pool_source_identity(pool_xml: str) -> tuple[str, str] | None:
+    """(pool type, canonical ``<source>``) of a pool whose volumes other hosts can see, or
+    None for a local pool. Two hosts share a volume when both list its path in pools with the
+    same identity (the same NFS export, the same iSCSI target, the same RBD pool)."""
+    root = ET.fromstring(pool_xml)
+    kind = root.get("type", "")
+    if kind not in SHARED_POOL_TYPES:
+        return None
+    src = root.find("source")
+    if src is None:
+        return None
+    parts = []
+    for el in src.iter():
+        attrs = ",".join(f"{k}={v}" for k, v in sorted(el.attrib.items()) if k != "port" or v)
+        parts.append(f"{el.tag}[{attrs}]{(el.text or '').strip()}")
+    return kind, "/".join(sorted(parts))
 
 
 class CpuMode(StrEnum):

@@ -50,7 +50,7 @@ class Sample:
     batch_s: float
 
 
-def _virsh_migrate(vm: str, src_uri: str, dst_uri: str) -> float:
+def _virsh_migrate(vm: str, src_uri: str, dst_uri: str, *extra: str) -> float:
     cmd = [
         "virsh",
         "-c",
@@ -67,6 +67,7 @@ def _virsh_migrate(vm: str, src_uri: str, dst_uri: str) -> float:
         "tcp://127.0.0.1",
         "--listen-address",
         "127.0.0.1",
+        *extra,
     ]
     t0 = time.monotonic()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)

@@ -84,7 +84,9 @@ def test_vm_with_local_disk_needs_storage_copy(lab: Lab, backend: LibvirtBackend
     )
     lab.define_vm("local-1", host, extra_disks=["/var/lib/libvirt/images/local-1.qcow2"])
     try:
-        with pytest.raises(MigrationError, match="needs a storage copy") as info:
+        with pytest.raises(
+            MigrationError, match=r"storage_not_shared.*needs a storage copy"
+        ) as info:
             backend.start_migration("local-1", host, _other(lab, host), MigrationOptions())
         assert "vdb" in str(info.value) and info.value.vm == "local-1"
         assert lab.where("local-1") == [host]
