@@ -51,3 +51,60 @@ def test_every_call_after_crashes_still_answers() -> None:
                 planner.plan(small_cluster(), Policy(), held=frozenset(), seed=0, time_limit_s=1.0)
     finally:
         planner.close()
+
+
+PARENT = """
+import os, sys
+from balancer.service.adapters import IsolatedPlanner
+from policies.model import Policy
+from tests.factories import small_cluster
+
+planner = IsolatedPlanner()
+planner.plan(small_cluster(), Policy(), held=frozenset(), seed=0, time_limit_s=1.0)
+(worker,) = planner._pool._processes  # the worker process's pid
+print(worker, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's reaper may be slow, or absent in a container)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_worker_ends_when_its_service_is_killed() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT],
+        cwd=repo,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        assert _running(worker)  # alive while its parent is
+        parent.send_signal(signal.SIGKILL)  # no shutdown of the pool
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not _running(worker):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            raise AssertionError(f"planner worker {worker} outlived its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
