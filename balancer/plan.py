@@ -15,10 +15,18 @@ class MoveReason(StrEnum):
     CONSOLIDATE = "consolidate"
     MANUAL = "manual"
     TEMPORARY = "temporary"  # a parking move that breaks a swap or a cycle
+    #: moved only to make room for an evacuation or a rule repair (shown as
+    #: "make_room:<rule>" when it serves a rule); as mandatory as what it serves
+    MAKE_ROOM = "make_room"
 
     @property
     def mandatory(self) -> bool:
-        return self in (MoveReason.MAINTENANCE, MoveReason.RULE, MoveReason.QUARANTINE)
+        return self in (
+            MoveReason.MAINTENANCE,
+            MoveReason.RULE,
+            MoveReason.QUARANTINE,
+            MoveReason.MAKE_ROOM,
+        )
 
 
 class BlockedReason(StrEnum):
@@ -63,8 +71,20 @@ class PlanStatus(StrEnum):
 
 
 def reason_label(reason: MoveReason, rule: str | None) -> str:
-    """The one way a move's reason is written out: ``rule:<name>`` or the enum value."""
-    return f"rule:{rule}" if reason is MoveReason.RULE and rule else reason.value
+    """The one way a move's reason is written out: ``rule:<name>``, ``make_room:<name>`` or
+    the enum value."""
+    if rule and reason in (MoveReason.RULE, MoveReason.MAKE_ROOM):
+        return f"{reason.value}:{rule}"
+    return reason.value
+
+
+def parse_reason_label(label: str) -> tuple[MoveReason, str | None]:
+    """The inverse of :func:`reason_label` (ValueError for an unknown reason)."""
+    for reason in (MoveReason.RULE, MoveReason.MAKE_ROOM):
+        prefix = f"{reason.value}:"
+        if label.startswith(prefix) and len(label) > len(prefix):
+            return reason, label[len(prefix) :]
+    return MoveReason(label), None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

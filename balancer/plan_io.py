@@ -25,7 +25,16 @@ from typing import Any
 
 from balancer.errors import InputError
 from balancer.inputs import PLAN, HugeNumber, load_json, printable
-from balancer.plan import Blocked, BlockedReason, Metrics, Move, MoveReason, Plan, PlanStatus
+from balancer.plan import (
+    Blocked,
+    BlockedReason,
+    Metrics,
+    Move,
+    MoveReason,
+    Plan,
+    PlanStatus,
+    parse_reason_label,
+)
 
 
 def _metrics(m: Metrics) -> dict[str, float]:
@@ -151,10 +160,8 @@ def _kind(v: Any) -> str:
 
 
 def _parse_reason(label: str, r: _Reader, where: str) -> tuple[MoveReason, str | None]:
-    if label.startswith("rule:") and len(label) > 5:
-        return MoveReason.RULE, label[5:]
     try:
-        return MoveReason(label), None
+        return parse_reason_label(label)
     except ValueError:
         raise r.fail(f"unknown reason {label[:60]!r}", where, "reason") from None
 

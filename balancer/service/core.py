@@ -27,7 +27,7 @@ import yaml
 from balancer.errors import BalancerError, HypervisorError, InputError, PolicyError
 from balancer.inputs import POLICY, read_bytes
 from balancer.model import HostState, Snapshot, stddev
-from balancer.plan import Blocked, Move, MoveReason, Plan, PlanStatus
+from balancer.plan import Blocked, Move, MoveReason, Plan, PlanStatus, parse_reason_label
 from balancer.plan_io import plan_to_dict
 from balancer.port import Clock, HypervisorPort
 from balancer.service import decisions as D
@@ -945,7 +945,7 @@ class Service:
                 target=r.target,
                 reason=reason,
                 rule=rule,
-                priority=Priority.for_reason(reason),
+                priority=Priority.for_reason(reason, rule),
                 gain=r.gain,
             )
             ids = self.executor.submit(
@@ -1631,10 +1631,8 @@ def _load_policy(path: Path) -> Policy:
 
 
 def _parse_reason(label: str) -> tuple[MoveReason, str | None]:
-    if label.startswith("rule:"):
-        return MoveReason.RULE, label[5:]
     try:
-        return MoveReason(label), None
+        return parse_reason_label(label)
     except ValueError:
         return MoveReason.BALANCE, None
 
