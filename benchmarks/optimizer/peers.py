@@ -20,7 +20,8 @@ hosts send at least ``min sum (d_h - e_h) * m_h`` over ``0 <= e_h <= d_h``,
 ``sum e_h^2 <= n sigma^2`` (capping ``e_h`` at ``d_h`` loses nothing), whose optimum is
 ``e_h = min(d_h, mu * m_h)`` (bisection on ``mu``). The bound falls as ``xbar`` rises, so it
 uses an upper bound on ``xbar``: with ``c`` = all memory that ends on active hosts / their
-memory and ``y_h = x_h - xbar`` (``sum y_h = 0``), ``sum x_h m_h = c * sum m_h`` gives
+memory (at most the memory of all hosts whose VMs may leave) and ``y_h = x_h - xbar``
+(``sum y_h = 0``), ``sum x_h m_h = c * sum m_h`` gives
 ``xbar = c - sum y_h (m_h - mbar) / sum m_h <= c + sigma * cv(m)`` (Cauchy-Schwarz; ``cv`` is
 the coefficient of variation of the hosts' memory, 0 when all hosts have the same memory).
 (With ``xbar = c`` alone, the capacity-weighted mean, the figure is a little higher but not a
@@ -37,8 +38,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,28 +56,24 @@ SECTION = "peers"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PeerRow:
-    cluster: str
-    peer: str
-    moves: int
-    gib: float
-    cpu_stddev: float
-    mem_stddev: float
-    max_cpu: float
-    errors: int
-
-    @property
-    def stddev(self) -> float:
-        return (self.cpu_stddev + self.mem_stddev) / 2
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Figures:
     cpu_stddev: float
     mem_stddev: float
     max_cpu: float
     moves: int
     gib: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerRow:
+    cluster: str
+    peer: str
+    figures: Figures
+    errors: int
+
+    @property
+    def stddev(self) -> float:
+        return (self.figures.cpu_stddev + self.figures.mem_stddev) / 2
 
 
 def parse_peers(readme: str) -> dict[str, list[PeerRow]]:
@@ -92,29 +89,37 @@ def parse_peers(readme: str) -> dict[str, list[PeerRow]]:
             or (set(cells[0]) <= set("-:"))
         ):
             continue
-        try:
-            row = PeerRow(
-                cluster=cells[0],
-                peer=cells[1],
-                moves=int(cells[2]),
-                gib=float(cells[3]),
-                cpu_stddev=float(cells[4]),
-                mem_stddev=float(cells[5]),
-                max_cpu=float(cells[6]),
-                errors=int(cells[7]),
-            )
-        except ValueError as e:
-            raise ValueError(f"peers README line {n}: {e}") from e
+        num = _numbers(cells, n)
+        fig = Figures(
+            cpu_stddev=num("cpu stddev", 4),
+            mem_stddev=num("mem stddev", 5),
+            max_cpu=num("max cpu", 6),
+            moves=int(num("moves", 2)),
+            gib=num("GiB", 3),
+        )
+        row = PeerRow(cluster=cells[0], peer=cells[1], figures=fig, errors=int(num("errors", 7)))
         out.setdefault(row.cluster, []).append(row)
     return out
 
 
+def _numbers(cells: list[str], line: int) -> Callable[[str, int], float]:
+    def num(field: str, i: int) -> float:
+        try:
+            return float(cells[i])
+        except ValueError:
+            raise ValueError(
+                f"peers README line {line}, field {field!r}: {cells[i]!r} is not a number"
+            ) from None
+
+    return num
+
+
 def best_peer(rows: list[PeerRow]) -> PeerRow:
     """The peer with the lowest mean of CPU and memory stddev among those that moved anything."""
-    moved = [r for r in rows if r.moves > 0]
+    moved = [r for r in rows if r.figures.moves > 0]
     if not moved:
         raise ValueError(f"no peer moved anything on {rows[0].cluster if rows else '?'}")
-    return min(moved, key=lambda r: (r.stddev, r.moves))
+    return min(moved, key=lambda r: (r.stddev, r.figures.moves))
 
 
 def figures(before: Snapshot, moves: Sequence[Move], after: Snapshot) -> Figures:
@@ -152,7 +157,9 @@ def gib_lower_bound(snapshot: Snapshot, sigma: float) -> float:
     total_cap = sum(caps)
     mean_cap = total_cap / n
     cv = math.sqrt(sum((m - mean_cap) ** 2 for m in caps) / n) / mean_cap
-    ending = sum(mem[h.name] for h in active) + evacuated
+    # at most the memory of every host whose VMs may leave (active, emptied, quarantined) ends
+    # on the active hosts: an upper bound on c is enough
+    ending = sum(mem[h] for h, s in state.items() if s.can_send)
     xbar = ending / total_cap + sigma * cv
     hot = [(mem[h.name] / h.memory_mib - xbar, h.memory_mib) for h in active]
     hot = [(d, m) for d, m in hot if d > 0]
@@ -195,31 +202,11 @@ def run_one(cluster: str, time_limit_s: float, seed: int = 1) -> dict[str, Any]:
         "status": plan.status.value,
         "errors": len(violations),
         "violations": [str(v) for v in violations[:5]],
-        "before": _as_dict(before),
-        "ours": _as_dict(ours),
-        "peer": {"name": peer.peer, **_as_dict(_peer_figures(peer))},
-        "gib_lower_bound": gib_lower_bound(snapshot, peer.mem_stddev),
+        "before": asdict(before),
+        "ours": asdict(ours),
+        "peer": {"name": peer.peer, **asdict(peer.figures)},
+        "gib_lower_bound": gib_lower_bound(snapshot, peer.figures.mem_stddev),
         "gib_lower_bound_ours": gib_lower_bound(snapshot, ours.mem_stddev),
-    }
-
-
-def _peer_figures(p: PeerRow) -> Figures:
-    return Figures(
-        cpu_stddev=p.cpu_stddev,
-        mem_stddev=p.mem_stddev,
-        max_cpu=p.max_cpu,
-        moves=p.moves,
-        gib=p.gib,
-    )
-
-
-def _as_dict(f: Figures) -> dict[str, float]:
-    return {
-        "cpu_stddev": f.cpu_stddev,
-        "mem_stddev": f.mem_stddev,
-        "max_cpu": f.max_cpu,
-        "moves": f.moves,
-        "gib": f.gib,
     }
 
 
