@@ -194,7 +194,10 @@ def run_one(cluster: str, time_limit_s: float, seed: int = 1) -> dict[str, Any]:
     violations = validate_plan(snapshot, policy, plan)
     ours = figures(snapshot, plan.moves, end_state(snapshot, plan))
     before = figures(snapshot, (), snapshot)
-    peer = best_peer(parse_peers((PEER_SNAPSHOTS / "README.md").read_text())[cluster])
+    table = parse_peers((PEER_SNAPSHOTS / "README.md").read_text())
+    if cluster not in table:
+        raise ValueError(f"{PEER_SNAPSHOTS / 'README.md'}: no peer rows for cluster {cluster}")
+    peer = best_peer(table[cluster])
     return {
         "cluster": cluster,
         "time_limit_s": time_limit_s,
