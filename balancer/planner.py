@@ -426,13 +426,19 @@ def _cause(
 ) -> tuple[ViolationCause, int, str]:
     """Why rule ``ri`` stays violated by ``bad``: the cause, the concurrency needed, a message.
 
-    In order: a member of an affinity group too large for one step (the optimizer keeps such
-    groups where they are); a move the planner left out (a transient rule violation, or no
-    room to park); the optimizer's blocked reason; else what the hosts offer."""
+    In order: a VM that may not move (excluded, or on a host that cannot send); a member of
+    an affinity group too large for one step (the optimizer keeps such groups where they
+    are); a move the planner left out (a transient rule violation, or no room to park); the
+    optimizer's blocked reason; else what the hosts offer."""
     r = ctx.rules[ri]
     limits = ctx.policy.limits
     step = min(limits.concurrent_per_host, limits.concurrent_total)
     names = ", ".join(ctx.vm_names[v] for v in bad)
+    for v in bad:
+        if v in ctx.excluded:
+            return ViolationCause.EXCLUDED, 0, f"{names}: excluded from automatic moves"
+        if not ctx.can_move(v):
+            return ViolationCause.UNREACHABLE, 0, f"{names}: its host cannot send VMs"
     involved = set(bad) if r.rule.kind is RuleKind.VM_HOST else set(r.members)
     for v in sorted(involved):
         for gi in ctx.vm_rules[v]:
@@ -473,11 +479,6 @@ def _host_cause(
     ctx: Context, rule: str, bad: Sequence[int], names: str
 ) -> tuple[ViolationCause, int, str]:
     """The cause from what the hosts offer the VMs that violate a rule."""
-    for v in bad:
-        if v in ctx.excluded:
-            return ViolationCause.EXCLUDED, 0, f"{names}: excluded from automatic moves"
-        if not ctx.can_move(v):
-            return ViolationCause.UNREACHABLE, 0, f"{names}: its host cannot send VMs"
     open_hosts = [h for h in range(ctx.n_hosts) if ctx.accepts(h)]
     if not open_hosts:
         return ViolationCause.NO_TARGET, 0, "no host takes VMs"
