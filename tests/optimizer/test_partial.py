@@ -3,8 +3,10 @@ violation with its cause; trades between affinity groups are broken by parking a
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 
+from balancer.errors import InputError
 from balancer.model import Snapshot
 from balancer.optimizer import optimize, validate_plan
 from balancer.optimizer.context import build_context
@@ -293,3 +295,18 @@ def test_partial_iff_the_end_state_violates_a_hard_rule(case: tuple[Snapshot, Po
     assert (plan.status is PlanStatus.PARTIAL) == bool(left)
     assert all(v.vms and v.hosts and v.message for v in plan.violations)
     _roundtrip(plan)
+
+
+def test_plan_files_without_violations_still_read_and_bad_ones_name_the_field() -> None:
+    old = plan_from_dict({"version": 1, "status": "balanced", "moves": []})
+    assert old.violations == () and old.status is PlanStatus.BALANCED
+    good = {"rule": "r", "kind": "affinity", "cause": "needs_concurrency", "needed": 3}
+    read = plan_from_dict({"status": "partial", "moves": [], "violations": [good]})
+    assert read.violations[0].cause_label == "needs_concurrency 3"
+    for field, value in (("cause", "gremlins"), ("kind", "friendship"), ("needed", -1)):
+        doc = {"status": "partial", "moves": [], "violations": [good | {field: value}]}
+        with pytest.raises(InputError) as e:
+            plan_from_dict(doc, source="p.json")
+        assert str(e.value).startswith(f"p.json: violations[0]: {field}: "), str(e.value)
+    with pytest.raises(InputError, match=r"violations\[0\]: why: unknown key"):
+        plan_from_dict({"moves": [], "violations": [good | {"why": "x"}]}, source="p.json")
