@@ -4,13 +4,15 @@ violation with its cause; trades between affinity groups are broken by parking a
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import strategies as st
 
 from balancer.errors import InputError
 from balancer.model import Snapshot
 from balancer.optimizer import optimize, validate_plan
-from balancer.optimizer.context import build_context
+from balancer.optimizer.context import build_context, violated_rules
 from balancer.optimizer.core import Solution
+from balancer.optimizer.filters import Loads
 from balancer.optimizer.metrics import metrics
 from balancer.plan import Blocked, BlockedReason, MoveReason, PlanStatus, ViolationCause
 from balancer.plan_io import plan_from_dict, plan_to_dict
@@ -310,3 +312,62 @@ def test_plan_files_without_violations_still_read_and_bad_ones_name_the_field() 
         assert str(e.value).startswith(f"p.json: violations[0]: {field}: "), str(e.value)
     with pytest.raises(InputError, match=r"violations\[0\]: why: unknown key"):
         plan_from_dict({"moves": [], "violations": [good | {"why": "x"}]}, source="p.json")
+
+
+@st.composite
+def _trades(draw: st.DrawFn) -> tuple[Snapshot, Policy, dict[str, str]]:
+    """Small clusters with affinity pairs and an anti_affinity rule, and a target placement
+    that meets every hard rule and capacity (what the optimizer would hand the planner)."""
+    n_hosts = draw(st.integers(2, 4))
+    hosts = [
+        make_host(f"h{i}", memory_mib=draw(st.sampled_from([20480, 40960, 81920])))
+        for i in range(n_hosts)
+    ]
+    n_pairs = draw(st.integers(1, 2))
+    n_single = draw(st.integers(0, 2))
+    names = [f"g{p}{k}" for p in range(n_pairs) for k in "ab"] + [f"s{j}" for j in range(n_single)]
+    unit_of = {n: n[:2] if n.startswith("g") else n for n in names}
+    units = sorted(set(unit_of.values()))
+    start = {u: draw(st.integers(0, n_hosts - 1)) for u in units}
+    goal = {u: draw(st.integers(0, n_hosts - 1)) for u in units}
+    vms = [
+        make_vm(n, f"h{start[unit_of[n]]}", memory_mib=draw(st.sampled_from([4096, 8192])))
+        for n in names
+    ]
+    rules = [aff(f"pair{p}", f"g{p}a", f"g{p}b") for p in range(n_pairs)]
+    apart = draw(st.lists(st.sampled_from(names), min_size=2, max_size=3, unique=True))
+    rules.append(anti("apart", *apart))
+    pol = policy(
+        3,
+        rules=tuple(rules),
+        limits=Limits(
+            moves_per_cycle=50,
+            concurrent_per_host=draw(st.integers(2, 3)),
+            concurrent_total=draw(st.integers(2, 6)),
+        ),
+    )
+    snap = make_snapshot(hosts, vms)
+    target = {n: f"h{goal[unit_of[n]]}" for n in names}
+    ctx = build_context(snap, pol)
+    placement = [ctx.host_index[target[n]] for n in ctx.vm_names]
+    loads = Loads.of(ctx, placement)
+    assume(not violated_rules(ctx, placement))
+    assume(all(loads.mem[h] <= ctx.host_mem_cap[h] for h in range(ctx.n_hosts)))
+    return snap, pol, target
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_trades())
+def test_ordering_any_trade_is_safe_and_its_status_truthful(
+    case: tuple[Snapshot, Policy, dict[str, str]],
+) -> None:
+    snap, pol, target = case
+    plan = build_plan(_solution(snap, pol, target))
+    note(f"plan={plan!r}")
+    assert not validate_plan(snap, pol, plan), validate_plan(snap, pol, plan)
+    end = end_state(snap, plan)
+    left = _violated_hard_rules(end, pol)
+    assert {v.rule for v in plan.violations} == left
+    assert (plan.status is PlanStatus.PARTIAL) == bool(left)
+    if not any("no safe order" in b.detail for b in plan.blocked):
+        assert end.placement() == target
