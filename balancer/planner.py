@@ -443,7 +443,7 @@ def _cause(
     for v in sorted(involved):
         for gi in ctx.vm_rules[v]:
             g = ctx.rules[gi]
-            if g.rule.kind is RuleKind.AFFINITY and g.hard and len(g.members) > step:
+            if g.rule.kind is RuleKind.AFFINITY and len(g.members) > step:
                 return (
                     ViolationCause.NEEDS_CONCURRENCY,
                     len(g.members),
