@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from policies.model import RuleKind
+
 
 class MoveReason(StrEnum):
     MAINTENANCE = "maintenance"
@@ -68,6 +70,46 @@ class PlanStatus(StrEnum):
     MOVES = "moves"
     BALANCED = "balanced"
     INFEASIBLE = "infeasible"
+    #: feasible moves, but a hard rule stays violated at the end (see ``Plan.violations``)
+    PARTIAL = "partial"
+
+
+class ViolationCause(StrEnum):
+    """Why a hard rule stays violated at the end of a plan."""
+
+    #: the repair needs a rule broken for a while (a swap on two hosts, no free host to park on)
+    NEEDS_TRANSIENT_VIOLATION = "needs_transient_violation"
+    #: an affinity group larger than one step can move (``needed``: the group's size)
+    NEEDS_CONCURRENCY = "needs_concurrency"
+    CAPACITY = "capacity"  # no allowed host has room (with headroom)
+    CPU_FEATURES = "cpu_features"  # no allowed host has the VMs' CPU features
+    MOVE_BUDGET = "move_budget"  # limits.moves_per_cycle reached
+    EXCLUDED = "excluded"  # a member is excluded by policy from automatic moves
+    UNREACHABLE = "unreachable"  # a member's host is unreachable
+    NO_TARGET = "no_target"  # every host is in maintenance, quarantined or unreachable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Violation:
+    """A hard rule violated in a plan's end state, with the reason it could not be repaired."""
+
+    rule: str
+    kind: RuleKind
+    cause: ViolationCause
+    #: the VMs that violate it (the ones that should have moved)
+    vms: tuple[str, ...] = ()
+    #: the hosts those VMs are on at the end
+    hosts: tuple[str, ...] = ()
+    #: for needs_concurrency: the concurrent migrations the repair needs
+    needed: int = 0
+    message: str = ""
+
+    @property
+    def cause_label(self) -> str:
+        """``needs_concurrency 3`` or the cause's value."""
+        if self.cause is ViolationCause.NEEDS_CONCURRENCY and self.needed:
+            return f"{self.cause.value} {self.needed}"
+        return self.cause.value
 
 
 def reason_label(reason: MoveReason, rule: str | None) -> str:
@@ -135,6 +177,8 @@ class Plan:
     causes: tuple[InfeasibilityCause, ...] = ()
     snapshot_digest: str = ""
     policy_digest: str = ""
+    #: hard rules still violated at the end, each with its cause (status ``partial``)
+    violations: tuple[Violation, ...] = ()
 
     @property
     def steps(self) -> int:

@@ -100,6 +100,15 @@ def _print_plan(result: Plan) -> None:
             ["vm", "reason", "rule", "detail"],
             [[x.vm, x.reason.value, x.rule or "", x.detail] for x in result.blocked],
         )
+    if result.violations:
+        print_table(
+            "violations (hard rules left violated)",
+            ["rule", "kind", "cause", "vms", "hosts", "detail"],
+            [
+                [v.rule, v.kind.value, v.cause_label, ",".join(v.vms), ",".join(v.hosts), v.message]
+                for v in result.violations
+            ],
+        )
 
 
 @click.command()

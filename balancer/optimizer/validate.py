@@ -9,7 +9,9 @@ and at most ``concurrent_total`` run; with in-flight VMs counted on both hosts, 
 memory and CPU stay within ``capacity x (1 - headroom)``; no hard anti_affinity or affinity
 rule that held before the step is broken during or after it. At the end: at most
 ``moves_per_cycle`` non-temporary moves, every VM still on a host that must be emptied is
-listed as blocked, and steps are listed in order.
+listed as blocked, and steps are listed in order. A ``partial`` plan (hard rules left
+violated at the end, each listed with its cause) is checked the same way: its steps must be
+valid; a rule violated before a step may stay violated after it.
 """
 
 from __future__ import annotations

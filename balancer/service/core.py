@@ -77,6 +77,7 @@ from balancer.service.views import (
     RecommendationView,
     StatusView,
     ValidationView,
+    ViolationView,
     VMProgress,
     VMView,
 )
@@ -849,6 +850,7 @@ class Service:
             recommended=list(d.get("recommended", [])),
             held=list(d.get("held", [])),
             note=str(d.get("note", "")),
+            violations=[ViolationView.of_doc(v) for v in d.get("violations", [])],
         )
 
     # ------------------------------------------------------------------------------------------
@@ -1541,6 +1543,7 @@ class Service:
             imbalance_of(snap, self._pol.policy) if snap else None
         )
         automation = self.automation()
+        last = self.plan(self._last_plan_id) if self._last_plan_id else None
         return StatusView(
             time=now,
             backend=self.backend_name,
@@ -1593,6 +1596,8 @@ class Service:
                 )
                 for c in self.cluster_status()
             ],
+            last_plan_status=last.status if last else None,
+            violations=last.violations if last else [],
         )
 
     def history(self, hours: float) -> list[HistoryView]:
