@@ -253,8 +253,16 @@ def optimize(
         )
         res = cpsat.solve(inp, seed=seed, time_limit_s=a_limit)
         solve_seconds += res.wall_seconds
-        if res.infeasible:
-            # a repair may need other VMs to make room: retry with every movable VM
+        left = res.placement is not None and any(
+            res.placement[v] == start[v] for v in evac + quarantine if movable(v)
+        )
+        # rules that contradict each other or the hosts whatever moves: no room helps
+        structural = rule_conflicts(policy, snapshot) if res.infeasible else ()
+        if (res.infeasible and not structural) or left:
+            # a repair or an evacuation may need other VMs to make room: retry with every
+            # movable VM. (Not for a structural conflict: room cannot help, and OR-Tools
+            # 9.15's interleaved search aborted the process on such a wide infeasible model,
+            # "Check failed: heuristics.fixed_search != nullptr".)
             wide = [v for v in range(ctx.n_vms) if movable(v)]
             if sum(len(cands[v]) + 1 for v in wide) <= FULL_MODEL_PAIRS:
                 nominal = rule if rule.balances else threshold_rule(3)
@@ -268,8 +276,10 @@ def optimize(
                         if v not in mandatory
                     },
                 )
-                res = cpsat.solve(inp, seed=seed, time_limit_s=a_limit)
-                solve_seconds += res.wall_seconds
+                wide_res = cpsat.solve(inp, seed=seed, time_limit_s=a_limit)
+                solve_seconds += wide_res.wall_seconds
+                if wide_res.placement is not None or res.infeasible:
+                    res = wide_res
         if res.infeasible:
             core = cpsat.explain_infeasible(
                 replace(inp, candidates=_explain_candidates(ctx, inp.candidates), explain=True),
