@@ -566,13 +566,17 @@ class Service:
 
     def holds(self) -> dict[str, D.Hold]:
         now = self.clock.now()
-        cooldown = timedelta(minutes=self._pol.policy.cooldown_minutes if self._pol.policy else 60)
+        policy = self._pol.policy or Policy()
+        cooldown = timedelta(minutes=policy.cooldown_minutes)
+        cooldown_max = timedelta(minutes=policy.cooldown_max_minutes)
         window = timedelta(hours=self.settings.service.pingpong_window_h)
-        moves = self.store.moves_since(now - max(window, cooldown))
+        span = D.cooldown_history(base=cooldown, cap=cooldown_max, pingpong_window=window)
+        moves = self.store.moves_since(now - span)
         return D.holds(
             moves,
             now=now,
             cooldown=cooldown,
+            cooldown_max=cooldown_max,
             pingpong_window=window,
             in_flight=[m.vm for m in self._active_migrations()],
         )

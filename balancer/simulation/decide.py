@@ -23,7 +23,13 @@ from typing import Protocol
 from balancer.model import Snapshot
 from balancer.plan import Move, Plan
 from balancer.planner import end_state, make_plan
-from balancer.service.decisions import Breakers, Disposition, holds, split_plan
+from balancer.service.decisions import (
+    Breakers,
+    Disposition,
+    cooldown_history,
+    holds,
+    split_plan,
+)
 from balancer.service.store import MoveRecord
 from balancer.simulation.consolidate import PowerAction, pack
 from policies.model import Automation, Goal, Policy
@@ -90,16 +96,18 @@ class ServiceDecider:
 
     def decide(self, snapshot: Snapshot, now: datetime, history: Sequence[MoveRecord]) -> Decision:
         policy = self._policy
-        recent = [
-            m
-            for m in history
-            if m.at >= now - max(self._pingpong_window, timedelta(minutes=policy.cooldown_minutes))
-        ]
+        cooldown = timedelta(minutes=policy.cooldown_minutes)
+        cooldown_max = timedelta(minutes=policy.cooldown_max_minutes)
+        span = cooldown_history(
+            base=cooldown, cap=cooldown_max, pingpong_window=self._pingpong_window
+        )
+        recent = [m for m in history if m.at >= now - span]
         held = frozenset(
             holds(
                 recent,
                 now=now,
-                cooldown=timedelta(minutes=policy.cooldown_minutes),
+                cooldown=cooldown,
+                cooldown_max=cooldown_max,
                 pingpong_window=self._pingpong_window,
             )
         )
