@@ -49,18 +49,10 @@ class FailingSolver:
         self.real = real
         self.failing = False
 
-    def plan(
-        self,
-        snapshot: Snapshot,
-        policy: Policy,
-        *,
-        held: frozenset[str],
-        seed: int,
-        time_limit_s: float,
-    ) -> Plan:
+    def plan(self, snapshot: Snapshot, policy: Policy, **options: Any) -> Plan:
         if self.failing:
             raise PlanningError("the solver process died while planning (a crash inside OR-Tools)")
-        return self.real.plan(snapshot, policy, held=held, seed=seed, time_limit_s=time_limit_s)
+        return self.real.plan(snapshot, policy, **options)
 
 
 @dataclass
