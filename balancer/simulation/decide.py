@@ -2,7 +2,8 @@
 time is an argument).
 
 1. Holds: :func:`balancer.service.decisions.holds` over the moves made so far (the adaptive
-   cooldown after a balance move, ping-pong A -> B -> A within the window); held VMs are not moved for balance.
+   cooldown after a balance move, ping-pong A -> B -> A within the window); held VMs are not
+   moved for balance.
 2. Plan: :func:`balancer.planner.make_plan` (optimizer + planner) on the demand snapshot.
 3. Automation: :func:`balancer.service.decisions.split_plan` - ``manual`` recommends only,
    ``partial`` executes mandatory moves only, ``full`` executes everything. No breaker is open
