@@ -1542,7 +1542,8 @@ class Service:
         shown = "; ".join(f"{b['vm']} {b['reason']}" for b in blockers[:10])
         more = f"; and {len(blockers) - 10} more" if len(blockers) > 10 else ""
         values["message"] = (
-            f"stuck: {len(on)} VMs cannot leave {req.host} (nothing moved for {idle} cycles): "
+            f"stuck: {len(on)} VM{'' if len(on) == 1 else 's'} cannot leave {req.host} "
+            f"(nothing moved for {idle} cycles): "
             f"{shown}{more}"
         )
 
@@ -1741,7 +1742,9 @@ def _no_move(plan: Plan, plan_id: str | None) -> tuple[str, str]:
     if plan.status is PlanStatus.INFEASIBLE:
         why = "; ".join(c.message for c in plan.causes if c.message) or ", ".join(plan.conflicts)
         return "infeasible", f"the rules conflict: {why}" if why else "no placement is feasible"
-    return "no_move", f"the evacuation plan {plan_id or ''} moves it nowhere".replace("  ", " ")
+    return "no_move", f"the evacuation plan {plan_id} moves it nowhere" if plan_id else (
+        "the evacuation plan moves it nowhere"
+    )
 
 
 def _blocked_text(b: Blocked) -> str:
