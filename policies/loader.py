@@ -38,6 +38,7 @@ SINGLE_KEYS = (
     "headroom",
     "limits",
     "cooldown_minutes",
+    "cooldown_max_minutes",
     "migration",
 )
 
@@ -92,6 +93,7 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
     if not files:
         raise PolicyError("no policy file given")
     given: dict[str, tuple[str, Any]] = {}
+    key_lines: dict[str, int | None] = {}
     rules: list[Rule] = []
     exclude: list[Selector] = []
     seen_rules: dict[str, str] = {}
@@ -112,6 +114,7 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
                     field=key,
                 )
             given[key] = (str(f), value)
+            key_lines[key] = line_of(node, [key])
         lines = _rule_lines(node)
         for i, r in enumerate(doc.rules):
             line = lines[i] if i < len(lines) else None
@@ -140,6 +143,19 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
         return given[key][1] if key in given else None
 
     base = Policy()
+    cooldown = pick("cooldown_minutes")
+    cooldown = cooldown if cooldown is not None else base.cooldown_minutes
+    cooldown_max = pick("cooldown_max_minutes")
+    if cooldown_max is not None and cooldown_max < cooldown:
+        raise PolicyError(
+            f"{cooldown_max} is below cooldown_minutes ({cooldown}); the ceiling of the "
+            "adaptive cooldown cannot be below its base",
+            path=given["cooldown_max_minutes"][0],
+            line=key_lines.get("cooldown_max_minutes"),
+            field="cooldown_max_minutes",
+        )
+    if cooldown_max is None:  # not given: the default ceiling, or the base when it is above
+        cooldown_max = max(base.cooldown_max_minutes, cooldown)
     bal, head, lim, mig = pick("balance"), pick("headroom"), pick("limits"), pick("migration")
     return Policy(
         automation=Automation(pick("automation") or base.automation),
@@ -148,11 +164,8 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
         balance=Resources(cpu=bal.cpu, memory=bal.memory) if bal else base.balance,
         headroom=Resources(cpu=head.cpu, memory=head.memory) if head else base.headroom,
         limits=Limits(**lim.model_dump()) if lim else base.limits,
-        cooldown_minutes=(
-            pick("cooldown_minutes")
-            if pick("cooldown_minutes") is not None
-            else base.cooldown_minutes
-        ),
+        cooldown_minutes=cooldown,
+        cooldown_max_minutes=cooldown_max,
         rules=tuple(rules),
         exclude=tuple(exclude),
         migration=MigrationSettings(**mig.model_dump()) if mig else base.migration,

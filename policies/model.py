@@ -112,7 +112,10 @@ class Policy:
     balance: Resources = field(default_factory=lambda: Resources(cpu=1.0, memory=1.0))
     headroom: Resources = field(default_factory=lambda: Resources(cpu=0.10, memory=0.05))
     limits: Limits = field(default_factory=Limits)
+    #: a VM moved for balance is held from balancing this long after the move; moved again
+    #: within its cooldown, the next cooldown doubles, up to ``cooldown_max_minutes``
     cooldown_minutes: int = 60
+    cooldown_max_minutes: int = 480
     rules: tuple[Rule, ...] = ()
     exclude: tuple[Selector, ...] = ()
     migration: MigrationSettings = field(default_factory=MigrationSettings)

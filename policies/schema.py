@@ -101,6 +101,8 @@ class PolicyDoc(_Strict):
     headroom: HeadroomDoc | None = None
     limits: LimitsDoc | None = None
     cooldown_minutes: int | None = Field(default=None, ge=0, le=7 * 24 * 60)
+    #: the ceiling of the adaptive cooldown (it doubles for a VM moved again soon); >= the base
+    cooldown_max_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60)
     migration: MigrationDoc | None = None
     rules: list[RuleDoc] = Field(default_factory=list)
     exclude: list[Name | SelectorDoc] = Field(default_factory=list)

@@ -24,7 +24,13 @@ from typing import Any, Protocol
 
 import yaml
 
-from balancer.errors import BalancerError, HypervisorError, InputError, PolicyError
+from balancer.errors import (
+    BalancerError,
+    HypervisorError,
+    InputError,
+    PlanningError,
+    PolicyError,
+)
 from balancer.inputs import POLICY, read_bytes
 from balancer.model import HostState, Snapshot, stddev
 from balancer.plan import Blocked, Move, MoveReason, Plan, PlanStatus, parse_reason_label
@@ -95,6 +101,9 @@ AUTOMATION_FLAG = "automation"
 
 #: failed migrations of one VM during one evacuation before it is reported as a blocker
 EVAC_ATTEMPTS = 3
+#: maintenance ticks in a row in which no VM left the host and none was in flight before an
+#: evacuation is reported ``stuck`` (cycles, not seconds)
+STUCK_AFTER_CYCLES = 2
 
 MANUAL_PRIORITIES = {
     "high": Priority.MANUAL_HIGH,
@@ -220,6 +229,9 @@ class Service:
         self._last_plan_id: str | None = None
         self._stopping = False
         self._agent: dict[str, HostSample] = {}  # the newest agent sample per host
+        #: maintenance request id -> maintenance ticks in a row without progress (a restart
+        #: starts again from the request's recorded stuck flag)
+        self._evac_idle: dict[int, int] = {}
         self._breaker_watch = BreakerWatch()
         self._breaker_lock = threading.Lock()  # one evaluation at a time: changes stay in order
         #: observers (metrics): called with (name, seconds)
@@ -567,13 +579,17 @@ class Service:
 
     def holds(self) -> dict[str, D.Hold]:
         now = self.clock.now()
-        cooldown = timedelta(minutes=self._pol.policy.cooldown_minutes if self._pol.policy else 60)
+        policy = self._pol.policy or Policy()
+        cooldown = timedelta(minutes=policy.cooldown_minutes)
+        cooldown_max = timedelta(minutes=policy.cooldown_max_minutes)
         window = timedelta(hours=self.settings.service.pingpong_window_h)
-        moves = self.store.moves_since(now - max(window, cooldown))
+        span = D.cooldown_history(base=cooldown, cap=cooldown_max, pingpong_window=window)
+        moves = self.store.moves_since(now - span)
         return D.holds(
             moves,
             now=now,
             cooldown=cooldown,
+            cooldown_max=cooldown_max,
             pingpong_window=window,
             in_flight=[m.vm for m in self._active_migrations()],
         )
@@ -1159,7 +1175,22 @@ class Service:
         with self._lock:
             if self.store.active_maintenance(host) is not None:
                 raise ConflictError(f"host: {host} is already entering or in maintenance")
-            pre = self.preflight(host)
+            try:
+                pre = self.preflight(host)
+            except PlanningError as exc:
+                if not force:
+                    raise
+                # forced: the evacuation's own ticks retry the plan (and report it stuck)
+                pre = PreflightView(
+                    host=host,
+                    can_enter=False,
+                    reason=f"the preflight plan failed: {exc}",
+                    vms=len(self.snapshot().vms_on(host)),
+                    moves=[],
+                    blocked=[],
+                    other_hosts_in_maintenance=[],
+                    solve_seconds=0.0,
+                )
             if not pre.can_enter and not force:
                 self.audit.record(
                     at=self.clock.now(),
@@ -1307,20 +1338,35 @@ class Service:
         evac_hosts = {r.host for r in reqs}
         plan: Plan | None = None
         plan_id: str | None = None
+        #: the evacuation plan of this tick could not be made (the solver crashed or overran)
+        plan_failed: str | None = None
         for req in evac:
             host = req.host
             on = {v.name for v in snap.vms_on(host)}
             mine = [m for m in active if m.source == host]
             inbound = [m for m in active if m.target == host]
             progress: dict[str, dict[str, Any]] = {k: dict(v) for k, v in req.vms.items()}
+            left: list[str] = []  # VMs that left the host since the last tick
+            #: why a VM left on the host has no blocker of its own (reason, detail)
+            no_move = (
+                ("no_policy", "no policy in force")
+                if policy is None
+                else ("stopping", "the service is stopping")
+                if self._stopping
+                else ("no_move", "no evacuation move was planned for it")
+            )
             for vm in set(req.original_vms) | on | set(progress):
                 p = progress.setdefault(vm, {"state": "pending", "attempts": 0})
                 try:
                     where = snap.vm(vm).host
                 except KeyError:
+                    if p.get("state") != "done":
+                        left.append(vm)
                     p.update(state="done", detail="the VM no longer exists")
                     continue
                 if where != host:
+                    if p.get("state") != "done":
+                        left.append(vm)
                     p.update(state="done", target=where, fraction=1.0, detail="")
                     continue
                 mig = next((m for m in mine if m.vm == vm), None)
@@ -1361,6 +1407,7 @@ class Service:
                     message=f"{host} is empty and in maintenance",
                 )
                 self._refresh_overlay()
+                self._evac_idle.pop(req.id, None)
                 self.audit.record(
                     at=now,
                     kind="maintenance",
@@ -1389,11 +1436,19 @@ class Service:
                     for vm in remaining
                     if vm not in retry
                 ]
-                if retry:
-                    if plan is None:
+                if retry and plan is None and plan_failed is None:
+                    try:
                         plan = self._evacuation_plan(snap, evac_hosts, policy)
                         plan_id = new_id("evac", now)
-                    assert plan_id is not None
+                    except PlanningError as exc:
+                        # no plan this tick: nothing moves, which the stuck count sees; the
+                        # next tick tries again
+                        plan_failed = str(exc)
+                        log.warning("evacuation plan failed: %s", exc)
+                if plan_failed is not None:
+                    no_move = ("planning_failed", plan_failed)
+                elif retry:
+                    assert plan is not None and plan_id is not None
                     moves = [m for m in plan.moves if m.vm in retry]
                     brk = self.breakers()
                     if moves and brk.allows(MoveReason.MAINTENANCE):
@@ -1438,22 +1493,61 @@ class Service:
                             blockers.append(
                                 {"vm": b.vm, "reason": b.reason.value, "detail": b.detail}
                             )
+                    no_move = _no_move(plan, plan_id)
                 for vm in remaining:
                     if vm not in retry:
                         progress[vm]["state"] = "blocked"
                 values["blockers"] = blockers
                 values["plan_id"] = plan_id or req.plan_id
-                stuck = [b for b in blockers]
-                values["message"] = (
-                    "stuck: " + "; ".join(f"{b['vm']} {b['reason']}" for b in stuck[:10])
-                    if stuck
-                    and not any(p["state"] in ("queued", "migrating") for p in progress.values())
-                    else ""
-                )
             else:
                 values["blockers"] = [] if not remaining else req.blockers
+            if values.get("state") != IN_MAINTENANCE:
+                self._judge_progress(req, on, progress, values, left=left, no_move=no_move)
             if progress != req.vms or values:
                 self.store.update_maintenance(req.id, at=now, vms=progress, **values)
+        for mid in set(self._evac_idle) - {r.id for r in evac}:
+            del self._evac_idle[mid]
+
+    def _judge_progress(
+        self,
+        req: MaintenanceRow,
+        on: set[str],
+        progress: dict[str, dict[str, Any]],
+        values: dict[str, Any],
+        *,
+        left: Sequence[str],
+        no_move: tuple[str, str],
+    ) -> None:
+        """Count the ticks in a row in which no VM left the host and none was in flight; at
+        :data:`STUCK_AFTER_CYCLES` the evacuation is stuck, with a blocker for every VM left
+        on the host (``no_move`` for one the plan gave neither a move nor a reason). A VM
+        leaving, or a migration queued or running, clears it."""
+        in_flight = any(progress[vm].get("state") in ("queued", "migrating") for vm in on)
+        if left or in_flight or not on:
+            self._evac_idle[req.id] = 0
+            values["message"] = ""
+            return
+        was_stuck = req.message.startswith("stuck")
+        idle = self._evac_idle.get(req.id, STUCK_AFTER_CYCLES if was_stuck else 0) + 1
+        self._evac_idle[req.id] = idle
+        if idle < STUCK_AFTER_CYCLES:
+            values["message"] = ""
+            return
+        known = [b for b in values.get("blockers", req.blockers) if b["vm"] in on]
+        have = {b["vm"] for b in known}
+        reason, detail = no_move
+        for vm in sorted(on - have):
+            known.append({"vm": vm, "reason": reason, "detail": detail})
+            progress[vm].update(state="blocked", detail=f"{reason}: {detail}".rstrip(": "))
+        blockers = sorted(known, key=lambda b: b["vm"])
+        values["blockers"] = blockers
+        shown = "; ".join(f"{b['vm']} {b['reason']}" for b in blockers[:10])
+        more = f"; and {len(blockers) - 10} more" if len(blockers) > 10 else ""
+        values["message"] = (
+            f"stuck: {len(on)} VM{'' if len(on) == 1 else 's'} cannot leave {req.host} "
+            f"(nothing moved for {idle} cycles): "
+            f"{shown}{more}"
+        )
 
     def _maintenance_view(self, r: MaintenanceRow, snap: Snapshot) -> MaintenanceView:
         try:
@@ -1479,7 +1573,10 @@ class Service:
         partial = sum(v.fraction for v in vms if v.state == "migrating")
         percent = 100.0 if total == 0 else min(100.0, 100.0 * (done + partial) / total)
         eta: float | None = None
-        if r.state == EVACUATING and remaining:
+        stuck = r.message.startswith("stuck")
+        moving = any(v.state in ("queued", "migrating") for v in vms)
+        # no time left is promised for an evacuation that is stuck or has not started moving
+        if r.state == EVACUATING and remaining and not stuck and (moving or done):
             eta = self._eta(r, snap, on)
         blockers = [
             BlockedVM(vm=b["vm"], reason=b["reason"], detail=b.get("detail", ""))
@@ -1499,7 +1596,7 @@ class Service:
             done_vms=done,
             percent=round(percent, 1),
             eta_s=None if eta is None else round(eta, 1),
-            stuck=bool(r.message.startswith("stuck")),
+            stuck=stuck,
             message=r.message,
             blockers=blockers,
             vms=vms,
@@ -1640,6 +1737,17 @@ def _parse_reason(label: str) -> tuple[MoveReason, str | None]:
         return parse_reason_label(label)
     except ValueError:
         return MoveReason.BALANCE, None
+
+
+def _no_move(plan: Plan, plan_id: str | None) -> tuple[str, str]:
+    """The blocker of a VM left on an evacuating host for which the evacuation plan has
+    neither a move nor a blocked entry (reason, detail)."""
+    if plan.status is PlanStatus.INFEASIBLE:
+        why = "; ".join(c.message for c in plan.causes if c.message) or ", ".join(plan.conflicts)
+        return "infeasible", f"the rules conflict: {why}" if why else "no placement is feasible"
+    return "no_move", f"the evacuation plan {plan_id} moves it nowhere" if plan_id else (
+        "the evacuation plan moves it nowhere"
+    )
 
 
 def _blocked_text(b: Blocked) -> str:

@@ -6,6 +6,7 @@ Values in, values out: no I/O, no clock (``now`` is an argument).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from policies.model import Automation
 
 # -- holds -------------------------------------------------------------------------------------
 class HoldReason(StrEnum):
-    COOLDOWN = "cooldown"  # moved for balance less than cooldown_minutes ago
+    COOLDOWN = "cooldown"  # moved for balance less than its (adaptive) cooldown ago
     PING_PONG = "ping_pong"  # went A -> B -> A within the ping-pong window
     IN_FLIGHT = "in_flight"  # a migration of it is queued or running
 
@@ -37,6 +38,46 @@ class Hold:
     detail: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cooldown:
+    """The cooldown in force after a VM's last balance move."""
+
+    length: timedelta
+    #: consecutive balance moves, each soon after the previous (the length doubled that many
+    #: times, up to the ceiling)
+    doublings: int
+
+
+def cooldown_after(moved_at: Sequence[datetime], *, base: timedelta, cap: timedelta) -> Cooldown:
+    """The adaptive cooldown after the last of a VM's balance moves (``moved_at``, oldest
+    first), as the descheduler's back-off does: the first move gets ``base``; a move made
+    *soon* after the previous one (before the previous cooldown had passed a second time,
+    i.e. within one more cooldown after its hold ended) doubles it, up to ``cap``; a VM left
+    alone longer starts again from ``base``. ``cap`` below ``base`` counts as ``base``."""
+    cap = max(cap, base)
+    doublings = 0
+    length = base
+    for earlier, later in itertools.pairwise(moved_at):
+        if later - earlier <= 2 * length:
+            doublings += 1
+            length = min(cap, 2 * length)
+        else:
+            doublings = 0
+            length = base
+    return Cooldown(length=length, doublings=doublings)
+
+
+def cooldown_history(*, base: timedelta, cap: timedelta, pingpong_window: timedelta) -> timedelta:
+    """How far back the move history must reach for :func:`holds`: the ping-pong window, and
+    enough of a VM's chain of balance moves for its cooldown to reach the ceiling (each gap of
+    a chain is at most twice the ceiling; one more doubling than it takes to reach it)."""
+    cap = max(cap, base)
+    levels = 0
+    while base > timedelta(0) and base * 2**levels < cap:
+        levels += 1
+    return max(pingpong_window, 2 * cap * (levels + 2))
+
+
 def holds(
     moves: Sequence[MoveRecord],
     *,
@@ -44,8 +85,14 @@ def holds(
     cooldown: timedelta,
     pingpong_window: timedelta,
     in_flight: Iterable[str] = (),
+    cooldown_max: timedelta | None = None,
 ) -> dict[str, Hold]:
-    """VMs held from balancing and why. ``moves`` are completed moves, oldest first."""
+    """VMs held from balancing and why. ``moves`` are completed moves, oldest first.
+
+    The cooldown after a balance move is adaptive (:func:`cooldown_after`): ``cooldown`` for
+    a VM moved once, doubling for one moved again soon after, up to ``cooldown_max`` (None:
+    no doubling). ``moves`` should reach back :func:`cooldown_history`."""
+    cap = cooldown if cooldown_max is None else cooldown_max
     out: dict[str, Hold] = {}
     by_vm: dict[str, list[MoveRecord]] = {}
     for m in moves:
@@ -75,13 +122,23 @@ def holds(
                 )
         if vm in out:
             continue
-        last_balance = next((m for m in reversed(ms) if m.reason == MoveReason.BALANCE.value), None)
-        if last_balance is not None and last_balance.at + cooldown > now:
+        balance = [m for m in ms if m.reason == MoveReason.BALANCE.value]
+        if not balance:
+            continue
+        last_balance = balance[-1]
+        cool = cooldown_after([m.at for m in balance], base=cooldown, cap=cap)
+        if last_balance.at + cool.length > now:
+            detail = f"moved for balance {last_balance.source}->{last_balance.target}"
+            if cool.doublings:
+                detail += (
+                    f"; cooldown {cool.length.total_seconds() / 60:.0f} min: moved for balance "
+                    f"again soon after the previous move {cool.doublings} times in a row"
+                )
             out[vm] = Hold(
                 vm=vm,
                 reason=HoldReason.COOLDOWN,
-                until=last_balance.at + cooldown,
-                detail=f"moved for balance {last_balance.source}->{last_balance.target}",
+                until=last_balance.at + cool.length,
+                detail=detail,
             )
     for vm in in_flight:
         out.setdefault(

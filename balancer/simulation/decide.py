@@ -1,8 +1,9 @@
 """The per-interval decision, made as the service makes it (pure: values in, values out; the
 time is an argument).
 
-1. Holds: :func:`balancer.service.decisions.holds` over the moves made so far (cooldown after a
-   balance move, ping-pong A -> B -> A within the window); held VMs are not moved for balance.
+1. Holds: :func:`balancer.service.decisions.holds` over the moves made so far (the adaptive
+   cooldown after a balance move, ping-pong A -> B -> A within the window); held VMs are not
+   moved for balance.
 2. Plan: :func:`balancer.planner.make_plan` (optimizer + planner) on the demand snapshot.
 3. Automation: :func:`balancer.service.decisions.split_plan` - ``manual`` recommends only,
    ``partial`` executes mandatory moves only, ``full`` executes everything. No breaker is open
@@ -23,7 +24,13 @@ from typing import Protocol
 from balancer.model import Snapshot
 from balancer.plan import Move, Plan
 from balancer.planner import end_state, make_plan
-from balancer.service.decisions import Breakers, Disposition, holds, split_plan
+from balancer.service.decisions import (
+    Breakers,
+    Disposition,
+    cooldown_history,
+    holds,
+    split_plan,
+)
 from balancer.service.store import MoveRecord
 from balancer.simulation.consolidate import PowerAction, pack
 from policies.model import Automation, Goal, Policy
@@ -90,16 +97,18 @@ class ServiceDecider:
 
     def decide(self, snapshot: Snapshot, now: datetime, history: Sequence[MoveRecord]) -> Decision:
         policy = self._policy
-        recent = [
-            m
-            for m in history
-            if m.at >= now - max(self._pingpong_window, timedelta(minutes=policy.cooldown_minutes))
-        ]
+        cooldown = timedelta(minutes=policy.cooldown_minutes)
+        cooldown_max = timedelta(minutes=policy.cooldown_max_minutes)
+        span = cooldown_history(
+            base=cooldown, cap=cooldown_max, pingpong_window=self._pingpong_window
+        )
+        recent = [m for m in history if m.at >= now - span]
         held = frozenset(
             holds(
                 recent,
                 now=now,
-                cooldown=timedelta(minutes=policy.cooldown_minutes),
+                cooldown=cooldown,
+                cooldown_max=cooldown_max,
                 pingpong_window=self._pingpong_window,
             )
         )
