@@ -93,6 +93,19 @@ class Blocked:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SoftViolation:
+    """A soft rule (``should`` / ``should_not``) the plan's end state still breaks: allowed,
+    reported. ``kind`` and ``mode`` are the rule's (``anti_affinity``, ``should``); ``vms``
+    are the members out of place and ``hosts`` the hosts concerned."""
+
+    rule: str
+    kind: str
+    mode: str
+    vms: tuple[str, ...]
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Metrics:
     imbalance: float
     cpu_stddev: float
@@ -115,6 +128,8 @@ class Plan:
     causes: tuple[InfeasibilityCause, ...] = ()
     snapshot_digest: str = ""
     policy_digest: str = ""
+    #: soft rules the end state still breaks (allowed; shown so that nobody is surprised)
+    soft_violations: tuple[SoftViolation, ...] = ()
 
     @property
     def steps(self) -> int:

@@ -27,6 +27,7 @@ from policies.model import (
     RuleKind,
     RuleMode,
     Selector,
+    SoftRules,
 )
 from policies.schema import PolicyDoc, SelectorDoc
 
@@ -39,6 +40,7 @@ SINGLE_KEYS = (
     "limits",
     "cooldown_minutes",
     "migration",
+    "soft_rules",
 )
 
 
@@ -153,6 +155,7 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
             if pick("cooldown_minutes") is not None
             else base.cooldown_minutes
         ),
+        soft_rules=SoftRules(pick("soft_rules") or base.soft_rules),
         rules=tuple(rules),
         exclude=tuple(exclude),
         migration=MigrationSettings(**mig.model_dump()) if mig else base.migration,
