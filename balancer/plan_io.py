@@ -8,7 +8,9 @@ Format version 1::
      "blocked": [{"vm": "vm9", "reason": "cpu_incompatible", "detail": "...", "rule": "r"}],
      "before": {"imbalance": 0.3, "cpu_stddev": ..., "memory_stddev": ..., "max_cpu_load": ...,
                 "max_memory_load": ...},
-     "after": {...}, "solve_seconds": 0.4, "conflicts": ["rule-a"], "made_at": "2026-...Z"}
+     "after": {...}, "solve_seconds": 0.4, "conflicts": ["rule-a"], "made_at": "2026-...Z",
+     "soft_violations": [{"rule": "web-apart", "kind": "anti_affinity", "mode": "should",
+                          "vms": ["web1", "web2"], "hosts": ["h1"]}]}
 
 Only ``moves`` is required (``vm``, ``source`` and ``target`` of each move); the rest is
 optional. A document without ``version`` is read as version 1 (the format written before the
@@ -25,7 +27,16 @@ from typing import Any
 
 from balancer.errors import InputError
 from balancer.inputs import PLAN, HugeNumber, load_json, printable
-from balancer.plan import Blocked, BlockedReason, Metrics, Move, MoveReason, Plan, PlanStatus
+from balancer.plan import (
+    Blocked,
+    BlockedReason,
+    Metrics,
+    Move,
+    MoveReason,
+    Plan,
+    PlanStatus,
+    SoftViolation,
+)
 
 
 def _metrics(m: Metrics) -> dict[str, float]:
@@ -43,9 +54,13 @@ PLAN_VERSION = 1
 MAX_ITEMS = 1_000_000
 _METRICS = ("imbalance", "cpu_stddev", "memory_stddev", "max_cpu_load", "max_memory_load")
 _TOP = ("version", "status", "moves", "blocked", "before", "after", "solve_seconds", "conflicts")
-_TOP_OPTIONAL = (*_TOP, "made_at")
+_TOP_OPTIONAL = (*_TOP, "made_at", "soft_violations")
 _MOVE = ("vm", "source", "target", "step", "reason", "gain")
 _BLOCKED = ("vm", "reason", "detail", "rule")
+_SOFT = ("rule", "kind", "mode", "vms", "hosts")
+#: the kinds and modes of a soft rule
+_SOFT_KINDS = ("affinity", "anti_affinity", "vm_host")
+_SOFT_MODES = ("should", "should_not")
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
@@ -75,6 +90,12 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     }
     if plan.conflicts:
         doc["conflicts"] = list(plan.conflicts)
+    if plan.soft_violations:
+        doc["soft_violations"] = [
+            {"rule": s.rule, "kind": s.kind, "mode": s.mode, "vms": list(s.vms)}
+            | {"hosts": list(s.hosts)}
+            for s in plan.soft_violations
+        ]
     if plan.causes:
         doc["causes"] = [
             {"code": c.code, "kind": c.kind.value, "rules": list(c.rules), "vms": list(c.vms)}
@@ -127,6 +148,25 @@ class _Reader:
             raise self.fail(f"must be a list, got {_kind(v)}", None, key)
         if len(v) > MAX_ITEMS:
             raise self.fail(f"{len(v)} items: more than {MAX_ITEMS}", None, key)
+        return v
+
+    def names(self, d: dict[str, Any], key: str, item: str) -> tuple[str, ...]:
+        v = d.get(key, [])
+        if not isinstance(v, list):
+            raise self.fail(f"must be a list of names, got {_kind(v)}", item, key)
+        if len(v) > MAX_ITEMS:
+            raise self.fail(f"{len(v)} items: more than {MAX_ITEMS}", item, key)
+        out = []
+        for i, n in enumerate(v):
+            if not isinstance(n, str) or not n.strip() or len(n) > 1000:
+                raise self.fail(f"must be a name, got {_kind(n)}", item, f"{key}[{i}]")
+            out.append(n)
+        return tuple(out)
+
+    def choice(self, d: dict[str, Any], key: str, item: str, allowed: tuple[str, ...]) -> str:
+        v = self.text(d, key, item)
+        if v not in allowed:
+            raise self.fail(f"unknown {key} {v[:60]!r} (one of {', '.join(allowed)})", item, key)
         return v
 
     def metrics(self, d: dict[str, Any], key: str) -> Metrics:
@@ -214,6 +254,19 @@ def plan_from_dict(doc: Any, *, source: str = "<plan>") -> Plan:
         if not isinstance(c, str) or not c:
             raise r.fail(f"must be a rule name, got {_kind(c)}", f"conflicts[{i}]")
         conflicts.append(c)
+    soft = []
+    for i, raw in enumerate(r.items(top, "soft_violations")):
+        where = f"soft_violations[{i}]"
+        s = r.obj(raw, where, _SOFT)
+        soft.append(
+            SoftViolation(
+                rule=r.text(s, "rule", where),
+                kind=r.choice(s, "kind", where, _SOFT_KINDS),
+                mode=r.choice(s, "mode", where, _SOFT_MODES),
+                vms=r.names(s, "vms", where),
+                hosts=r.names(s, "hosts", where),
+            )
+        )
     if "made_at" in top and top["made_at"] is not None and not isinstance(top["made_at"], str):
         raise r.fail(
             f"must be an ISO date-time string, got {_kind(top['made_at'])}", None, "made_at"
@@ -226,6 +279,7 @@ def plan_from_dict(doc: Any, *, source: str = "<plan>") -> Plan:
         after=r.metrics(top, "after"),
         solve_seconds=r.number(top, "solve_seconds", "plan", low=0.0, high=1e6),
         conflicts=tuple(conflicts),
+        soft_violations=tuple(soft),
     )
 
 
