@@ -28,13 +28,11 @@ rules:
 
 
 def _files(tmp_path: Path) -> tuple[str, str]:
-    hosts = [make_host("h1"), make_host("h2")]
+    """Three soft-apart VMs on two hosts: the plan must leave the rule broken."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
     vms = [make_vm(f"w{i}", "h1") for i in range(3)] + [make_vm("x", "h2")]
-    snap = tmp_path / "snap.json"
-    dump_snapshot(make_snapshot(hosts, vms), snap)
-    pol = tmp_path / "policy.yaml"
-    pol.write_text(POLICY)
-    return str(snap), str(pol)
+    dump_snapshot(make_snapshot([make_host("h1"), make_host("h2")], vms), tmp_path / "s.json")
+    return str(tmp_path / "s.json"), str(tmp_path / "policy.yaml")
 
 
 def test_plan_json_lists_the_soft_rules_still_broken(tmp_path: Path) -> None:
