@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
 from balancer.model import HostState, Snapshot
-from balancer.plan import PlanStatus, SoftViolation
+from balancer.optimizer import validate_plan
+from balancer.plan import BlockedReason, PlanStatus, SoftViolation
 from balancer.plan_io import plan_from_dict, plan_to_dict
-from balancer.planner import make_plan
-from policies.model import Rule, RuleKind, RuleMode, Selector, SoftRules
+from balancer.planner import end_state, make_plan
+from policies.model import Policy, Rule, RuleKind, RuleMode, Selector, SoftRules
 from tests.factories import make_host, make_snapshot, make_vm
 from tests.optimizer.helpers import TIME_LIMIT_S, plan_ok, policy
+from tests.optimizer.test_properties import clusters
 
 
 def group(name: str, kind: RuleKind, *vms: str, mode: RuleMode = RuleMode.SHOULD) -> Rule:
@@ -208,3 +213,53 @@ def test_soft_violations_survive_the_plan_json() -> None:
     doc = plan_to_dict(plan)
     assert doc["soft_violations"][0]["rule"] == "web-apart"
     assert plan_from_dict(doc).soft_violations == plan.soft_violations
+
+
+# -- property: random clusters, groups must or should ------------------------------------------
+@st.composite
+def _soft_clusters(draw: st.DrawFn) -> tuple[Snapshot, Policy]:
+    snapshot, pol = draw(clusters())
+    rules = tuple(
+        replace(r, mode=draw(st.sampled_from([RuleMode.MUST, RuleMode.SHOULD]))) if r.group else r
+        for r in pol.rules
+    )
+    return snapshot, replace(pol, rules=rules, soft_rules=draw(st.sampled_from(list(SoftRules))))
+
+
+def _broken_groups(snapshot: Snapshot, pol: Policy) -> set[str]:
+    """Soft VM-VM rules the snapshot breaks, computed here independently of the optimizer."""
+    out = set()
+    for r in pol.rules:
+        if not r.group or r.hard:
+            continue
+        hosts = [v.host for v in snapshot.vms if r.vms.matches(v.name, v.labels)]
+        if r.kind is RuleKind.ANTI_AFFINITY and len(set(hosts)) < len(hosts):
+            out.add(r.name)
+        if r.kind is RuleKind.AFFINITY and len(set(hosts)) > 1:
+            out.add(r.name)
+    return out
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_soft_clusters())
+def test_soft_groups_never_conflict_are_listed_and_replanning_moves_nothing(
+    case: tuple[Snapshot, Policy],
+) -> None:
+    snapshot, pol = case
+    plan = make_plan(snapshot, pol, time_limit_s=TIME_LIMIT_S)
+    note(f"snapshot={snapshot!r}\npolicy={pol!r}\nplan={plan!r}")
+    assert not validate_plan(snapshot, pol, plan)
+    soft_names = {r.name for r in pol.rules if not r.hard}
+    if plan.status is PlanStatus.INFEASIBLE:
+        assert not set(plan.conflicts) & soft_names
+        return
+    end = end_state(snapshot, plan)
+    listed = {s.rule for s in plan.soft_violations}
+    assert listed <= soft_names
+    assert {n for n in listed if pol.rule(n).group} == _broken_groups(end, pol)
+    if any(
+        "no safe order" in b.detail or b.reason is BlockedReason.MOVE_BUDGET for b in plan.blocked
+    ):
+        return  # a plan cut short leaves work for the next cycle
+    again = make_plan(end, pol, time_limit_s=TIME_LIMIT_S)
+    assert not again.moves, [(m.vm, m.source, m.target, m.reason_label) for m in again.moves]
