@@ -217,7 +217,8 @@ def optimize(
         r = ctx.rules[ri]
         if is_soft(r):
             if repair_soft:
-                soft_bad.update(bad)
+                # any member of a VM-VM group may move to repair it (as for hard groups)
+                soft_bad.update(r.members if r.rule.group else bad)
             continue
         if r.rule.kind is RuleKind.VM_HOST:
             repair.update(bad)

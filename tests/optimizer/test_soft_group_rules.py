@@ -68,6 +68,21 @@ def test_soft_affinity_is_repaired_when_there_is_room() -> None:
     assert len([m for m in plan.moves if m.vm in ("app", "db")]) == 1  # one joins the other
 
 
+def test_soft_affinity_repair_may_move_the_member_on_the_home_host() -> None:
+    """app and db are one each on h1 and h2; h1 (the nominal home, lowest index) is too full
+    for db, so the repair moves app to db instead. Threshold 2: no balancing phase."""
+    hosts = [make_host(f"h{i}", memory_mib=16384) for i in (1, 2, 3)]
+    vms = [
+        make_vm("app", "h1", memory_mib=4096),
+        make_vm("fill", "h1", memory_mib=8192),
+        make_vm("db", "h2", memory_mib=4096),
+        make_vm("z", "h3", memory_mib=8192),
+    ]
+    plan, end = plan_ok(make_snapshot(hosts, vms), policy(2, rules=(together("app", "db"),)))
+    assert end.vm("app").host == end.vm("db").host == "h2"
+    assert plan.soft_violations == ()
+
+
 def test_soft_anti_affinity_guides_an_evacuation() -> None:
     """Balance alone would put both evacuated VMs on the empty h2 (y makes h3 a little
     warmer); the soft rule sends one to h3."""
