@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from policies.model import RuleKind, RuleMode
+
 
 class MoveReason(StrEnum):
     MAINTENANCE = "maintenance"
@@ -15,10 +17,18 @@ class MoveReason(StrEnum):
     CONSOLIDATE = "consolidate"
     MANUAL = "manual"
     TEMPORARY = "temporary"  # a parking move that breaks a swap or a cycle
+    #: moved only to make room for an evacuation or a rule repair (shown as
+    #: "make_room:<rule>" when it serves a rule); as mandatory as what it serves
+    MAKE_ROOM = "make_room"
 
     @property
     def mandatory(self) -> bool:
-        return self in (MoveReason.MAINTENANCE, MoveReason.RULE, MoveReason.QUARANTINE)
+        return self in (
+            MoveReason.MAINTENANCE,
+            MoveReason.RULE,
+            MoveReason.QUARANTINE,
+            MoveReason.MAKE_ROOM,
+        )
 
 
 class BlockedReason(StrEnum):
@@ -60,11 +70,63 @@ class PlanStatus(StrEnum):
     MOVES = "moves"
     BALANCED = "balanced"
     INFEASIBLE = "infeasible"
+    #: feasible moves, but a hard rule stays violated at the end (see ``Plan.violations``)
+    PARTIAL = "partial"
+
+
+class ViolationCause(StrEnum):
+    """Why a hard rule stays violated at the end of a plan."""
+
+    #: the repair needs a rule broken for a while (a swap on two hosts, no free host to park on)
+    NEEDS_TRANSIENT_VIOLATION = "needs_transient_violation"
+    #: an affinity group larger than one step can move (``needed``: the group's size)
+    NEEDS_CONCURRENCY = "needs_concurrency"
+    CAPACITY = "capacity"  # no allowed host has room (with headroom)
+    CPU_FEATURES = "cpu_features"  # no allowed host has the VMs' CPU features
+    MOVE_BUDGET = "move_budget"  # limits.moves_per_cycle reached
+    EXCLUDED = "excluded"  # a member is excluded by policy from automatic moves
+    UNREACHABLE = "unreachable"  # a member's host is unreachable
+    NO_TARGET = "no_target"  # every host is in maintenance, quarantined or unreachable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Violation:
+    """A hard rule violated in a plan's end state, with the reason it could not be repaired."""
+
+    rule: str
+    kind: RuleKind
+    cause: ViolationCause
+    #: the VMs that violate it (the ones that should have moved)
+    vms: tuple[str, ...] = ()
+    #: the hosts those VMs are on at the end
+    hosts: tuple[str, ...] = ()
+    #: for needs_concurrency: the concurrent migrations the repair needs
+    needed: int = 0
+    message: str = ""
+
+    @property
+    def cause_label(self) -> str:
+        """``needs_concurrency 3`` or the cause's value."""
+        if self.cause is ViolationCause.NEEDS_CONCURRENCY and self.needed:
+            return f"{self.cause.value} {self.needed}"
+        return self.cause.value
 
 
 def reason_label(reason: MoveReason, rule: str | None) -> str:
-    """The one way a move's reason is written out: ``rule:<name>`` or the enum value."""
-    return f"rule:{rule}" if reason is MoveReason.RULE and rule else reason.value
+    """The one way a move's reason is written out: ``rule:<name>``, ``make_room:<name>`` or
+    the enum value."""
+    if rule and reason in (MoveReason.RULE, MoveReason.MAKE_ROOM):
+        return f"{reason.value}:{rule}"
+    return reason.value
+
+
+def parse_reason_label(label: str) -> tuple[MoveReason, str | None]:
+    """The inverse of :func:`reason_label` (ValueError for an unknown reason)."""
+    for reason in (MoveReason.RULE, MoveReason.MAKE_ROOM):
+        prefix = f"{reason.value}:"
+        if label.startswith(prefix) and len(label) > len(prefix):
+            return reason, label[len(prefix) :]
+    return MoveReason(label), None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,8 +161,8 @@ class SoftViolation:
     are the members out of place and ``hosts`` the hosts concerned."""
 
     rule: str
-    kind: str
-    mode: str
+    kind: RuleKind
+    mode: RuleMode
     vms: tuple[str, ...]
     hosts: tuple[str, ...]
 
@@ -128,6 +190,8 @@ class Plan:
     causes: tuple[InfeasibilityCause, ...] = ()
     snapshot_digest: str = ""
     policy_digest: str = ""
+    #: hard rules still violated at the end, each with its cause (status ``partial``)
+    violations: tuple[Violation, ...] = ()
     #: soft rules the end state still breaks (allowed; shown so that nobody is surprised)
     soft_violations: tuple[SoftViolation, ...] = ()
 

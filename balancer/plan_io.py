@@ -9,8 +9,15 @@ Format version 1::
      "before": {"imbalance": 0.3, "cpu_stddev": ..., "memory_stddev": ..., "max_cpu_load": ...,
                 "max_memory_load": ...},
      "after": {...}, "solve_seconds": 0.4, "conflicts": ["rule-a"], "made_at": "2026-...Z",
+     "violations": [{"rule": "apart", "kind": "anti_affinity", "cause": "needs_concurrency",
+                     "vms": ["vm3"], "hosts": ["h2"], "needed": 3, "message": "..."}],
      "soft_violations": [{"rule": "web-apart", "kind": "anti_affinity", "mode": "should",
                           "vms": ["web1", "web2"], "hosts": ["h1"]}]}
+
+``status`` is one of moves, balanced, partial (a hard rule stays violated at the end: each
+one is in ``violations`` with its cause) and infeasible; ``violations`` is optional (plans
+written before it existed are read as having none); so is ``soft_violations``, the soft rules
+(``should`` / ``should_not``) the end state still breaks, which are allowed.
 
 Only ``moves`` is required (``vm``, ``source`` and ``target`` of each move); the rest is
 optional. A document without ``version`` is read as version 1 (the format written before the
@@ -22,8 +29,9 @@ is read through :mod:`balancer.inputs` (regular file, at most 64 MiB, strict UTF
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from balancer.errors import InputError
 from balancer.inputs import PLAN, HugeNumber, load_json, printable
@@ -36,7 +44,11 @@ from balancer.plan import (
     Plan,
     PlanStatus,
     SoftViolation,
+    Violation,
+    ViolationCause,
+    parse_reason_label,
 )
+from policies.model import RuleKind, RuleMode
 
 
 def _metrics(m: Metrics) -> dict[str, float]:
@@ -54,13 +66,29 @@ PLAN_VERSION = 1
 MAX_ITEMS = 1_000_000
 _METRICS = ("imbalance", "cpu_stddev", "memory_stddev", "max_cpu_load", "max_memory_load")
 _TOP = ("version", "status", "moves", "blocked", "before", "after", "solve_seconds", "conflicts")
-_TOP_OPTIONAL = (*_TOP, "made_at", "soft_violations")
+_TOP_OPTIONAL = (*_TOP, "made_at", "violations", "soft_violations")
 _MOVE = ("vm", "source", "target", "step", "reason", "gain")
 _BLOCKED = ("vm", "reason", "detail", "rule")
+_E = TypeVar("_E", bound=StrEnum)
+_VIOLATION = ("rule", "kind", "cause", "vms", "hosts", "needed", "message")
 _SOFT = ("rule", "kind", "mode", "vms", "hosts")
-#: the kinds and modes of a soft rule
-_SOFT_KINDS = ("affinity", "anti_affinity", "vm_host")
+#: the modes of a soft rule
 _SOFT_MODES = ("should", "should_not")
+
+
+def violation_to_dict(v: Violation) -> dict[str, Any]:
+    """One violation as written in plans, the service's status and the API."""
+    return (
+        {
+            "rule": v.rule,
+            "kind": v.kind.value,
+            "cause": v.cause.value,
+            "vms": list(v.vms),
+            "hosts": list(v.hosts),
+        }
+        | ({"needed": v.needed} if v.needed else {})
+        | ({"message": v.message} if v.message else {})
+    )
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
@@ -90,9 +118,11 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     }
     if plan.conflicts:
         doc["conflicts"] = list(plan.conflicts)
+    if plan.violations:
+        doc["violations"] = [violation_to_dict(v) for v in plan.violations]
     if plan.soft_violations:
         doc["soft_violations"] = [
-            {"rule": s.rule, "kind": s.kind, "mode": s.mode, "vms": list(s.vms)}
+            {"rule": s.rule, "kind": s.kind.value, "mode": s.mode.value, "vms": list(s.vms)}
             | {"hosts": list(s.hosts)}
             for s in plan.soft_violations
         ]
@@ -191,10 +221,8 @@ def _kind(v: Any) -> str:
 
 
 def _parse_reason(label: str, r: _Reader, where: str) -> tuple[MoveReason, str | None]:
-    if label.startswith("rule:") and len(label) > 5:
-        return MoveReason.RULE, label[5:]
     try:
-        return MoveReason(label), None
+        return parse_reason_label(label)
     except ValueError:
         raise r.fail(f"unknown reason {label[:60]!r}", where, "reason") from None
 
@@ -254,6 +282,9 @@ def plan_from_dict(doc: Any, *, source: str = "<plan>") -> Plan:
         if not isinstance(c, str) or not c:
             raise r.fail(f"must be a rule name, got {_kind(c)}", f"conflicts[{i}]")
         conflicts.append(c)
+    violations = [
+        _violation(r, raw, f"violations[{i}]") for i, raw in enumerate(r.items(top, "violations"))
+    ]
     soft = []
     for i, raw in enumerate(r.items(top, "soft_violations")):
         where = f"soft_violations[{i}]"
@@ -261,8 +292,8 @@ def plan_from_dict(doc: Any, *, source: str = "<plan>") -> Plan:
         soft.append(
             SoftViolation(
                 rule=r.text(s, "rule", where),
-                kind=r.choice(s, "kind", where, _SOFT_KINDS),
-                mode=r.choice(s, "mode", where, _SOFT_MODES),
+                kind=_choice(r, s, "kind", where, RuleKind),
+                mode=RuleMode(r.choice(s, "mode", where, _SOFT_MODES)),
                 vms=r.names(s, "vms", where),
                 hosts=r.names(s, "hosts", where),
             )
@@ -279,8 +310,43 @@ def plan_from_dict(doc: Any, *, source: str = "<plan>") -> Plan:
         after=r.metrics(top, "after"),
         solve_seconds=r.number(top, "solve_seconds", "plan", low=0.0, high=1e6),
         conflicts=tuple(conflicts),
+        violations=tuple(violations),
         soft_violations=tuple(soft),
     )
+
+
+def _violation(r: _Reader, raw: Any, where: str) -> Violation:
+    d = r.obj(raw, where, _VIOLATION)
+    kind = _choice(r, d, "kind", where, RuleKind)
+    cause = _choice(r, d, "cause", where, ViolationCause)
+    names: dict[str, tuple[str, ...]] = {}
+    for key in ("vms", "hosts"):
+        items = d.get(key, [])
+        if not isinstance(items, list) or len(items) > MAX_ITEMS:
+            raise r.fail(f"must be a list of names, got {_kind(items)}", where, key)
+        names[key] = tuple(r.text({key: x}, key, f"{where}.{key}") for x in items)
+    needed = d.get("needed", 0)
+    if isinstance(needed, bool) or not isinstance(needed, int) or not 0 <= needed <= MAX_ITEMS:
+        raise r.fail(f"must be a whole number 0..{MAX_ITEMS}, got {_kind(needed)}", where, "needed")
+    message = r.text(d, "message", where) if d.get("message") not in (None, "") else ""
+    return Violation(
+        rule=r.text(d, "rule", where),
+        kind=kind,
+        cause=cause,
+        vms=names["vms"],
+        hosts=names["hosts"],
+        needed=needed,
+        message=message,
+    )
+
+
+def _choice(r: _Reader, d: dict[str, Any], key: str, where: str, enum: type[_E]) -> _E:
+    raw = r.text(d, key, where)
+    try:
+        return enum(raw)
+    except ValueError:
+        allowed = ", ".join(e.value for e in enum)
+        raise r.fail(f"unknown {key} {raw[:60]!r} (one of {allowed})", where, key) from None
 
 
 def read_plan_file(path: str | Path) -> tuple[Plan, dict[str, Any]]:

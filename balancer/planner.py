@@ -13,21 +13,35 @@ Pure. A step is a set of migrations that may run at once:
 
 Moves are taken in priority order (mandatory first, then by gain). When no pending move can
 start (a swap or a cycle), a VM on a blocking host is parked on a third host with a
-``temporary`` move; when no parking is possible the lowest-priority blocked move is left out
-and reported as blocked (capacity). Never a transient overcommit.
+``temporary`` move -- or, when the blockers are an affinity group, the whole group is parked
+together in one step; when no parking is possible the lowest-priority blocked move is left out
+and reported as blocked (capacity, or the anti_affinity rule it would break while it runs).
+Never a transient overcommit, never a transient rule violation.
+
+Truthful status: every hard rule still violated in the plan's end state is listed as a
+:class:`~balancer.plan.Violation` with its cause, and the plan is ``partial``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from balancer.model import Snapshot
-from balancer.optimizer.context import Context, soft_violations
+from balancer.optimizer.context import Context, soft_violations, violated_rules
 from balancer.optimizer.core import Solution, optimize
 from balancer.optimizer.filters import anti_affinity_conflict, static_verdict
 from balancer.optimizer.metrics import metrics
-from balancer.plan import Blocked, BlockedReason, Move, MoveReason, Plan, PlanStatus
+from balancer.plan import (
+    Blocked,
+    BlockedReason,
+    Move,
+    MoveReason,
+    Plan,
+    PlanStatus,
+    Violation,
+    ViolationCause,
+)
 from policies.model import Policy, RuleKind
 
 
@@ -37,6 +51,9 @@ class Ordered:
     #: VMs whose move was left out: no safe order was found
     dropped: tuple[int, ...]
     end: tuple[int, ...]
+    #: dropped VM -> the anti_affinity rule its move would have broken while it ran
+    #: (absent: it was left out for capacity)
+    transient: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -100,6 +117,7 @@ class _Orderer:
         self.moves: list[tuple[int, int, int, int, bool]] = []  # vm, src, dst, step, temporary
         self.parked: set[int] = set()
         self.dropped: list[int] = []
+        self.transient: dict[int, str] = {}
 
     # -- checks ---------------------------------------------------------------------------------
     def _room(self, step: _Step, v: int, h: int, extra_cpu: int = 0, extra_mem: int = 0) -> bool:
@@ -188,9 +206,13 @@ class _Orderer:
             self._drop(pending)
 
     def _park(self, pending: Sequence[int], step_no: int) -> bool:
-        """Break a swap/cycle: move one VM off a blocking host to a third host."""
+        """Break a swap/cycle: move one VM off a blocking host to a third host, or else a
+        whole affinity group (see :meth:`_park_group`)."""
         if len(self.moves) + 2 > self.max_moves:
             return False
+        return self._park_single(pending, step_no) or self._park_group(pending, step_no)
+
+    def _park_single(self, pending: Sequence[int], step_no: int) -> bool:
         ctx = self.ctx
         pend = set(pending)
         for v in pending:
@@ -211,11 +233,51 @@ class _Orderer:
                         return True
         return False
 
+    def _park_group(self, pending: Sequence[int], step_no: int) -> bool:
+        """Park a whole pending affinity group that sits on a host another pending unit must
+        reach: all its members to one third host in one step (within the concurrency limits
+        and the room and rules a step needs), so that the group stays together."""
+        ctx = self.ctx
+        units = _units(ctx, pending, self.target)
+        for unit in units:
+            wanted = {self.target[v] for v in unit}
+            for group in units:
+                if group is unit or len(group) < 2 or any(u in self.parked for u in group):
+                    continue
+                homes = {self.pos[u] for u in group}
+                if len(homes) != 1 or not homes <= wanted:
+                    continue
+                if len(self.moves) + len(group) + 1 > self.max_moves:
+                    continue
+                avoid = wanted | {self.target[u] for u in group}
+                for c in range(ctx.n_hosts):
+                    if c in avoid or any(static_verdict(ctx, u, c) is not None for u in group):
+                        continue
+                    empty = _Step(
+                        per_host={}, total=0, cpu_in={}, mem_in={}, incoming={}, vms=set()
+                    )
+                    if self._fits_unit(empty, group, [c] * len(group)):
+                        for u in group:
+                            self._apply(u, c, step_no, temporary=True)
+                            self.parked.add(u)
+                        return True
+        return False
+
     def _drop(self, pending: Sequence[int]) -> None:
         """Leave out the lowest-priority pending unit (the VMs stay where they are now)."""
         units = _units(self.ctx, pending, self.target)
         last = units[-1]
+        rule = next(
+            (
+                r
+                for v in last
+                if (r := anti_affinity_conflict(self.ctx, self.pos, v, self.target[v]))
+            ),
+            None,
+        )
         for v in last:
+            if rule is not None:
+                self.transient[v] = rule
             self.target[v] = self.pos[v]
             self.dropped.append(v)
 
@@ -265,7 +327,12 @@ def order_moves(solution: Solution) -> Ordered:
                 memory_mib=ctx.vm_mem[v],
             )
         )
-    return Ordered(moves=tuple(moves), dropped=tuple(orderer.dropped), end=tuple(orderer.pos))
+    return Ordered(
+        moves=tuple(moves),
+        dropped=tuple(orderer.dropped),
+        end=tuple(orderer.pos),
+        transient=dict(orderer.transient),
+    )
 
 
 def build_plan(solution: Solution) -> Plan:
@@ -287,16 +354,27 @@ def build_plan(solution: Solution) -> Plan:
     ordered = order_moves(solution)
     blocked = list(solution.blocked)
     for v in ordered.dropped:
+        rule = ordered.transient.get(v)
         blocked.append(
             Blocked(
                 vm=ctx.vm_names[v],
                 reason=BlockedReason.CAPACITY,
                 detail="no safe order for this move (left out)",
             )
+            if rule is None
+            else Blocked(
+                vm=ctx.vm_names[v],
+                reason=BlockedReason.RULE,
+                rule=rule,
+                detail=f"no safe order for this move (left out): it would break {rule} "
+                "while it runs, and no free host can take a VM meanwhile",
+            )
         )
     after = metrics(ctx, ordered.end) if ordered.dropped else solution.after
+    violations = end_violations(solution, ordered)
+    status = PlanStatus.MOVES if ordered.moves else PlanStatus.BALANCED
     return Plan(
-        status=PlanStatus.MOVES if ordered.moves else PlanStatus.BALANCED,
+        status=PlanStatus.PARTIAL if violations else status,
         moves=ordered.moves,
         blocked=tuple(sorted(blocked, key=lambda b: b.vm)),
         before=solution.before,
@@ -304,7 +382,124 @@ def build_plan(solution: Solution) -> Plan:
         solve_seconds=solution.solve_seconds,
         snapshot_digest=ctx.snapshot.digest(),
         policy_digest=ctx.policy.digest,
+        violations=violations,
         soft_violations=soft_violations(ctx, ordered.end),
+    )
+
+
+def end_violations(solution: Solution, ordered: Ordered) -> tuple[Violation, ...]:
+    """Every hard rule violated in the ordered plan's end state, with its cause."""
+    ctx = solution.ctx
+    end = ordered.end
+    blocked = {b.vm: b for b in solution.blocked}
+    out: list[Violation] = []
+    for ri, bad in sorted(violated_rules(ctx, end).items()):
+        r = ctx.rules[ri]
+        if not r.hard:
+            continue
+        cause, needed, message = _cause(ctx, ordered, blocked, ri, bad)
+        out.append(
+            Violation(
+                rule=r.name,
+                kind=r.rule.kind,
+                cause=cause,
+                vms=tuple(ctx.vm_names[v] for v in bad),
+                hosts=tuple(sorted({ctx.host_names[end[v]] for v in bad})),
+                needed=needed,
+                message=message,
+            )
+        )
+    return tuple(out)
+
+
+_BLOCKED_CAUSE = {
+    BlockedReason.CPU_INCOMPATIBLE: ViolationCause.CPU_FEATURES,
+    BlockedReason.CPU_FEATURES_MISSING: ViolationCause.CPU_FEATURES,
+    BlockedReason.CAPACITY: ViolationCause.CAPACITY,
+    BlockedReason.MOVE_BUDGET: ViolationCause.MOVE_BUDGET,
+    BlockedReason.EXCLUDED: ViolationCause.EXCLUDED,
+    BlockedReason.UNREACHABLE: ViolationCause.UNREACHABLE,
+    BlockedReason.NO_TARGET: ViolationCause.NO_TARGET,
+}
+
+
+def _cause(
+    ctx: Context,
+    ordered: Ordered,
+    blocked: Mapping[str, Blocked],
+    ri: int,
+    bad: Sequence[int],
+) -> tuple[ViolationCause, int, str]:
+    """Why rule ``ri`` stays violated by ``bad``: the cause, the concurrency needed, a message.
+
+    In order: a VM that may not move (excluded, or on a host that cannot send); a member of
+    an affinity group too large for one step (the optimizer keeps such groups where they
+    are); a move the planner left out (a transient rule violation, or no room to park); the
+    optimizer's blocked reason; else what the hosts offer."""
+    r = ctx.rules[ri]
+    limits = ctx.policy.limits
+    step = min(limits.concurrent_per_host, limits.concurrent_total)
+    names = ", ".join(ctx.vm_names[v] for v in bad)
+    for v in bad:
+        if v in ctx.excluded:
+            return ViolationCause.EXCLUDED, 0, f"{names}: excluded from automatic moves"
+        if not ctx.can_move(v):
+            return ViolationCause.UNREACHABLE, 0, f"{names}: its host cannot send VMs"
+    involved = set(bad) if r.rule.kind is RuleKind.VM_HOST else set(r.members)
+    for v in sorted(involved):
+        for gi in ctx.vm_rules[v]:
+            g = ctx.rules[gi]
+            if g.rule.kind is RuleKind.AFFINITY and g.hard and len(g.members) > step:
+                return (
+                    ViolationCause.NEEDS_CONCURRENCY,
+                    len(g.members),
+                    f"affinity group {g.name} has {len(g.members)} VMs and moves in one step, "
+                    f"but one step moves at most {step} (limits.concurrent_per_host "
+                    f"{limits.concurrent_per_host}, concurrent_total {limits.concurrent_total})",
+                )
+    dropped = [v for v in ordered.dropped if v in involved]
+    if dropped:
+        rule = next((ordered.transient[v] for v in dropped if v in ordered.transient), None)
+        if rule is not None:
+            return (
+                ViolationCause.NEEDS_TRANSIENT_VIOLATION,
+                0,
+                f"repairing {r.name} needs {rule} broken while the VMs trade hosts, and no "
+                "free host can take one of them meanwhile",
+            )
+        return (
+            ViolationCause.CAPACITY,
+            0,
+            f"repairing {r.name} needs the VMs to trade hosts, and no host has room to park "
+            "one of them meanwhile",
+        )
+    for v in bad:
+        b = blocked.get(ctx.vm_names[v])
+        if b is not None and b.reason in _BLOCKED_CAUSE:
+            cause = _BLOCKED_CAUSE[b.reason]
+            return cause, 0, f"{names}: {b.detail or cause.value}"
+    return _host_cause(ctx, r.name, bad, names)
+
+
+def _host_cause(
+    ctx: Context, rule: str, bad: Sequence[int], names: str
+) -> tuple[ViolationCause, int, str]:
+    """The cause from what the hosts offer the VMs that violate a rule."""
+    open_hosts = [h for h in range(ctx.n_hosts) if ctx.accepts(h)]
+    if not open_hosts:
+        return ViolationCause.NO_TARGET, 0, "no host takes VMs"
+    for v in bad:
+        vm = ctx.snapshot.vms[v]
+        if not any(vm.runs_on(ctx.snapshot.hosts[h]) for h in open_hosts):
+            return (
+                ViolationCause.CPU_FEATURES,
+                0,
+                f"no host that takes VMs has the CPU features of {vm.name}",
+            )
+    return (
+        ViolationCause.CAPACITY,
+        0,
+        f"no host {rule} allows has room for {names} (with headroom)",
     )
 
 

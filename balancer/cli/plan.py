@@ -100,12 +100,21 @@ def _print_plan(result: Plan) -> None:
             ["vm", "reason", "rule", "detail"],
             [[x.vm, x.reason.value, x.rule or "", x.detail] for x in result.blocked],
         )
+    if result.violations:
+        print_table(
+            "violations (hard rules left violated)",
+            ["rule", "kind", "cause", "vms", "hosts", "detail"],
+            [
+                [v.rule, v.kind.value, v.cause_label, ",".join(v.vms), ",".join(v.hosts), v.message]
+                for v in result.violations
+            ],
+        )
     if result.soft_violations:
         print_table(
             "soft rules still broken (allowed)",
             ["rule", "kind", "mode", "vms", "hosts"],
             [
-                [s.rule, s.kind, s.mode, ", ".join(s.vms), ", ".join(s.hosts)]
+                [s.rule, s.kind.value, s.mode.value, ",".join(s.vms), ",".join(s.hosts)]
                 for s in result.soft_violations
             ],
         )

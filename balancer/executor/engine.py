@@ -256,7 +256,7 @@ class Executor:
                 )
             made = made_at or now
             superseded = self._superseded_reason(plan, made, now, plan_snapshot)
-            classes = [PriorityClass.for_reason(m.reason) for m in plan.moves]
+            classes = [PriorityClass.for_reason(m.reason, m.rule) for m in plan.moves]
             top = max(classes, default=PriorityClass.BALANCE)
             reqs = [
                 NewRequest(

@@ -27,12 +27,15 @@ class PriorityClass(IntEnum):
         return self.name.lower()
 
     @classmethod
-    def for_reason(cls, reason: MoveReason) -> PriorityClass:
-        """The class of a plan move by its reason (a manual move is ``manual_normal``)."""
+    def for_reason(cls, reason: MoveReason, rule: str | None = None) -> PriorityClass:
+        """The class of a plan move by its reason (a manual move is ``manual_normal``; a move
+        that makes room has the class of what it serves: a rule repair, else an evacuation)."""
         if reason in (MoveReason.MAINTENANCE, MoveReason.QUARANTINE):
             return cls.EVACUATION
-        if reason is MoveReason.RULE:
+        if reason is MoveReason.RULE or (reason is MoveReason.MAKE_ROOM and rule):
             return cls.RULE_REPAIR
+        if reason is MoveReason.MAKE_ROOM:
+            return cls.EVACUATION
         if reason is MoveReason.MANUAL:
             return cls.MANUAL_NORMAL
         return cls.BALANCE

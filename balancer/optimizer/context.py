@@ -226,8 +226,8 @@ def soft_violations(
         out.append(
             SoftViolation(
                 rule=r.name,
-                kind=r.rule.kind.value,
-                mode=r.rule.mode.value,
+                kind=r.rule.kind,
+                mode=r.rule.mode,
                 vms=tuple(sorted(ctx.vm_names[m] for m in vms)),
                 hosts=tuple(sorted({ctx.host_names[placement[m]] for m in vms})),
             )

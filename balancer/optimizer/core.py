@@ -15,6 +15,7 @@ greedy heuristic's result is the hint.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -31,6 +32,7 @@ from balancer.optimizer.context import (
 from balancer.optimizer.feasibility import rule_conflicts
 from balancer.optimizer.filters import Loads, blocked_reason, cpu_features_missing, fits, verdict
 from balancer.optimizer.metrics import ImbalanceTracker, metrics
+from balancer.optimizer.prune import can_undo, prune
 from balancer.optimizer.thresholds import (
     SOFT_RULE_PENALTY,
     ThresholdRule,
@@ -208,6 +210,7 @@ def optimize(
     repair: set[int] = set()
     must_repair: dict[int, str] = {}
     soft_bad: set[int] = set()
+    soft_group: set[int] = set()  # members of violated soft VM-VM rules: any may move
     repair_soft = repairs_soft_rules(
         policy,
         balances=rule.balances,
@@ -217,8 +220,9 @@ def optimize(
         r = ctx.rules[ri]
         if is_soft(r):
             if repair_soft:
-                # any member of a VM-VM group may move to repair it (as for hard groups)
-                soft_bad.update(r.members if r.rule.group else bad)
+                soft_bad.update(bad)
+                if r.rule.group:
+                    soft_group.update(r.members)
             continue
         if r.rule.kind is RuleKind.VM_HOST:
             repair.update(bad)
@@ -227,7 +231,7 @@ def optimize(
         for m in bad:
             must_repair.setdefault(m, r.name)
     should_move = set(evac) | set(quarantine) | set(must_repair)
-    phase_a = sorted(v for v in should_move | repair | soft_bad if movable(v))
+    phase_a = sorted(v for v in should_move | repair | soft_bad | soft_group if movable(v))
 
     costs_all = (
         {
@@ -301,6 +305,7 @@ def optimize(
         placement = res.placement if res.placement is not None else tuple(hint)
 
     cooldown: set[int] = set()
+    balanced = False
     if rule.balances and metrics(ctx, placement).imbalance > rule.target_imbalance:
         mandatory_only = placement
         placement, seconds, optimal_b, cooldown = _balance_phase(
@@ -320,6 +325,28 @@ def optimize(
         solve_seconds += seconds
         optimal = optimal and optimal_b
         placement, cooldown = _keep_if_worth_it(ctx, placement, mandatory_only, cooldown)
+        balanced = placement != mandatory_only
+
+    # every move that is neither mandatory nor a soft-rule repair must contribute: undo the
+    # ones that do not (within the target when balancing; when not balancing, a move that is
+    # not needed for a repair's room is not needed at all)
+    extra = [
+        v
+        for v in range(ctx.n_vms)
+        if placement[v] != start[v]
+        and v not in mandatory
+        and v not in should_move
+        and v not in soft_bad
+    ]
+    if extra:
+        placement = prune(
+            ctx,
+            start,
+            placement,
+            extra,
+            rule.target_imbalance if balanced else math.inf,
+            costs_all,
+        )
 
     return _finish(
         ctx,
@@ -334,6 +361,7 @@ def optimize(
         budget,
         solve_seconds,
         optimal,
+        balanced,
     )
 
 
@@ -378,7 +406,9 @@ def _balance_phase(
     ]
     used = sum(1 for v in range(ctx.n_vms) if after_a[v] != start[v])
     cand_map = {v: cands[v] for v in set(free) | set(phase_a)}
-    greedy = heuristic.balance(ctx, after_a, free, cand_map, costs_all, budget - used)
+    greedy = heuristic.balance(
+        ctx, after_a, free, cand_map, costs_all, budget - used, rule.target_imbalance
+    )
     cooldown: set[int] = set()
     if ctx.held:
         held_ok = [
@@ -392,6 +422,7 @@ def _balance_phase(
                 cand_map | {v: cands[v] for v in held_ok},
                 costs_all,
                 budget - used,
+                rule.target_imbalance,
             )
             cooldown = {v for v in held_ok if with_held[v] != after_a[v]}
     movable_set = set(phase_a) | set(free)
@@ -411,6 +442,7 @@ def _balance_phase(
         soft_penalty=SOFT_RULE_PENALTY,
         budget=budget,
         hint=hint,
+        target=rule.target_imbalance,
     )
     res = cpsat.solve(inp, seed=seed, time_limit_s=time_limit_s)
     if res.placement is None:
@@ -473,6 +505,7 @@ def _finish(
     budget: int,
     solve_seconds: float,
     optimal: bool,
+    balanced: bool,
 ) -> Solution:
     moved = [v for v in range(ctx.n_vms) if placement[v] != start[v]]
     still_violated = violated_rules(ctx, placement)
@@ -501,6 +534,7 @@ def _finish(
                 None,
             )
             reasons[v] = (MoveReason.RULE, rule_name) if rule_name else (MoveReason.BALANCE, None)
+    _make_room(ctx, start, placement, reasons, balanced)
     gains = _gains(ctx, start, placement, reasons)
 
     loads = Loads.of(ctx, placement)
@@ -573,6 +607,52 @@ def _finish(
         solve_seconds=solve_seconds,
         optimal=optimal,
     )
+
+
+def _make_room(
+    ctx: Context,
+    start: tuple[int, ...],
+    placement: tuple[int, ...],
+    reasons: dict[int, tuple[MoveReason, str | None]],
+    balanced: bool,
+) -> None:
+    """Relabel the moves made only to make room for a mandatory one (in place).
+
+    A move off host ``h`` that is not itself mandatory serves the mandatory moves onto ``h``
+    when no balancing was done this cycle (it was made for them), or when the VM could not
+    stay on ``h`` with them there (no room with the headroom, or a rule). It carries
+    ``make_room`` and the rule of the first repair it serves (none for an evacuation).
+    """
+    into: dict[int, list[int]] = {}
+    for u, (reason, _) in reasons.items():
+        if reason.mandatory:
+            into.setdefault(placement[u], []).append(u)
+    loads = Loads.of(ctx, placement)
+    incoming = [0] * ctx.n_hosts
+    for u, h in enumerate(placement):
+        if h != start[u]:
+            incoming[h] += 1
+    now = violated_rules(ctx, placement)
+    for v, (reason, _) in sorted(reasons.items()):
+        if reason is not MoveReason.BALANCE:
+            continue
+        served = into.get(start[v], [])
+        if not served and balanced:
+            continue
+        if balanced:
+            stays = list(placement)
+            stays[v] = start[v]
+            after = violated_rules(ctx, tuple(stays))
+            if can_undo(ctx, start, loads, incoming, v) and all(
+                ri in now and set(bad) <= set(now[ri]) for ri, bad in after.items()
+            ):
+                continue
+        rule = next((reasons[u][1] for u in served if reasons[u][0] is MoveReason.RULE), None)
+        if rule is None and not served:
+            rule = next(
+                (name for r, name in reasons.values() if r is MoveReason.RULE and name), None
+            )
+        reasons[v] = (MoveReason.MAKE_ROOM, rule)
 
 
 def _cpu_features_missing(

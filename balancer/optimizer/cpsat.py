@@ -1,8 +1,17 @@
 """The CP-SAT model: one boolean per (movable VM, candidate host), built by small modules.
 
-Scaling: CPU in milli-cores, memory in MiB, loads in 1/LOAD_SCALE; objective terms in units
-of ``OBJ_UNIT`` per 1.0 of total load deviation (so costs from
-:mod:`balancer.optimizer.thresholds` are multiplied by ``OBJ_UNIT``).
+Scaling: CPU in milli-cores, memory in MiB, loads in 1/LOAD_SCALE; the deviation terms in units
+of ``OBJ_UNIT`` per 1.0 of total load deviation.
+
+The objective is lexicographic in effect (weights far apart, see docs/optimizer.md):
+
+1. VMs left on hosts that must be emptied (``EVACUATION_PENALTY``, ``QUARANTINE_PENALTY``);
+2. when balancing (``ModelInput.target`` set): the weighted variance of the host loads above
+   the square of the threshold's target imbalance (``TARGET_WEIGHT``): reach the target first,
+   or get as close as the budget allows;
+3. soft-rule penalties and the migration cost of every non-mandatory move (``COST_WEIGHT``
+   times the costs of :mod:`balancer.optimizer.thresholds`): the fewest GiB and moves;
+4. the remaining deviation from the average and the max load: where the VMs that move go.
 
 Only *movable* VMs get variables (the rest are constants), and each gets only its candidate
 hosts (filters and pruning decide which). Hard rules are added with an enforcement literal
@@ -12,8 +21,9 @@ each, so that an infeasible model can name the smallest set of conflicting rules
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ortools.sat.python import cp_model
 
@@ -32,9 +42,24 @@ from policies.model import RuleKind
 OBJ_UNIT = 100 * LOAD_SCALE
 #: weight of each resource's max host load next to the total deviation
 MAX_LOAD_WEIGHT = 1.0
-#: cost of leaving a VM on a host that must be emptied / on a quarantined host
-EVACUATION_PENALTY = 10_000 * OBJ_UNIT
-QUARANTINE_PENALTY = 1_000 * OBJ_UNIT
+#: level 3: move costs and soft-rule penalties (deviation units) weigh this many times the
+#: level-4 deviation, so that the deviation only decides where a VM goes, never whether it goes
+COST_WEIGHT = 1_000
+#: level 2: squared loads in units of 1/SQ_SCALE, weighted by the resource weight in percent
+SQ_SCALE = 1_000_000
+#: objective per unit of weighted variance above the target: one move (threshold 5's fixed cost
+#: is 0.001 x OBJ_UNIT x COST_WEIGHT = 1e7) pays when it removes about 1e-6 of the summed
+#: squared deviations above the target
+TARGET_WEIGHT = 100_000
+#: the level-2 breakpoints, as multiples of the target imbalance: the squares are bounded from
+#: above by chords (so meeting the constraint in the model meets it for real), fine up to the
+#: target and coarse beyond
+TARGET_CHORDS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0)
+#: chord breakpoints (load fractions) beyond the multiples of the target, up to a load of 100
+FAR_CHORDS = (0.5, 1.0, 2.0, 5.0, 100.0)
+#: level 1: cost of leaving a VM on a host that must be emptied / on a quarantined host
+EVACUATION_PENALTY = 10**13
+QUARANTINE_PENALTY = 10**12
 #: deterministic-time units granted per second of time limit. Measured on the 2-core reference
 #: machine with two interleaved workers: 0.13 to 0.2 units per wall second, so the deterministic
 #: limit normally stops the search first and the result does not depend on machine load
@@ -47,6 +72,8 @@ DETERMINISTIC_PER_SECOND = 0.1
 WALL_SAFETY_FACTOR = 3.0
 #: the wall-clock safety net is never shorter than this (seconds)
 WALL_FLOOR_S = 30.0
+#: share of the deterministic limit that presolve's probing may use
+PRESOLVE_SHARE = 0.1
 #: name of the assumption that stands for limits.moves_per_cycle in conflict reports
 BUDGET = "limits.moves_per_cycle"
 
@@ -63,6 +90,8 @@ class ModelInput:
     #: penalty per VM and host for a soft rule, in deviation units
     soft_penalty: float
     budget: int
+    #: the target imbalance to reach (level 2 of the objective); None: no balancing
+    target: float | None = None
     hint: tuple[int, ...] | None = None
     #: explaining an infeasible input: hard vm_host rules become constraints on every host
     explain: bool = False
@@ -78,6 +107,8 @@ class Build:
     objective: list[cp_model.LinearExprT] = field(default_factory=list)
     #: the hint for every variable (a complete hint lets CP-SAT start from it at once)
     hints: dict[int, tuple[cp_model.IntVar, int]] = field(default_factory=dict)
+    #: the host loads, once built (see :func:`resource_loads`)
+    loads: tuple[ResourceLoads, ...] | None = None
 
     def hint(self, var: cp_model.IntVar, value: int) -> None:
         if self.inp.hint is not None:
@@ -239,20 +270,51 @@ def move_budget(b: Build) -> None:
 
 
 # -- objective terms -----------------------------------------------------------------------------
-def imbalance(b: Build) -> None:
-    """Weighted deviation penalty of active hosts' loads from the average (convex, see
-    :func:`balancer.optimizer.metrics.deviation_penalty`), plus the max load."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostLoad:
+    """One balanced host's load of one resource in 1/LOAD_SCALE: a constant plus terms, and
+    (when there are terms) one variable equal to their sum, so that the deviation terms refer
+    to one variable instead of repeating the sum (a much smaller model to presolve)."""
+
+    host: int
+    const: int
+    terms: tuple[tuple[cp_model.IntVar, int], ...]
+    var: cp_model.IntVar | None = None
+
+    def expr(self) -> cp_model.LinearExprT:
+        if self.var is not None:
+            return self.var
+        return self.const
+
+    def hinted(self, b: Build) -> int:
+        return self.const + sum(c * b.hinted(var) for var, c in self.terms)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceLoads:
+    """A resource's weight in percent, its ideal load and the balanced hosts' loads."""
+
+    weight: int
+    target: int
+    hosts: tuple[HostLoad, ...]
+
+
+def resource_loads(b: Build) -> tuple[ResourceLoads, ...]:
+    """CPU and memory loads of the balanced hosts (resources of weight 0 left out), built
+    once per model."""
+    if b.loads is not None:
+        return b.loads
     ctx, start = b.ctx, b.inp.start
     w_cpu, w_mem = weights(ctx)
     avg_cpu, avg_mem = average_loads(ctx)
-    for weight, avg, demand, cap in (
-        (w_cpu, avg_cpu, ctx.vm_cpu, ctx.host_cores),
-        (w_mem, avg_mem, ctx.vm_mem, ctx.host_mem),
+    out: list[ResourceLoads] = []
+    for weight, avg, demand, cap, base in (
+        (w_cpu, avg_cpu, ctx.vm_cpu, ctx.host_cores, ctx.host_cpu_base),
+        (w_mem, avg_mem, ctx.vm_mem, ctx.host_mem, ctx.host_mem_base),
     ):
         w = round(100 * weight)
         if w == 0:
             continue
-        base = ctx.host_cpu_base if demand is ctx.vm_cpu else ctx.host_mem_base
         const = [base[h] * LOAD_SCALE // cap[h] for h in range(ctx.n_hosts)]
         terms: list[list[tuple[cp_model.IntVar, int]]] = [[] for _ in range(ctx.n_hosts)]
         for v in range(ctx.n_vms):
@@ -261,41 +323,139 @@ def imbalance(b: Build) -> None:
                     terms[h].append((var, demand[v] * LOAD_SCALE // cap[h]))
             else:
                 const[start[v]] += demand[v] * LOAD_SCALE // cap[start[v]]
-        target = round(avg * LOAD_SCALE)
-        top = b.model.new_int_var(0, 100 * LOAD_SCALE, "max_load")
-        top_hint = 0
+        hosts: list[HostLoad] = []
         for h in range(ctx.n_hosts):
             if not ctx.balanced_host(h):
                 continue
-            load = const[h] + cp_model.LinearExpr.weighted_sum(
-                [t[0] for t in terms[h]], [t[1] for t in terms[h]]
-            )
-            load_hint = const[h] + sum(c * b.hinted(var) for var, c in terms[h])
+            hl = HostLoad(host=h, const=const[h], terms=tuple(terms[h]))
+            if hl.terms:
+                top = const[h] + sum(c for _, c in hl.terms)
+                var = b.model.new_int_var(const[h], top, f"load[{h}]")
+                b.model.add(
+                    var
+                    == const[h]
+                    + cp_model.LinearExpr.weighted_sum(
+                        [t[0] for t in hl.terms], [t[1] for t in hl.terms]
+                    )
+                )
+                hl = replace(hl, var=var)
+                b.hint(var, hl.hinted(b))
+            hosts.append(hl)
+        out.append(ResourceLoads(weight=w, target=round(avg * LOAD_SCALE), hosts=tuple(hosts)))
+    b.loads = tuple(out)
+    return b.loads
+
+
+def imbalance(b: Build) -> None:
+    """Level 4: weighted deviation penalty of active hosts' loads from the average (convex, see
+    :func:`balancer.optimizer.metrics.deviation_penalty`), plus the max load."""
+    for res in resource_loads(b):
+        w = res.weight
+        top = b.model.new_int_var(0, 100 * LOAD_SCALE, "max_load")
+        top_hint = 0
+        for hl in res.hosts:
+            load = hl.expr()
+            load_hint = hl.hinted(b)
             top_hint = max(top_hint, load_hint)
-            if terms[h]:
+            if hl.terms:
                 # convex piecewise-linear deviation: one more unit of slope past each breakpoint
                 for k, t in enumerate(DEVIATION_BREAKPOINTS):
                     step = round(t * LOAD_SCALE)
-                    over = b.model.new_int_var(0, 100 * LOAD_SCALE, f"over[{h},{k}]")
-                    under = b.model.new_int_var(0, 100 * LOAD_SCALE, f"under[{h},{k}]")
-                    b.model.add(over >= load - target - step)
-                    b.model.add(under >= target - load - step)
-                    b.hint(over, max(0, load_hint - target - step))
-                    b.hint(under, max(0, target - load_hint - step))
+                    over = b.model.new_int_var(0, 100 * LOAD_SCALE, f"over[{hl.host},{k}]")
+                    under = b.model.new_int_var(0, 100 * LOAD_SCALE, f"under[{hl.host},{k}]")
+                    b.model.add(over >= load - res.target - step)
+                    b.model.add(under >= res.target - load - step)
+                    b.hint(over, max(0, load_hint - res.target - step))
+                    b.hint(under, max(0, res.target - load_hint - step))
                     b.objective.append(w * (over + under))
             else:
                 b.objective.append(
-                    round(w * LOAD_SCALE * deviation_penalty((const[h] - target) / LOAD_SCALE))
+                    round(w * LOAD_SCALE * deviation_penalty((hl.const - res.target) / LOAD_SCALE))
                 )
             b.model.add(top >= load)
         b.hint(top, top_hint)
         b.objective.append(round(w * MAX_LOAD_WEIGHT) * top)
 
 
+def chords(target: float) -> tuple[tuple[int, int], ...]:
+    """Breakpoints (in 1/LOAD_SCALE) of the chords that bound a square from above."""
+    points = sorted(
+        {round(m * target * LOAD_SCALE) for m in TARGET_CHORDS}
+        | {round(f * LOAD_SCALE) for f in FAR_CHORDS if f > TARGET_CHORDS[-1] * target}
+    )
+    return tuple(itertools.pairwise(points))
+
+
+#: 1/LOAD_SCALE squared, in 1/SQ_SCALE: a chord's value is divided by this
+_SQ_DIV = LOAD_SCALE * LOAD_SCALE // SQ_SCALE
+
+
+def _square_hint(a: int, segments: Sequence[tuple[int, int]]) -> int:
+    return max(0, *(-((x0 * x1 - (x0 + x1) * a) // _SQ_DIV) for x0, x1 in segments))
+
+
+def target(b: Build) -> None:
+    """Level 2: the weighted variance of the balanced hosts' loads around the ideal load at or
+    below the target's square, or as little above it as the moves allow.
+
+    ``sum_r w_r * var_r <= t**2`` (weights summing to 1) gives ``sum_r w_r * sd_r <= t``: as
+    ``sd <= (var + t**2) / (2 t)``, the imbalance meets the target whenever the weighted
+    variance does (and the variance around the ideal load is at least the variance around the
+    mean). Each square is bounded from above by chords, so the model never claims a target
+    the real loads miss.
+    """
+    t = b.inp.target
+    if t is None or not t > 0:
+        return
+    resources = resource_loads(b)
+    n = len(resources[0].hosts) if resources else 0
+    if n < 2:
+        return
+    segments = chords(t)
+    total: list[cp_model.LinearExprT] = []
+    constant = 0
+    hinted = 0
+    sq_max = 0
+    for res in resources:
+        for hl in res.hosts:
+            if not hl.terms:
+                sq_const = _square_hint(abs(hl.const - res.target), segments)
+                constant += res.weight * sq_const
+                hinted += res.weight * sq_const
+                continue
+            load = hl.expr()
+            # the largest deviation this host can have (every candidate VM on it, or none)
+            top = max(hl.const + sum(c for _, c in hl.terms) - res.target, res.target - hl.const)
+            top = max(1, top)
+            dev = b.model.new_int_var(0, top, f"dev[{hl.host}]")
+            b.model.add(dev >= load - res.target)
+            b.model.add(dev >= res.target - load)
+            sq_top = _square_hint(top, segments)
+            sq_max += res.weight * sq_top
+            sq = b.model.new_int_var(0, sq_top, f"sq[{hl.host}]")
+            for x0, x1 in segments:
+                b.model.add(_SQ_DIV * sq >= (x0 + x1) * dev - x0 * x1)
+            dev_hint = min(top, abs(hl.hinted(b) - res.target))
+            b.hint(dev, dev_hint)
+            sq_hint = _square_hint(dev_hint, segments)
+            b.hint(sq, sq_hint)
+            hinted += res.weight * sq_hint
+            total.append(res.weight * sq)
+    bound = round(100 * n * t * t * SQ_SCALE)
+    excess = b.model.new_int_var(0, max(0, constant + sq_max - bound), "excess")
+    b.model.add(constant + sum(total) <= bound + excess)
+    b.hint(excess, max(0, hinted - bound))
+    if b.inp.hint is not None:
+        # never further from the target than the hint (the heuristic stops at the target, so
+        # when it reaches it the solver only looks for a cheaper way there)
+        b.model.add(excess <= max(0, hinted - bound))
+    b.objective.append(TARGET_WEIGHT * excess)
+
+
 def migration_cost(b: Build) -> None:
-    """Balance moves pay their cost (the threshold's cost-benefit rule)."""
+    """Level 3: balance moves pay their cost (GiB expected to be copied and a fixed cost)."""
     for v, cost in b.inp.costs.items():
-        c = round(cost * OBJ_UNIT)
+        c = round(cost * OBJ_UNIT * COST_WEIGHT)
         if c and v in b.x:
             b.objective.append(c * (1 - b.x[v][b.inp.start[v]]))
 
@@ -315,7 +475,7 @@ def evacuation(b: Build) -> None:
 def soft_rules(b: Build) -> None:
     """should / should_not vm_host rules: a penalty per member on a host they advise against."""
     ctx = b.ctx
-    penalty = round(b.inp.soft_penalty * OBJ_UNIT)
+    penalty = round(b.inp.soft_penalty * OBJ_UNIT * COST_WEIGHT)
     for r in ctx.rules:
         if not is_soft_vm_host(r) or penalty == 0:
             continue
@@ -337,6 +497,7 @@ CONSTRAINTS: tuple[tuple[str, Module], ...] = (
 )
 OBJECTIVES: tuple[tuple[str, Module], ...] = (
     ("imbalance", imbalance),
+    ("target", target),
     ("migration_cost", migration_cost),
     ("evacuation", evacuation),
     ("soft_rules", soft_rules),
@@ -375,6 +536,11 @@ def solver_for(seed: int, time_limit_s: float) -> cp_model.CpSolver:
     # never below WALL_FLOOR_S: with short limits (the simulation uses 0.3 s) a loaded machine
     # reached the wall limit first, and the same input and seed then gave another plan
     p.max_time_in_seconds = max(WALL_FLOOR_S, WALL_SAFETY_FACTOR * time_limit_s)
+    # presolve gets a small share: the hint is complete and feasible, so the search should
+    # start from it at once (measured: probing and the linear-overlap detection took the whole
+    # deterministic budget at 500 VMs, and the solve stopped with no solution at all)
+    p.presolve_probing_deterministic_time_limit = PRESOLVE_SHARE * p.max_deterministic_time
+    p.find_big_linear_overlap = False
     return solver
 
 

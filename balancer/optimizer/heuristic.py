@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from balancer.model import stddev
 from balancer.optimizer.context import Context
 from balancer.optimizer.filters import Loads, anti_affinity_conflict, fits, in_affinity_group
 from balancer.optimizer.metrics import average_loads, deviation_penalty, weights
@@ -118,8 +119,10 @@ def balance(
     candidates: Mapping[int, frozenset[int]],
     costs: Mapping[int, float],
     budget: int,
+    target: float | None = None,
 ) -> list[int]:
-    """Greedy balancing moves from ``start`` (each VM moves at most once)."""
+    """Greedy balancing moves from ``start`` (each VM moves at most once), until no move pays,
+    the budget is used or the imbalance is at or below ``target``."""
     placement = list(start)
     loads = Loads.of(ctx, placement)
     scorer = Scorer.of(ctx)
@@ -137,6 +140,8 @@ def balance(
     moves = 0
     since_reset = 0
     while moves < budget:
+        if target is not None and _imbalance(scorer, loads, active) <= target:
+            break
         excess = {h: scorer.excess(h, loads) for h in active}
         hot = [h for h in active if h not in done and scorer.above(h, loads)]
         if not hot:
@@ -255,6 +260,16 @@ def balance(
         since_reset += 1
         done.discard(b)
     return placement
+
+
+def _imbalance(scorer: Scorer, loads: Loads, active: Sequence[int]) -> float:
+    """The imbalance metric (weighted stddev of the active hosts' loads) of ``loads``."""
+    if len(active) < 2:
+        return 0.0
+    ctx = scorer.ctx
+    cpu = [loads.cpu[h] / ctx.host_cores[h] for h in active]
+    mem = [loads.mem[h] / ctx.host_mem[h] for h in active]
+    return scorer.w_cpu * stddev(cpu) + scorer.w_mem * stddev(mem)
 
 
 #: chain search breadth: VMs of the hot host, their targets, VMs to make room there, and

@@ -3,14 +3,15 @@
 ``mode: should`` on an affinity or anti_affinity rule makes it a preference that the solver
 weighs against balance and migration cost, like the soft vm_host rules
 (:func:`balancer.optimizer.cpsat.soft_rules`): each member out of place costs
-``ModelInput.soft_penalty`` (in deviation units, times ``OBJ_UNIT``).
+``ModelInput.soft_penalty`` (in deviation units, times ``OBJ_UNIT`` and ``COST_WEIGHT``: the
+level of the migration costs in the lexicographic objective).
 
 * soft anti_affinity: on each host, the members beyond the first cost one penalty each;
 * soft affinity: the members not on the group's common host cost one penalty each; the common
   host is the one holding most members, chosen by the solver.
 
 Both modules are registered in :data:`balancer.optimizer.cpsat.OBJECTIVES`. ``cpsat`` imports
-this module, so ``Build`` is imported for type checking only and ``OBJ_UNIT`` when called.
+this module, so ``Build`` is imported for type checking only and the scales when called.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ if TYPE_CHECKING:
 
 
 def _penalty(b: Build) -> int:
-    from balancer.optimizer.cpsat import OBJ_UNIT
+    """The objective per member out of place: as for soft vm_host rules (``cpsat.soft_rules``),
+    on the level of the migration costs."""
+    from balancer.optimizer.cpsat import COST_WEIGHT, OBJ_UNIT
 
-    return round(b.inp.soft_penalty * OBJ_UNIT)
+    return round(b.inp.soft_penalty * OBJ_UNIT * COST_WEIGHT)
 
 
 def _soft_groups(b: Build, kind: RuleKind) -> list[ResolvedRule]:

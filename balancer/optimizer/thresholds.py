@@ -42,7 +42,7 @@ THRESHOLDS: dict[int, ThresholdRule] = {
     2: ThresholdRule(threshold=2, target_imbalance=0.20, move_cost=0.010, copy_cost_per_gib=4e-4),
     3: ThresholdRule(threshold=3, target_imbalance=0.10, move_cost=0.004, copy_cost_per_gib=2e-4),
     4: ThresholdRule(threshold=4, target_imbalance=0.05, move_cost=0.002, copy_cost_per_gib=1e-4),
-    5: ThresholdRule(threshold=5, target_imbalance=0.02, move_cost=0.001, copy_cost_per_gib=5e-5),
+    5: ThresholdRule(threshold=5, target_imbalance=0.01, move_cost=0.001, copy_cost_per_gib=5e-5),
 }
 
 #: a cycle's balancing moves are made only when they lower the imbalance by at least this share

@@ -10,7 +10,9 @@ memory and CPU stay within ``capacity x (1 - headroom)``; no hard anti_affinity 
 rule that held before the step is broken during or after it (``should`` groups are soft: never
 checked). At the end: at most
 ``moves_per_cycle`` non-temporary moves, every VM still on a host that must be emptied is
-listed as blocked, and steps are listed in order.
+listed as blocked, and steps are listed in order. A ``partial`` plan (hard rules left
+violated at the end, each listed with its cause) is checked the same way: its steps must be
+valid; a rule violated before a step may stay violated after it.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import yaml
 from balancer.errors import BalancerError, HypervisorError, InputError, PolicyError
 from balancer.inputs import POLICY, read_bytes
 from balancer.model import HostState, Snapshot, stddev
-from balancer.plan import Blocked, Move, MoveReason, Plan, PlanStatus
+from balancer.plan import Blocked, Move, MoveReason, Plan, PlanStatus, parse_reason_label
 from balancer.plan_io import plan_to_dict
 from balancer.port import Clock, HypervisorPort
 from balancer.service import decisions as D
@@ -77,6 +77,7 @@ from balancer.service.views import (
     RecommendationView,
     StatusView,
     ValidationView,
+    ViolationView,
     VMProgress,
     VMView,
 )
@@ -849,6 +850,7 @@ class Service:
             recommended=list(d.get("recommended", [])),
             held=list(d.get("held", [])),
             note=str(d.get("note", "")),
+            violations=[ViolationView.of_doc(v) for v in d.get("violations", [])],
         )
 
     # ------------------------------------------------------------------------------------------
@@ -945,7 +947,7 @@ class Service:
                 target=r.target,
                 reason=reason,
                 rule=rule,
-                priority=Priority.for_reason(reason),
+                priority=Priority.for_reason(reason, rule),
                 gain=r.gain,
             )
             ids = self.executor.submit(
@@ -1541,6 +1543,7 @@ class Service:
             imbalance_of(snap, self._pol.policy) if snap else None
         )
         automation = self.automation()
+        last = self.plan(self._last_plan_id) if self._last_plan_id else None
         return StatusView(
             time=now,
             backend=self.backend_name,
@@ -1593,6 +1596,8 @@ class Service:
                 )
                 for c in self.cluster_status()
             ],
+            last_plan_status=last.status if last else None,
+            violations=last.violations if last else [],
         )
 
     def history(self, hours: float) -> list[HistoryView]:
@@ -1631,10 +1636,8 @@ def _load_policy(path: Path) -> Policy:
 
 
 def _parse_reason(label: str) -> tuple[MoveReason, str | None]:
-    if label.startswith("rule:"):
-        return MoveReason.RULE, label[5:]
     try:
-        return MoveReason(label), None
+        return parse_reason_label(label)
     except ValueError:
         return MoveReason.BALANCE, None
 

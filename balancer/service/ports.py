@@ -29,11 +29,14 @@ class Priority(StrEnum):
     MANUAL_LOW = "manual_low"
 
     @staticmethod
-    def for_reason(reason: MoveReason) -> Priority:
+    def for_reason(reason: MoveReason, rule: str | None = None) -> Priority:
         if reason in (MoveReason.MAINTENANCE, MoveReason.QUARANTINE, MoveReason.TEMPORARY):
             return Priority.EVACUATION
         if reason is MoveReason.RULE:
             return Priority.RULE_REPAIR
+        if reason is MoveReason.MAKE_ROOM:
+            # as urgent as what it makes room for: a rule repair, or else an evacuation
+            return Priority.RULE_REPAIR if rule else Priority.EVACUATION
         if reason is MoveReason.MANUAL:
             return Priority.MANUAL_NORMAL
         return Priority.BALANCE
@@ -81,7 +84,7 @@ class MoveRequest:
             source=move.source,
             target=move.target,
             reason=move.reason,
-            priority=priority or Priority.for_reason(move.reason),
+            priority=priority or Priority.for_reason(move.reason, move.rule),
             rule=move.rule,
             gain=move.gain,
             step=move.step,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +107,10 @@ class StatusView:
     stopping: bool
     #: high availability: each cluster's leader instance, epoch and since when (balancer.ha)
     clusters: list[ClusterLeaderView] = field(default_factory=list)
+    #: the last balance plan's status (moves, balanced, partial, infeasible)
+    last_plan_status: str | None = None
+    #: hard rules the last balance plan leaves violated, each with its cause
+    violations: list[ViolationView] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,6 +168,36 @@ class BlockedVM:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ViolationView:
+    """A hard rule a plan leaves violated: the rule, why (``needs_concurrency 3``), who, where."""
+
+    rule: str
+    kind: str
+    cause: str
+    #: the cause as shown: ``needs_concurrency 3`` or the cause
+    label: str
+    vms: list[str]
+    hosts: list[str]
+    needed: int = 0
+    message: str = ""
+
+    @classmethod
+    def of_doc(cls, d: Mapping[str, Any]) -> ViolationView:
+        """From a violation as a stored plan document holds it (``plan_io``)."""
+        cause, needed = str(d["cause"]), int(d.get("needed", 0))
+        return cls(
+            rule=str(d["rule"]),
+            kind=str(d["kind"]),
+            cause=cause,
+            label=f"{cause} {needed}" if needed else cause,
+            vms=[str(v) for v in d.get("vms", [])],
+            hosts=[str(h) for h in d.get("hosts", [])],
+            needed=needed,
+            message=str(d.get("message", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PlanView:
     id: str
     created_at: datetime
@@ -179,6 +215,8 @@ class PlanView:
     recommended: list[str]
     held: list[str]
     note: str
+    #: status partial: the hard rules the plan leaves violated, each with its cause
+    violations: list[ViolationView] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

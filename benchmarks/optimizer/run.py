@@ -2,7 +2,7 @@
 
 Each size runs in a fresh subprocess (so that its peak memory is its own), plans the benchmark
 scenario (see :mod:`benchmarks.optimizer.scenario`), checks the plan with the independent
-validator and writes the table to ``docs/benchmarks/optimizer.md``.
+validator and writes the table to its section of ``docs/benchmarks/optimizer.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.doc_sections import write_section
+
 SIZES = ("8x100", "16x500", "32x1000", "64x4000", "64x8000", "96x10000")
 #: solver time limit per size (the whole plan must stay within the wall-clock targets)
 TIME_LIMITS = {
@@ -30,6 +32,7 @@ TIME_LIMITS = {
 #: wall-clock targets from issue 3
 TARGETS_S = {"64x8000": 10.0, "96x10000": 20.0}
 OUT = Path("docs/benchmarks/optimizer.md")
+SECTION = "optimizer-run"
 
 
 def class_bound(snapshot: Any) -> float:
@@ -125,8 +128,8 @@ def write_table(results: list[dict[str, Any]], seed: int, threshold: int, comman
         *(_row(r) for r in results),
         "",
     ]
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines))
+    # only this writer's section: the peers benchmark (peers.py) owns another one in OUT
+    write_section(OUT, SECTION, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,18 @@ hosts with one core (an older generation, as real clusters have) put the mean CP
 for the balancer to remove many of them; 24 GiB per host is what the largest day (1516 VMs,
 1837 GiB) needs with the default 5 % memory headroom and some room to move.
 
+Before and after a change of the balancer (issue 16, "Calm": ``before-calm.json`` is the
+ten-day run of the code before it)::
+
+    .venv/bin/python -m benchmarks.simulation.run --compare benchmarks/simulation/before-calm.json
+    .venv/bin/python -m benchmarks.simulation.run --render --compare \
+        benchmarks/simulation/before-calm.json        # the table only, from results.json
+
+write the section "Calm: before and after" of the document: per day, migrations per VM-day,
+ping-pong moves, overloaded host share and GiB copied of the default policy, before and after.
+``--steps N`` (only the first N five-minute intervals of each day) with ``--results`` and
+``--doc`` elsewhere tries the code path in minutes; its figures are not those of whole days.
+
 Parallel halves (the machine is shared; each half writes its own results file, then
 ``--render`` merges them into results.json and the table)::
 
@@ -34,11 +46,14 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from balancer.simulation.engine import SimConfig
 from balancer.simulation.report import SUMMARY_KEYS, fmt, markdown_table
 from balancer.simulation.run import NONE, day_label, run, trace_files
+from benchmarks.doc_sections import write_section
 
 TRACES = Path(os.environ.get("PLANETLAB_TRACES", "/work/shared/traces/planetlab"))
 HOSTS = "50x(1c,24G),50x(2c,24G)"
@@ -60,7 +75,12 @@ COLUMNS = (
 )
 
 
-def _write(rows: list[dict[str, object]], total_days: int) -> None:
+def _write(
+    rows: list[dict[str, object]],
+    total_days: int,
+    doc: Path = DOC,
+    results: Path = RESULTS,
+) -> None:
     head = ["day", "VMs", "policy", *COLUMNS, "wall s"]
     table = []
     for r in rows:
@@ -163,19 +183,93 @@ VMs), where few moves fit under the CPU and memory headroom (0.06-0.25 migration
 
 {markdown_table(head, table)}
 """
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
-    RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
+    write_section(doc, RUN_SECTION, text)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(rows, indent=2) + "\n")
 
 
-def _one(path: str, policy: str) -> None:
-    result = run(Path(path), HOSTS, policy, SimConfig(seed=0), days=1)
+RUN_SECTION = "simulation-run"
+CALM_SECTION = "calm"
+CALM_COLUMNS = (
+    ("migrations per VM-day", "migrations_per_vm_day"),
+    ("ping-pong moves", "pingpong_moves"),
+    ("overload host share", "overload_host_share"),
+    ("GiB copied", "gib_copied"),
+)
+
+
+def _by_day(rows: Sequence[Mapping[str, object]], policy: str) -> dict[str, Mapping[str, Any]]:
+    return {
+        str(r["day"]): r["figures"]  # type: ignore[misc]
+        for r in rows
+        if r["policy"] == policy and isinstance(r.get("figures"), dict)
+    }
+
+
+def calm_section(
+    before: Sequence[Mapping[str, object]],
+    after: Sequence[Mapping[str, object]],
+    command: str,
+    steps: int | None = None,
+) -> str:
+    """The "Calm: before and after" section: per day run in both, the default policy's figures
+    before and after, and whether the overload stayed equal or fell."""
+    old, new, base = _by_day(before, "default"), _by_day(after, "default"), _by_day(after, NONE)
+    days = [d for d in new if d in old]
+    head = ["day", "VMs", *(label for label, _ in CALM_COLUMNS)]
+    head += ["overload of `none`", "overload equal or lower"]
+    table: list[list[object]] = []
+    for d in days:
+        b, a = old[d], new[d]
+        line: list[object] = [d, a["vms"]]
+        line += [f"{fmt(float(b[key]))} → {fmt(float(a[key]))}" for _, key in CALM_COLUMNS]
+        line.append(fmt(float(base[d]["overload_host_share"])) if d in base else "")
+        ok = float(a["overload_host_share"]) <= float(b["overload_host_share"]) + 1e-12
+        line.append("yes" if ok else "no")
+        table.append(line)
+    if days:
+        mean: list[object] = ["mean", ""]
+        for _, key in CALM_COLUMNS:
+            b_mean, a_mean = (
+                sum(float(side[d][key]) for d in days) / len(days) for side in (old, new)
+            )
+            mean.append(f"{fmt(b_mean)} → {fmt(a_mean)}")
+        mean += ["", f"{sum(r[-1] == 'yes' for r in table)} of {len(days)} days"]
+        table.append(mean)
+    missing = sorted(set(old) - set(new))
+    notes = []
+    if steps is not None:
+        notes.append(
+            f"**Not comparable**: the after-run replayed only the first {steps} intervals of "
+            "each day (a try of the code path), the before-run whole days."
+        )
+    if missing:
+        notes.append(f"Days in the before-run not run after: {', '.join(missing)}.")
+    if not days:
+        notes.append("No day was run both before and after.")
+    return "\n\n".join(
+        [
+            "## Calm: before and after",
+            'The default policy on the same days, hosts and seed, before issue 16 ("Calm": '
+            "lexicographic objective, pruning of moves that do not contribute, adaptive "
+            "cooldown) and after. *Before*: `benchmarks/simulation/before-calm.json` (the "
+            f"ten-day run of the code before). *After*: `{command}`. Target: fewer migrations "
+            "per VM-day and ping-pong moves at equal or lower overloaded host share. Cells: "
+            "before → after.",
+            *notes,
+            markdown_table(head, table),
+        ]
+    )
+
+
+def _one(path: str, policy: str, steps: int | None = None) -> None:
+    result = run(Path(path), HOSTS, policy, SimConfig(seed=0, steps=steps), days=1)
     print(json.dumps(result.figures.as_dict()))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--days", type=int, default=10)
+    ap.add_argument("--days", type=int, default=10, help="run only the first N days")
     ap.add_argument("--part", default="0/1", help="I/N: run only the days with index %% N == I")
     ap.add_argument("--only", default="", help="comma-separated day labels to run")
     ap.add_argument("--tag", default="", help="results file tag (default: the part index)")
@@ -190,30 +284,52 @@ def main() -> None:
         action="store_true",
         help="only rewrite the table from benchmarks/simulation/results.json",
     )
-    args = ap.parse_args()
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        metavar="BEFORE.json",
+        help="also write the before/after section against this results file",
+    )
+    ap.add_argument(
+        "--steps", type=int, help="replay only the first N intervals of each day (a quick try)"
+    )
+    ap.add_argument("--results", type=Path, default=RESULTS, help="results file to write")
+    ap.add_argument("--doc", type=Path, default=DOC, help="document to write")
+    args = ap.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        ap.error("--steps must be at least 1")
+    if args.compare is not None:
+        try:
+            before = json.loads(args.compare.read_text())
+        except (OSError, ValueError) as e:
+            ap.error(f"--compare {args.compare}: {e}")
+    results_path: Path = args.results
+    args.cli = list(sys.argv[1:] if argv is None else argv)
     rows: list[dict[str, object]] = []
     order = [day_label(f) for f in trace_files(TRACES)]
     if args.render:
-        parts = sorted(RESULTS.parent.glob("results.part*.json"))
-        for path in parts or [RESULTS]:
+        parts = sorted(results_path.parent.glob(f"{results_path.stem}.part*.json"))
+        for path in parts or [results_path]:
             rows.extend(json.loads(path.read_text()))
         latest = {(r["day"], r["policy"]): r for r in rows}  # a day run again replaces the first
         rows = sorted(
             latest.values(), key=lambda r: (order.index(str(r["day"])), r["policy"] != NONE)
         )
-        _write(rows, len({r["day"] for r in rows}))
+        _write(rows, len({r["day"] for r in rows}), args.doc, results_path)
         for path in parts:
             path.unlink()
+        if args.compare is not None:
+            _write_calm(args, before, rows)
         return
     if args.one:
-        _one(*args.one)
+        _one(args.one[0], args.one[1], steps=args.steps)
         return
     index, count = (int(x) for x in args.part.split("/"))
     files = [f for i, f in enumerate(trace_files(TRACES)[: args.days]) if i % count == index]
     if args.only:
         files = [f for f in files if day_label(f) in args.only.split(",")]
     tag = args.tag or (str(index) if count > 1 else "")
-    out = RESULTS.with_name(f"results.part{tag}.json") if tag else RESULTS
+    out = results_path.with_name(f"{results_path.stem}.part{tag}.json") if tag else results_path
     if args.resume and out.exists():
         rows = json.loads(out.read_text())
     for f in files:
@@ -223,8 +339,11 @@ def main() -> None:
             # each run in a child process: a crash inside the solver (a C++ abort) is recorded
             # as that run's result instead of ending the benchmark
             t0 = time.perf_counter()
+            cmd = [sys.executable, "-m", "benchmarks.simulation.run", "--one", str(f), policy]
+            if args.steps is not None:
+                cmd += ["--steps", str(args.steps)]
             child = subprocess.run(
-                [sys.executable, "-m", "benchmarks.simulation.run", "--one", str(f), policy],
+                cmd,
                 capture_output=True,
                 text=True,
                 check=False,
@@ -253,11 +372,25 @@ def main() -> None:
                     f"{error.strip()}",
                     flush=True,
                 )
+            if args.steps is not None:
+                row["steps"] = args.steps
             rows.append(row)
             if count == 1 and not tag:
-                _write(rows, len(files))
+                _write(rows, len(files), args.doc, results_path)
             else:
                 out.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.compare is not None and count == 1 and not tag:
+        _write_calm(args, before, rows)
+
+
+def _write_calm(
+    args: argparse.Namespace, before: list[dict[str, object]], rows: list[dict[str, object]]
+) -> None:
+    command = " ".join([COMMAND, *args.cli])
+    limited = [int(str(r["steps"])) for r in rows if isinstance(r.get("steps"), int)]
+    steps = args.steps if args.steps is not None else (limited[0] if limited else None)
+    write_section(args.doc, CALM_SECTION, calm_section(before, rows, command, steps))
+    print(f"wrote the before/after section of {args.doc}")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from balancer.snapshot_io import dump_snapshot
+from tests.factories import make_host, make_snapshot, make_vm
 from tests.service.running import TOKENS, running, wait_for, write_settings
 
 CHROMIUM = os.environ.get("BALANCER_CHROMIUM", "/usr/bin/chromium")
@@ -36,48 +41,60 @@ def _need(reason: str) -> None:
     pytest.skip(reason)
 
 
-def test_dashboard_shows_hosts_and_approves_a_recommendation(tmp_path: Path) -> None:
+def _playwright() -> tuple[Any, Any]:
+    """Playwright's ``expect`` and ``sync_playwright`` (skip, or fail, without a browser)."""
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
         _need(f"no chromium at {CHROMIUM} (apt-get install chromium)")
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _need("playwright for Python is not installed (pip install -e '.[dev]')")
+    return expect, sync_playwright
 
+
+@contextmanager
+def _page(sync_playwright: Any, url: str) -> Iterator[Any]:
+    """A headless chromium page opened on ``url``, closed at the end."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_dashboard_shows_hosts_and_approves_a_recommendation(tmp_path: Path) -> None:
+    expect, sync_playwright = _playwright()
     cfg = write_settings(tmp_path, policy={"automation": "manual"})
     with running(cfg) as svc:
         recs = wait_for("recommendations", lambda: svc.get("/recommendations"), timeout_s=60)
         hosts = [h["name"] for h in svc.get("/status")["hosts"]]
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            try:
-                page = browser.new_page()
-                page.set_default_timeout(30_000)
-                page.goto(svc.url + "/")
-                # without a token: the page asks for one
-                expect(page.locator("#summary")).to_contain_text("Sign in")
-                page.fill("#token", TOKENS["bob"])
-                page.click("#save-token")
-                expect(page.locator("#whoami")).to_have_text("bob (operator)")
-                # every host of the running service, with its CPU and memory bars
-                expect(page.locator("#hosts .host")).to_have_count(len(hosts))
-                for h in hosts:
-                    card = page.locator(f'#hosts .host[data-host="{h}"]')
-                    expect(card.locator(".bar.cpu")).to_have_count(1)
-                    expect(card.locator(".bar.mem")).to_have_count(1)
-                expect(page.locator("#automation")).to_have_text("manual")
-                # approve the first pending recommendation from the page
-                button = page.locator("#recommendations button.approve").first
-                expect(button).to_be_visible()
-                rid = int(button.get_attribute("data-id") or "0")
-                assert rid in {r["id"] for r in recs} or rid > 0
-                button.click()
-                expect(page.locator("#banner")).to_contain_text(f"recommendation {rid} approved")
-                # the token survives a reload (localStorage)
-                page.reload()
-                expect(page.locator("#whoami")).to_have_text("bob (operator)")
-            finally:
-                browser.close()
+        with _page(sync_playwright, svc.url + "/") as page:
+            # without a token: the page asks for one
+            expect(page.locator("#summary")).to_contain_text("Sign in")
+            page.fill("#token", TOKENS["bob"])
+            page.click("#save-token")
+            expect(page.locator("#whoami")).to_have_text("bob (operator)")
+            # every host of the running service, with its CPU and memory bars
+            expect(page.locator("#hosts .host")).to_have_count(len(hosts))
+            for h in hosts:
+                card = page.locator(f'#hosts .host[data-host="{h}"]')
+                expect(card.locator(".bar.cpu")).to_have_count(1)
+                expect(card.locator(".bar.mem")).to_have_count(1)
+            expect(page.locator("#automation")).to_have_text("manual")
+            # approve the first pending recommendation from the page
+            button = page.locator("#recommendations button.approve").first
+            expect(button).to_be_visible()
+            rid = int(button.get_attribute("data-id") or "0")
+            assert rid in {r["id"] for r in recs} or rid > 0
+            button.click()
+            expect(page.locator("#banner")).to_contain_text(f"recommendation {rid} approved")
+            # the token survives a reload (localStorage)
+            page.reload()
+            expect(page.locator("#whoami")).to_have_text("bob (operator)")
 
         approved = [r for r in svc.get("/recommendations", params={"state": "approved"})]
         assert [(r["id"], r["decided_by"]) for r in approved] == [(rid, "bob")]
@@ -89,3 +106,33 @@ def test_dashboard_shows_hosts_and_approves_a_recommendation(tmp_path: Path) -> 
             ),
             timeout_s=60,
         )
+
+
+def test_dashboard_shows_a_partial_plans_violations(tmp_path: Path) -> None:
+    expect, sync_playwright = _playwright()
+    # a and b must trade hosts but may never share one: no safe order on two hosts
+    snap = tmp_path / "snap.json"
+    hosts = [make_host("h1"), make_host("h2")]
+    dump_snapshot(make_snapshot(hosts, [make_vm("a", "h1"), make_vm("b", "h2")]), snap)
+    rules = [
+        {"name": "apart", "kind": "anti_affinity", "vms": ["a", "b"]},
+        {"name": "a-not-h1", "kind": "vm_host", "mode": "must_not", "vms": ["a"], "hosts": ["h1"]},
+        {"name": "b-not-h2", "kind": "vm_host", "mode": "must_not", "vms": ["b"], "hosts": ["h2"]},
+    ]
+    cfg = write_settings(
+        tmp_path,
+        snapshot=str(snap),
+        policy={"automation": "manual", "threshold": 1, "rules": rules},
+    )
+    with running(cfg) as svc:
+        wait_for("a partial plan", lambda: svc.get("/status")["last_plan_status"] == "partial")
+        with _page(sync_playwright, svc.url + "/") as page:
+            page.fill("#token", TOKENS["vic"])
+            page.click("#save-token")
+            expect(page.locator("#plan-status")).to_have_text("partial")
+            shown = page.locator("#violations .violation")
+            expect(shown).to_have_count(2)
+            first = page.locator('#violations .violation[data-rule="a-not-h1"]')
+            expect(first.locator(".cause")).to_have_text("needs_transient_violation")
+            expect(first).to_contain_text("a on h1")
+            expect(first).to_contain_text("apart")

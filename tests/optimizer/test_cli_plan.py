@@ -112,3 +112,35 @@ def test_assist_json_and_table(tmp_path: Path) -> None:
     }
     res = CliRunner().invoke(cli, ["assist", "d", "--snapshot", snap, "--policy", pol])
     assert res.exit_code == 0 and "cpu_incompatible" in res.output
+
+
+SWAP_POLICY = """\
+threshold: 1
+rules:
+  - {name: apart, kind: anti_affinity, vms: [a, b]}
+  - {name: a-not-h1, kind: vm_host, mode: must_not, vms: [a], hosts: [h1]}
+  - {name: b-not-h2, kind: vm_host, mode: must_not, vms: [b], hosts: [h2]}
+"""
+
+
+def test_partial_plan_lists_its_violations_as_text_and_json(tmp_path: Path) -> None:
+    snap = tmp_path / "snap.json"
+    dump_snapshot(
+        make_snapshot([make_host("h1"), make_host("h2")], [make_vm("a", "h1"), make_vm("b", "h2")]),
+        snap,
+    )
+    pol = tmp_path / "policy.yaml"
+    pol.write_text(SWAP_POLICY)
+    args = ["plan", "--snapshot", str(snap), "--policy", str(pol)]
+    res = CliRunner().invoke(cli, args, env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert "status: partial" in res.output and "violations" in res.output
+    assert "a-not-h1" in res.output and "needs_transient_violation" in res.output
+    res = CliRunner().invoke(cli, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["status"] == "partial"
+    assert [(v["rule"], v["cause"]) for v in doc["violations"]] == [
+        ("a-not-h1", "needs_transient_violation"),
+        ("b-not-h2", "needs_transient_violation"),
+    ]

@@ -33,8 +33,10 @@ def together(*vms: str, mode: RuleMode = RuleMode.SHOULD) -> Rule:
     return group("app-together", RuleKind.AFFINITY, *vms, mode=mode)
 
 
-def broken(rule: str, kind: str, vms: tuple[str, ...], hosts: tuple[str, ...]) -> SoftViolation:
-    return SoftViolation(rule=rule, kind=kind, mode="should", vms=vms, hosts=hosts)
+def broken(
+    rule: str, kind: RuleKind, vms: tuple[str, ...], hosts: tuple[str, ...]
+) -> SoftViolation:
+    return SoftViolation(rule=rule, kind=kind, mode=RuleMode.SHOULD, vms=vms, hosts=hosts)
 
 
 def _three_hosts_two_each(first: str, second: str, host_of_second: str = "h1") -> Snapshot:
@@ -147,7 +149,7 @@ def test_soft_affinity_without_room_is_listed_not_infeasible() -> None:
     plan, _ = plan_ok(snap, policy(3, rules=(together("app", "db"),)))
     assert plan.status is PlanStatus.BALANCED and not plan.moves
     assert plan.soft_violations == (
-        broken("app-together", "affinity", ("app", "db"), ("h1", "h2")),
+        broken("app-together", RuleKind.AFFINITY, ("app", "db"), ("h1", "h2")),
     )
     hard = make_plan(
         snap,
@@ -171,7 +173,7 @@ def test_balancing_breaks_a_soft_anti_affinity_for_a_large_gain_and_says_so() ->
     assert end.vm("web1").host == end.vm("web2").host == "h2"
     assert plan.after.imbalance < plan.before.imbalance
     assert plan.soft_violations == (
-        broken("web-apart", "anti_affinity", ("web1", "web2"), ("h2",)),
+        broken("web-apart", RuleKind.ANTI_AFFINITY, ("web1", "web2"), ("h2",)),
     )
 
 

@@ -16,7 +16,7 @@ from policies.model import Policy, Rule, RuleKind, RuleMode, Selector
 from tests.factories import make_host, make_snapshot, make_vm
 
 PENALTY = 0.25
-UNIT = round(PENALTY * cpsat.OBJ_UNIT)
+UNIT = round(PENALTY * cpsat.OBJ_UNIT * cpsat.COST_WEIGHT)
 
 
 def _ctx(placement: Sequence[int], groups: Sequence[tuple[RuleKind, Sequence[int]]]) -> Context:
@@ -105,7 +105,7 @@ def test_soft_affinity_gathers_on_the_host_holding_most_members() -> None:
         costs=dict.fromkeys(range(5), cost),
     )
     assert placement == (0, 0, 0, 0, 0)
-    assert value == 2 * round(cost * cpsat.OBJ_UNIT)
+    assert value == 2 * round(cost * cpsat.OBJ_UNIT * cpsat.COST_WEIGHT)
 
 
 def test_soft_affinity_follows_a_member_that_cannot_move() -> None:

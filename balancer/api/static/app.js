@@ -74,6 +74,22 @@ function renderStatus(s) {
         el("span", { class: "muted", text: `  ${h.vm_count} VMs` })),
       bar("cpu", h.cpu_load, "CPU " + pct(h.cpu_load)),
       bar("mem", h.memory_load, "memory " + pct(h.memory_load)))));
+  renderViolations(s);
+}
+
+// The last plan's status; a partial plan lists each hard rule it leaves violated and why.
+function renderViolations(s) {
+  document.getElementById("plan-status").textContent = s.last_plan_status || "";
+  const box = document.getElementById("violations");
+  const vs = s.violations || [];
+  if (!vs.length) {
+    box.replaceChildren(el("div", { class: "muted", text: s.last_plan_status ? "no hard rule left violated" : "no plan yet" }));
+    return;
+  }
+  box.replaceChildren(...vs.map(v => el("div", { class: "violation", "data-rule": v.rule, "data-cause": v.cause },
+    el("b", { text: v.rule }), ` ${v.kind} · `, el("span", { class: "cause", text: v.label }),
+    ` · ${v.vms.join(", ")} on ${v.hosts.join(", ")}`,
+    v.message ? el("div", { class: "muted", text: v.message }) : "")));
 }
 
 function renderMigrations(ms) {
