@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from policies.model import RuleKind
+from policies.model import RuleKind, RuleMode
 
 
 class MoveReason(StrEnum):
@@ -155,6 +155,19 @@ class Blocked:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SoftViolation:
+    """A soft rule (``should`` / ``should_not``) the plan's end state still breaks: allowed,
+    reported. ``kind`` and ``mode`` are the rule's (``anti_affinity``, ``should``); ``vms``
+    are the members out of place and ``hosts`` the hosts concerned."""
+
+    rule: str
+    kind: RuleKind
+    mode: RuleMode
+    vms: tuple[str, ...]
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Metrics:
     imbalance: float
     cpu_stddev: float
@@ -179,6 +192,8 @@ class Plan:
     policy_digest: str = ""
     #: hard rules still violated at the end, each with its cause (status ``partial``)
     violations: tuple[Violation, ...] = ()
+    #: soft rules the end state still breaks (allowed; shown so that nobody is surprised)
+    soft_violations: tuple[SoftViolation, ...] = ()
 
     @property
     def steps(self) -> int:

@@ -10,11 +10,14 @@ Format version 1::
                 "max_memory_load": ...},
      "after": {...}, "solve_seconds": 0.4, "conflicts": ["rule-a"], "made_at": "2026-...Z",
      "violations": [{"rule": "apart", "kind": "anti_affinity", "cause": "needs_concurrency",
-                     "vms": ["vm3"], "hosts": ["h2"], "needed": 3, "message": "..."}]}
+                     "vms": ["vm3"], "hosts": ["h2"], "needed": 3, "message": "..."}],
+     "soft_violations": [{"rule": "web-apart", "kind": "anti_affinity", "mode": "should",
+                          "vms": ["web1", "web2"], "hosts": ["h1"]}]}
 
 ``status`` is one of moves, balanced, partial (a hard rule stays violated at the end: each
 one is in ``violations`` with its cause) and infeasible; ``violations`` is optional (plans
-written before it existed are read as having none).
+written before it existed are read as having none); so is ``soft_violations``, the soft rules
+(``should`` / ``should_not``) the end state still breaks, which are allowed.
 
 Only ``moves`` is required (``vm``, ``source`` and ``target`` of each move); the rest is
 optional. A document without ``version`` is read as version 1 (the format written before the
@@ -40,11 +43,12 @@ from balancer.plan import (
     MoveReason,
     Plan,
     PlanStatus,
+    SoftViolation,
     Violation,
     ViolationCause,
     parse_reason_label,
 )
-from policies.model import RuleKind
+from policies.model import RuleKind, RuleMode
 
 
 def _metrics(m: Metrics) -> dict[str, float]:
@@ -62,11 +66,14 @@ PLAN_VERSION = 1
 MAX_ITEMS = 1_000_000
 _METRICS = ("imbalance", "cpu_stddev", "memory_stddev", "max_cpu_load", "max_memory_load")
 _TOP = ("version", "status", "moves", "blocked", "before", "after", "solve_seconds", "conflicts")
-_TOP_OPTIONAL = (*_TOP, "made_at", "violations")
+_TOP_OPTIONAL = (*_TOP, "made_at", "violations", "soft_violations")
 _MOVE = ("vm", "source", "target", "step", "reason", "gain")
 _BLOCKED = ("vm", "reason", "detail", "rule")
 _E = TypeVar("_E", bound=StrEnum)
 _VIOLATION = ("rule", "kind", "cause", "vms", "hosts", "needed", "message")
+_SOFT = ("rule", "kind", "mode", "vms", "hosts")
+#: the modes of a soft rule
+_SOFT_MODES = ("should", "should_not")
 
 
 def violation_to_dict(v: Violation) -> dict[str, Any]:
@@ -113,6 +120,12 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         doc["conflicts"] = list(plan.conflicts)
     if plan.violations:
         doc["violations"] = [violation_to_dict(v) for v in plan.violations]
+    if plan.soft_violations:
+        doc["soft_violations"] = [
+            {"rule": s.rule, "kind": s.kind.value, "mode": s.mode.value, "vms": list(s.vms)}
+            | {"hosts": list(s.hosts)}
+            for s in plan.soft_violations
+        ]
     if plan.causes:
         doc["causes"] = [
             {"code": c.code, "kind": c.kind.value, "rules": list(c.rules), "vms": list(c.vms)}
@@ -165,6 +178,25 @@ class _Reader:
             raise self.fail(f"must be a list, got {_kind(v)}", None, key)
         if len(v) > MAX_ITEMS:
             raise self.fail(f"{len(v)} items: more than {MAX_ITEMS}", None, key)
+        return v
+
+    def names(self, d: dict[str, Any], key: str, item: str) -> tuple[str, ...]:
+        v = d.get(key, [])
+        if not isinstance(v, list):
+            raise self.fail(f"must be a list of names, got {_kind(v)}", item, key)
+        if len(v) > MAX_ITEMS:
+            raise self.fail(f"{len(v)} items: more than {MAX_ITEMS}", item, key)
+        out = []
+        for i, n in enumerate(v):
+            if not isinstance(n, str) or not n.strip() or len(n) > 1000:
+                raise self.fail(f"must be a name, got {_kind(n)}", item, f"{key}[{i}]")
+            out.append(n)
+        return tuple(out)
+
+    def choice(self, d: dict[str, Any], key: str, item: str, allowed: tuple[str, ...]) -> str:
+        v = self.text(d, key, item)
+        if v not in allowed:
+            raise self.fail(f"unknown {key} {v[:60]!r} (one of {', '.join(allowed)})", item, key)
         return v
 
     def metrics(self, d: dict[str, Any], key: str) -> Metrics:
@@ -253,6 +285,19 @@ def plan_from_dict(doc: Any, *, source: str = "<plan>") -> Plan:
     violations = [
         _violation(r, raw, f"violations[{i}]") for i, raw in enumerate(r.items(top, "violations"))
     ]
+    soft = []
+    for i, raw in enumerate(r.items(top, "soft_violations")):
+        where = f"soft_violations[{i}]"
+        s = r.obj(raw, where, _SOFT)
+        soft.append(
+            SoftViolation(
+                rule=r.text(s, "rule", where),
+                kind=_choice(r, s, "kind", where, RuleKind),
+                mode=RuleMode(r.choice(s, "mode", where, _SOFT_MODES)),
+                vms=r.names(s, "vms", where),
+                hosts=r.names(s, "hosts", where),
+            )
+        )
     if "made_at" in top and top["made_at"] is not None and not isinstance(top["made_at"], str):
         raise r.fail(
             f"must be an ISO date-time string, got {_kind(top['made_at'])}", None, "made_at"
@@ -266,6 +311,7 @@ def plan_from_dict(doc: Any, *, source: str = "<plan>") -> Plan:
         solve_seconds=r.number(top, "solve_seconds", "plan", low=0.0, high=1e6),
         conflicts=tuple(conflicts),
         violations=tuple(violations),
+        soft_violations=tuple(soft),
     )
 
 

@@ -8,7 +8,8 @@ Pure. A step is a set of migrations that may run at once:
   must have room for everything already on it plus everything arriving in the step, within
   ``capacity x (1 - headroom)``; VMs leaving it in the same step still count;
 * no hard rule that holds before a step is broken after it (or while it runs: an in-flight VM
-  counts on both hosts for anti_affinity); an affinity group moves in one step.
+  counts on both hosts for anti_affinity); an affinity group moves in one step (``should``
+  groups are soft: their members move on their own and are never checked here).
 
 Moves are taken in priority order (mandatory first, then by gain). When no pending move can
 start (a swap or a cycle), a VM on a blocking host is parked on a third host with a
@@ -27,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from balancer.model import Snapshot
-from balancer.optimizer.context import Context, violated_rules
+from balancer.optimizer.context import Context, soft_violations, violated_rules
 from balancer.optimizer.core import Solution, optimize
 from balancer.optimizer.filters import anti_affinity_conflict, static_verdict
 from balancer.optimizer.metrics import metrics
@@ -81,7 +82,7 @@ def _units(ctx: Context, pending: Sequence[int], target: Sequence[int]) -> list[
             for u in list(unit):
                 for ri in ctx.vm_rules[u]:
                     r = ctx.rules[ri]
-                    if r.rule.kind is RuleKind.AFFINITY:
+                    if r.rule.kind is RuleKind.AFFINITY and r.hard:
                         for m in r.members:
                             if m in pend and m not in unit:
                                 unit.add(m)
@@ -132,8 +133,10 @@ class _Orderer:
             return False
         for ri in self.ctx.vm_rules[v]:
             r = self.ctx.rules[ri]
-            if r.rule.kind is RuleKind.ANTI_AFFINITY and any(
-                m != v and m in step.incoming.get(h, set()) for m in r.members
+            if (
+                r.rule.kind is RuleKind.ANTI_AFFINITY
+                and r.hard
+                and any(m != v and m in step.incoming.get(h, set()) for m in r.members)
             ):
                 return False
         return True
@@ -281,7 +284,9 @@ class _Orderer:
 
 def _in_affinity(ctx: Context, v: int) -> bool:
     return any(
-        ctx.rules[ri].rule.kind is RuleKind.AFFINITY and len(ctx.rules[ri].members) > 1
+        ctx.rules[ri].rule.kind is RuleKind.AFFINITY
+        and ctx.rules[ri].hard
+        and len(ctx.rules[ri].members) > 1
         for ri in ctx.vm_rules[v]
     )
 
@@ -378,6 +383,7 @@ def build_plan(solution: Solution) -> Plan:
         snapshot_digest=ctx.snapshot.digest(),
         policy_digest=ctx.policy.digest,
         violations=violations,
+        soft_violations=soft_violations(ctx, ordered.end),
     )
 
 
@@ -443,7 +449,7 @@ def _cause(
     for v in sorted(involved):
         for gi in ctx.vm_rules[v]:
             g = ctx.rules[gi]
-            if g.rule.kind is RuleKind.AFFINITY and len(g.members) > step:
+            if g.rule.kind is RuleKind.AFFINITY and g.hard and len(g.members) > step:
                 return (
                     ViolationCause.NEEDS_CONCURRENCY,
                     len(g.members),

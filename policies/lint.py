@@ -15,19 +15,23 @@ analysis the optimizer uses to explain an infeasible plan, so that ``policy chec
 
 * ``unknown_vm`` / ``unknown_host``: a rule naming VMs or hosts that do not exist,
 * ``vm_host_conflict``: a VM that must and must not run on the same host,
-* ``affinity_group_frozen`` (warning): an affinity group larger than one step can move
-  (``limits.concurrent_per_host``), which the optimizer therefore never moves.
+* ``affinity_group_frozen`` (warning): a hard affinity group larger than one step can move
+  (``limits.concurrent_per_host``), which the optimizer therefore never moves,
+* ``soft_rule_never_met`` (warning): a soft (``should``) affinity or anti_affinity rule that
+  could never be fully met (it would be one of the contradictions above were it ``must``).
+  A soft rule never makes a policy infeasible: the optimizer keeps it as a preference and the
+  plan lists what it still breaks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import combinations
 
 from balancer.model import Snapshot
 from balancer.optimizer.feasibility import rule_conflicts, where
-from policies.model import Policy, RuleKind, Selector
+from policies.model import Policy, RuleKind, RuleMode, Selector
 
 
 class Severity(StrEnum):
@@ -59,14 +63,43 @@ def _host_members(sel: Selector, snapshot: Snapshot) -> set[str]:
 _where = where
 
 
+def _soft_never_met(policy: Policy, snapshot: Snapshot | None) -> list[Finding]:
+    """Warnings for soft VM-VM rules that could never hold: the contradictions the shared
+    analysis finds once they are read as ``must``, and not found with them soft."""
+    soft = {r.name for r in policy.rules if r.group and not r.hard}
+    if not soft:
+        return []
+    as_hard = replace(
+        policy,
+        rules=tuple(replace(r, mode=RuleMode.MUST) if r.name in soft else r for r in policy.rules),
+    )
+    known = {frozenset(c.rules) for c in rule_conflicts(policy, snapshot)}
+    out: list[Finding] = []
+    for c in rule_conflicts(as_hard, snapshot):
+        if frozenset(c.rules) in known or not soft & set(c.rules):
+            continue
+        names = ", ".join(repr(n) for n in c.rules if n in soft)
+        out.append(
+            Finding(
+                severity=Severity.WARNING,
+                code="soft_rule_never_met",
+                message=f"soft rule {names} can never be fully met (kept as a preference, "
+                f"the plan lists what it breaks): {c.message}",
+                rules=c.rules,
+            )
+        )
+    return out
+
+
 def lint(policy: Policy, snapshot: Snapshot | None = None) -> list[Finding]:
     findings = [
         Finding(severity=Severity.ERROR, code=c.code, message=c.message, rules=c.rules)
         for c in rule_conflicts(policy, snapshot)
     ]
+    findings.extend(_soft_never_met(policy, snapshot))
     limit = min(policy.limits.concurrent_per_host, policy.limits.concurrent_total)
     for r in policy.rules:
-        size = len(_members(r.vms, snapshot)) if r.kind is RuleKind.AFFINITY else 0
+        size = len(_members(r.vms, snapshot)) if r.kind is RuleKind.AFFINITY and r.hard else 0
         if size > limit:
             findings.append(
                 Finding(

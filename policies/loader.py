@@ -27,6 +27,7 @@ from policies.model import (
     RuleKind,
     RuleMode,
     Selector,
+    SoftRules,
 )
 from policies.schema import PolicyDoc, SelectorDoc
 
@@ -40,6 +41,7 @@ SINGLE_KEYS = (
     "cooldown_minutes",
     "cooldown_max_minutes",
     "migration",
+    "soft_rules",
 )
 
 
@@ -166,6 +168,7 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
         limits=Limits(**lim.model_dump()) if lim else base.limits,
         cooldown_minutes=cooldown,
         cooldown_max_minutes=cooldown_max,
+        soft_rules=SoftRules(pick("soft_rules") or base.soft_rules),
         rules=tuple(rules),
         exclude=tuple(exclude),
         migration=MigrationSettings(**mig.model_dump()) if mig else base.migration,

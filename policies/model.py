@@ -27,6 +27,15 @@ class RuleKind(StrEnum):
     VM_HOST = "vm_host"
 
 
+class SoftRules(StrEnum):
+    """When soft-rule violations are repaired (``soft_rules`` in the policy)."""
+
+    #: in any cycle of a threshold that balances (2..5)
+    REPAIR = "repair"
+    #: only in cycles that balance anyway (the cluster is outside the threshold's target)
+    WHEN_BALANCING = "when_balancing"
+
+
 class RuleMode(StrEnum):
     MUST = "must"
     SHOULD = "should"
@@ -75,8 +84,14 @@ class Rule:
 
     @property
     def hard(self) -> bool:
-        # affinity / anti-affinity groups are hard; vm_host rules follow their mode
-        return self.kind is not RuleKind.VM_HOST or self.mode.hard
+        # every kind follows its mode: affinity / anti_affinity take must (the default) or
+        # should, vm_host rules any of the four
+        return self.mode.hard
+
+    @property
+    def group(self) -> bool:
+        """A VM-VM rule (affinity or anti_affinity)."""
+        return self.kind is not RuleKind.VM_HOST
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +131,7 @@ class Policy:
     #: within its cooldown, the next cooldown doubles, up to ``cooldown_max_minutes``
     cooldown_minutes: int = 60
     cooldown_max_minutes: int = 480
+    soft_rules: SoftRules = SoftRules.REPAIR
     rules: tuple[Rule, ...] = ()
     exclude: tuple[Selector, ...] = ()
     migration: MigrationSettings = field(default_factory=MigrationSettings)

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
@@ -64,6 +71,9 @@ class MigrationDoc(_Strict):
 
 
 NamesOrSelector = list[Name] | SelectorDoc
+#: VM-VM rules: hard (must, the default) or soft (should); must_not / should_not are refused
+GROUP_KINDS = ("affinity", "anti_affinity")
+GROUP_MODES = ("must", "should")
 
 
 class RuleDoc(_Strict):
@@ -72,6 +82,16 @@ class RuleDoc(_Strict):
     vms: NamesOrSelector
     hosts: NamesOrSelector | None = None
     mode: Literal["must", "should", "must_not", "should_not"] | None = None
+
+    @field_validator("mode")
+    @classmethod
+    def _group_mode(cls, v: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if v is not None and kind in GROUP_KINDS and v not in GROUP_MODES:
+            raise ValueError(
+                f"an {kind} rule takes mode must (hard, the default) or should (soft), not {v}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _shape(self) -> RuleDoc:
@@ -83,8 +103,6 @@ class RuleDoc(_Strict):
         else:
             if self.hosts is not None:
                 raise ValueError(f"an {self.kind} rule takes no 'hosts'")
-            if self.mode is not None:
-                raise ValueError(f"an {self.kind} rule takes no 'mode' (it is always hard)")
             if isinstance(self.vms, list) and len(self.vms) < 2:
                 raise ValueError(f"an {self.kind} rule needs at least two VMs")
         return self
@@ -103,6 +121,9 @@ class PolicyDoc(_Strict):
     cooldown_minutes: int | None = Field(default=None, ge=0, le=7 * 24 * 60)
     #: the ceiling of the adaptive cooldown (it doubles for a VM moved again soon); >= the base
     cooldown_max_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60)
+    #: when soft-rule violations are repaired: in any cycle that may balance (repair, the
+    #: default) or only in cycles that balance anyway (when_balancing)
+    soft_rules: Literal["repair", "when_balancing"] | None = None
     migration: MigrationDoc | None = None
     rules: list[RuleDoc] = Field(default_factory=list)
     exclude: list[Name | SelectorDoc] = Field(default_factory=list)

@@ -109,6 +109,15 @@ def _print_plan(result: Plan) -> None:
                 for v in result.violations
             ],
         )
+    if result.soft_violations:
+        print_table(
+            "soft rules still broken (allowed)",
+            ["rule", "kind", "mode", "vms", "hosts"],
+            [
+                [s.rule, s.kind.value, s.mode.value, ",".join(s.vms), ",".join(s.hosts)]
+                for s in result.soft_violations
+            ],
+        )
 
 
 @click.command()
@@ -136,6 +145,8 @@ def assist(vm: str, snapshot_path: Path, policy_paths: tuple[Path, ...], as_json
                         "cpu_load": round(c.cpu_load, 6),
                         "memory_load": round(c.memory_load, 6),
                         "imbalance": round(c.imbalance, 6),
+                        "soft_breaks": list(c.soft_breaks),
+                        "soft_repairs": list(c.soft_repairs),
                     }
                     for c in result.candidates
                 ],
@@ -161,9 +172,16 @@ def assist(vm: str, snapshot_path: Path, policy_paths: tuple[Path, ...], as_json
         click.echo(f"blocked: {result.blocked.reason.value}: {result.blocked.detail}")
     print_table(
         "candidates (best first)",
-        ["rank", "host", "cpu load", "memory load", "imbalance"],
+        ["rank", "host", "cpu load", "memory load", "imbalance", "soft rules"],
         [
-            [i + 1, c.host, f"{c.cpu_load:.2f}", f"{c.memory_load:.2f}", f"{c.imbalance:.3f}"]
+            [
+                i + 1,
+                c.host,
+                f"{c.cpu_load:.2f}",
+                f"{c.memory_load:.2f}",
+                f"{c.imbalance:.3f}",
+                _soft_label(c.soft_breaks, c.soft_repairs),
+            ]
             for i, c in enumerate(result.candidates)
         ],
     )
@@ -172,6 +190,16 @@ def assist(vm: str, snapshot_path: Path, policy_paths: tuple[Path, ...], as_json
         ["host", "reason", "detail"],
         [[r.host, r.label, r.detail] for r in result.ruled_out],
     )
+
+
+def _soft_label(breaks: tuple[str, ...], repairs: tuple[str, ...]) -> str:
+    """``breaks a, b; repairs c`` (empty when moving there changes no soft rule)."""
+    parts = []
+    if breaks:
+        parts.append("breaks " + ", ".join(breaks))
+    if repairs:
+        parts.append("repairs " + ", ".join(repairs))
+    return "; ".join(parts)
 
 
 def register(cli: click.Group) -> None:

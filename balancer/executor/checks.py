@@ -36,12 +36,13 @@ OK = Recheck()
 
 
 def anti_affinity_groups(snapshot: Snapshot, policy: Policy | None) -> dict[str, frozenset[str]]:
-    """Rule name -> the VMs of the snapshot in that anti-affinity group."""
+    """Rule name -> the VMs of the snapshot in that hard anti-affinity group (a ``should``
+    group is a preference of the optimizer, not a pre-start check)."""
     if policy is None:
         return {}
     groups: dict[str, frozenset[str]] = {}
     for rule in policy.rules:
-        if rule.kind is not RuleKind.ANTI_AFFINITY:
+        if rule.kind is not RuleKind.ANTI_AFFINITY or not rule.hard:
             continue
         members = frozenset(v.name for v in snapshot.vms if rule.vms.matches(v.name, v.labels))
         if len(members) > 1:

@@ -1,5 +1,6 @@
 """The migration assistant (pure): the best target hosts for one VM, ranked, each with the
-loads it would have, and why every other host is ruled out."""
+loads it would have and the soft rules moving there would break or repair, and why every other
+host is ruled out. Soft rules never rule a host out; the ranking is by imbalance."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from dataclasses import dataclass
 from balancer.errors import InputError
 from balancer.model import Snapshot
 from balancer.optimizer.context import build_context
-from balancer.optimizer.filters import HostVerdict, Loads, cpu_features_missing, verdict
+from balancer.optimizer.filters import (
+    HostVerdict,
+    Loads,
+    cpu_features_missing,
+    soft_effects,
+    verdict,
+)
 from balancer.optimizer.metrics import ImbalanceTracker
 from balancer.plan import Blocked
 from policies.model import Policy
@@ -22,6 +29,9 @@ class Candidate:
     memory_load: float
     #: the cluster's imbalance with the VM on the host
     imbalance: float
+    #: soft rules of the VM that moving it there would break / repair (policy order)
+    soft_breaks: tuple[str, ...] = ()
+    soft_repairs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,12 +63,15 @@ def assist(snapshot: Snapshot, policy: Policy, vm: str) -> Assistance:
         if why is not None:
             out.append(why)
             continue
+        effects = soft_effects(ctx, placement, v, h)
         ok.append(
             Candidate(
                 host=host.name,
                 cpu_load=(loads.cpu[h] + ctx.vm_cpu[v]) / ctx.host_cores[h],
                 memory_load=(loads.mem[h] + ctx.vm_mem[v]) / ctx.host_mem[h],
                 imbalance=tracker.what_if(v, src, h),
+                soft_breaks=effects.breaks,
+                soft_repairs=effects.repairs,
             )
         )
     ok.sort(key=lambda c: (c.imbalance, max(c.cpu_load, c.memory_load), c.host))

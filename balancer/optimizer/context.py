@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from balancer.model import HostState, Snapshot
-from policies.model import Policy, Rule, RuleKind, RuleMode
+from balancer.plan import SoftViolation
+from policies.model import Policy, Rule, RuleKind, RuleMode, SoftRules
 
 #: loads (demand / capacity) are scaled by this in the model: 1.0 load = 100_000
 LOAD_SCALE = 100_000
@@ -137,6 +138,9 @@ def violated_rules(
     anti_affinity: every member sharing a host with another member except the first one;
     affinity: members not on the host that holds most members (ties: lowest host index);
     vm_host: members on a host the rule does not allow.
+
+    Soft rules (``should`` / ``should_not``, on every kind) are reported too: callers tell
+    them apart with :func:`is_soft` (or :func:`hard_violations`).
     """
     out: dict[int, tuple[int, ...]] = {}
     for ri, r in enumerate(ctx.rules):
@@ -160,8 +164,72 @@ def violated_rules(
     return out
 
 
+def hard_violations(
+    ctx: Context, placement: tuple[int, ...] | list[int]
+) -> dict[int, tuple[int, ...]]:
+    """:func:`violated_rules` restricted to hard rules."""
+    return {ri: bad for ri, bad in violated_rules(ctx, placement).items() if ctx.rules[ri].hard}
+
+
+def is_soft(rule: ResolvedRule) -> bool:
+    """A soft rule of any kind: vm_host should / should_not, affinity or anti_affinity should.
+    Soft rules are objective terms (a penalty), never constraints."""
+    return not rule.hard
+
+
 def is_soft_vm_host(rule: ResolvedRule) -> bool:
     return rule.rule.kind is RuleKind.VM_HOST and rule.rule.mode in (
         RuleMode.SHOULD,
         RuleMode.SHOULD_NOT,
     )
+
+
+def is_soft_group(rule: ResolvedRule) -> bool:
+    """A soft VM-VM rule: affinity or anti_affinity with ``mode: should``."""
+    return rule.rule.kind is not RuleKind.VM_HOST and not rule.hard
+
+
+def repairs_soft_rules(policy: Policy, *, balances: bool, outside_target: bool) -> bool:
+    """Whether this cycle moves VMs to repair soft-rule violations (``policy.soft_rules``).
+
+    ``repair``: whenever the threshold balances (2..5); ``when_balancing``: only when the
+    cycle balances anyway (the cluster is outside the threshold's target). Never at
+    threshold 1 (mandatory moves only).
+    """
+    if not balances:
+        return False
+    return policy.soft_rules is SoftRules.REPAIR or outside_target
+
+
+def soft_violations(
+    ctx: Context, placement: tuple[int, ...] | list[int]
+) -> tuple[SoftViolation, ...]:
+    """The soft rules a placement breaks, in policy order, each with the VMs out of place and
+    the hosts concerned.
+
+    anti_affinity: the members on hosts that hold more than one member, and those hosts;
+    affinity: every member and the hosts they are spread over; vm_host: the members on a host
+    the rule advises against, and those hosts.
+    """
+    out: list[SoftViolation] = []
+    for ri, bad in violated_rules(ctx, placement).items():
+        r = ctx.rules[ri]
+        if not is_soft(r):
+            continue
+        if r.rule.kind is RuleKind.ANTI_AFFINITY:
+            crowded = {placement[m] for m in bad}
+            vms = [m for m in r.members if placement[m] in crowded]
+        elif r.rule.kind is RuleKind.AFFINITY:
+            vms = list(r.members)
+        else:
+            vms = list(bad)
+        out.append(
+            SoftViolation(
+                rule=r.name,
+                kind=r.rule.kind,
+                mode=r.rule.mode,
+                vms=tuple(sorted(ctx.vm_names[m] for m in vms)),
+                hosts=tuple(sorted({ctx.host_names[placement[m]] for m in vms})),
+            )
+        )
+    return tuple(out)

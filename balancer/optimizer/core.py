@@ -25,7 +25,8 @@ from balancer.optimizer import cpsat, heuristic
 from balancer.optimizer.context import (
     Context,
     build_context,
-    is_soft_vm_host,
+    is_soft,
+    repairs_soft_rules,
     violated_rules,
 )
 from balancer.optimizer.feasibility import rule_conflicts
@@ -177,7 +178,7 @@ def _too_big_affinity(ctx: Context) -> frozenset[int]:
     limit = min(ctx.policy.limits.concurrent_per_host, ctx.policy.limits.concurrent_total)
     out: set[int] = set()
     for r in ctx.rules:
-        if r.rule.kind is RuleKind.AFFINITY and len(r.members) > limit:
+        if r.rule.kind is RuleKind.AFFINITY and r.hard and len(r.members) > limit:
             out.update(r.members)
     return frozenset(out)
 
@@ -209,11 +210,19 @@ def optimize(
     repair: set[int] = set()
     must_repair: dict[int, str] = {}
     soft_bad: set[int] = set()
+    soft_group: set[int] = set()  # members of violated soft VM-VM rules: any may move
+    repair_soft = repairs_soft_rules(
+        policy,
+        balances=rule.balances,
+        outside_target=before.imbalance > rule.target_imbalance,
+    )
     for ri, bad in violated.items():
         r = ctx.rules[ri]
-        if is_soft_vm_host(r):
-            if rule.balances:
+        if is_soft(r):
+            if repair_soft:
                 soft_bad.update(bad)
+                if r.rule.group:
+                    soft_group.update(r.members)
             continue
         if r.rule.kind is RuleKind.VM_HOST:
             repair.update(bad)
@@ -222,7 +231,7 @@ def optimize(
         for m in bad:
             must_repair.setdefault(m, r.name)
     should_move = set(evac) | set(quarantine) | set(must_repair)
-    phase_a = sorted(v for v in should_move | repair | soft_bad if movable(v))
+    phase_a = sorted(v for v in should_move | repair | soft_bad | soft_group if movable(v))
 
     costs_all = (
         {
@@ -567,7 +576,7 @@ def _finish(
             rule_name = next(
                 ctx.rules[ri].name
                 for ri in ctx.vm_rules[v]
-                if ctx.rules[ri].rule.kind is RuleKind.AFFINITY
+                if ctx.rules[ri].rule.kind is RuleKind.AFFINITY and ctx.rules[ri].hard
             )
             blocked.append(
                 Blocked(

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from ortools.sat.python import cp_model
 
 from balancer.model import HostState
+from balancer.optimizer import soft
 from balancer.optimizer.context import LOAD_SCALE, Context, is_soft_vm_host, vm_host_allows
 from balancer.optimizer.metrics import (
     DEVIATION_BREAKPOINTS,
@@ -215,6 +216,8 @@ def anti_affinity(b: Build) -> None:
     for r in ctx.rules:
         if r.rule.kind is not RuleKind.ANTI_AFFINITY or len(r.members) < 2:
             continue
+        if not r.hard:
+            continue  # a should group is a penalty (balancer.optimizer.soft)
         fixed_count: dict[int, int] = {}
         hosts: set[int] = set()
         for m in r.members:
@@ -238,6 +241,8 @@ def affinity(b: Build) -> None:
     for r in ctx.rules:
         if r.rule.kind is not RuleKind.AFFINITY or len(r.members) < 2:
             continue
+        if not r.hard:
+            continue  # a should group is a penalty (balancer.optimizer.soft)
         fixed_hosts = {b.inp.start[m] for m in r.members if m not in b.x}
         if len(fixed_hosts) > 1:
             continue  # cannot be repaired by moves: reported as blocked
@@ -496,6 +501,8 @@ OBJECTIVES: tuple[tuple[str, Module], ...] = (
     ("migration_cost", migration_cost),
     ("evacuation", evacuation),
     ("soft_rules", soft_rules),
+    ("soft_affinity", soft.soft_affinity),
+    ("soft_anti_affinity", soft.soft_anti_affinity),
 )
 
 

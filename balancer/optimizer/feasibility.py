@@ -1,5 +1,8 @@
 """Rule feasibility (pure): which sets of hard rules no placement can satisfy, and why.
 
+Soft rules (``should`` / ``should_not``, VM-VM rules included) are penalties, never part of a
+conflict: only ``Rule.hard`` rules are analysed.
+
 One analysis, two users: :func:`policies.lint.lint` reports every cause as an error before a
 policy goes live, and the optimizer names the same causes (:func:`rule_conflicts`) when its
 model turns out infeasible. Each cause names a *minimal* set of rules: the rules found are
@@ -109,7 +112,7 @@ def _hard_vm_host(rule: Rule) -> bool:
 
 
 def fixed_vms(policy: Policy, snapshot: Snapshot) -> frozenset[str]:
-    """VMs the optimizer never moves: excluded by policy, on an unreachable host, or in an
+    """VMs the optimizer never moves: excluded by policy, on an unreachable host, or in a hard
     affinity group larger than one step can move (``limits.concurrent_*``)."""
     hosts = snapshot.host_map()
     out = {
@@ -119,7 +122,7 @@ def fixed_vms(policy: Policy, snapshot: Snapshot) -> frozenset[str]:
     }
     limit = min(policy.limits.concurrent_per_host, policy.limits.concurrent_total)
     for r in policy.rules:
-        if r.kind is RuleKind.AFFINITY:
+        if r.kind is RuleKind.AFFINITY and r.hard:
             members = [v.name for v in snapshot.vms if r.vms.matches(v.name, v.labels)]
             if len(members) > limit:
                 out.update(members)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from balancer.model import HostState
-from balancer.optimizer.context import Context, vm_host_allows
+from balancer.optimizer.context import Context, is_soft, violated_rules, vm_host_allows
 from balancer.plan import Blocked, BlockedReason
 from policies.model import RuleKind
 
@@ -134,21 +134,54 @@ def fits(ctx: Context, loads: Loads, v: int, h: int) -> bool:
 
 
 def anti_affinity_conflict(ctx: Context, placement: Sequence[int], v: int, h: int) -> str | None:
-    """The name of a hard anti_affinity rule that a VM placed on ``h`` would break."""
+    """The name of a hard anti_affinity rule that a VM placed on ``h`` would break (a soft,
+    ``should``, group is never a conflict: see :func:`soft_effects`)."""
     for ri in ctx.vm_rules[v]:
         r = ctx.rules[ri]
-        if r.rule.kind is RuleKind.ANTI_AFFINITY and any(
-            m != v and placement[m] == h for m in r.members
+        if (
+            r.rule.kind is RuleKind.ANTI_AFFINITY
+            and r.hard
+            and any(m != v and placement[m] == h for m in r.members)
         ):
             return r.name
     return None
 
 
 def in_affinity_group(ctx: Context, v: int) -> bool:
+    """Whether the VM is in a hard affinity group (it moves with its group only)."""
     return any(
-        ctx.rules[ri].rule.kind is RuleKind.AFFINITY and len(ctx.rules[ri].members) > 1
+        ctx.rules[ri].rule.kind is RuleKind.AFFINITY
+        and ctx.rules[ri].hard
+        and len(ctx.rules[ri].members) > 1
         for ri in ctx.vm_rules[v]
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SoftEffects:
+    """What moving one VM to a host does to its soft rules (names, in policy order)."""
+
+    breaks: tuple[str, ...] = ()
+    repairs: tuple[str, ...] = ()
+
+
+def soft_effects(ctx: Context, placement: Sequence[int], v: int, h: int) -> SoftEffects:
+    """The soft rules of ``v`` that moving it to ``h`` would break (satisfied now, violated
+    after) or repair (violated now, satisfied after), the rest of the placement unchanged."""
+    after = list(placement)
+    after[v] = h
+    before_bad = violated_rules(ctx, list(placement))
+    after_bad = violated_rules(ctx, after)
+    breaks: list[str] = []
+    repairs: list[str] = []
+    for ri in ctx.vm_rules[v]:
+        if not is_soft(ctx.rules[ri]):
+            continue
+        if ri in after_bad and ri not in before_bad:
+            breaks.append(ctx.rules[ri].name)
+        elif ri in before_bad and ri not in after_bad:
+            repairs.append(ctx.rules[ri].name)
+    return SoftEffects(breaks=tuple(breaks), repairs=tuple(repairs))
 
 
 def dynamic_verdict(

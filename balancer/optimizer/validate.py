@@ -7,7 +7,8 @@ Checked, per step: the VM is where the plan says and moves once per step; the so
 and is allowed by its hard vm_host rules; at most ``concurrent_per_host`` migrations touch a host
 and at most ``concurrent_total`` run; with in-flight VMs counted on both hosts, every target's
 memory and CPU stay within ``capacity x (1 - headroom)``; no hard anti_affinity or affinity
-rule that held before the step is broken during or after it. At the end: at most
+rule that held before the step is broken during or after it (``should`` groups are soft: never
+checked). At the end: at most
 ``moves_per_cycle`` non-temporary moves, every VM still on a host that must be emptied is
 listed as blocked, and steps are listed in order. A ``partial`` plan (hard rules left
 violated at the end, each listed with its cause) is checked the same way: its steps must be
@@ -69,7 +70,7 @@ def validate_plan(snapshot: Snapshot, policy: Policy, plan: Plan) -> tuple[Viola
     group_rules = [
         (r, _members(r, snapshot))
         for r in policy.rules
-        if r.kind in (RuleKind.AFFINITY, RuleKind.ANTI_AFFINITY)
+        if r.kind in (RuleKind.AFFINITY, RuleKind.ANTI_AFFINITY) and r.mode.hard
     ]
     host_rules = [r for r in policy.rules if r.kind is RuleKind.VM_HOST and r.mode.hard]
     limits = policy.limits

@@ -81,6 +81,7 @@ from balancer.service.views import (
     PolicyView,
     PreflightView,
     RecommendationView,
+    SoftViolationView,
     StatusView,
     ValidationView,
     ViolationView,
@@ -446,6 +447,7 @@ class Service:
             loaded_at=self._pol.loaded_at,
             last_error=self._pol.error,
             last_error_at=self._pol.error_at,
+            soft_rules=p.soft_rules.value if p else None,
         )
 
     def set_automation(self, level: Automation | None, *, who: str) -> None:
@@ -867,6 +869,7 @@ class Service:
             held=list(d.get("held", [])),
             note=str(d.get("note", "")),
             violations=[ViolationView.of_doc(v) for v in d.get("violations", [])],
+            soft_violations=[SoftViolationView.of_doc(s) for s in d.get("soft_violations", [])],
         )
 
     # ------------------------------------------------------------------------------------------

@@ -68,6 +68,8 @@ class PolicyView:
     loaded_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None
+    #: when soft-rule violations are repaired: repair | when_balancing
+    soft_rules: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,6 +200,28 @@ class ViolationView:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SoftViolationView:
+    """A soft rule (should / should_not) a plan's end state still breaks: allowed, shown."""
+
+    rule: str
+    kind: str
+    mode: str
+    vms: list[str]
+    hosts: list[str]
+
+    @classmethod
+    def of_doc(cls, d: Mapping[str, Any]) -> SoftViolationView:
+        """From a soft violation as a stored plan document holds it (``plan_io``)."""
+        return cls(
+            rule=str(d["rule"]),
+            kind=str(d["kind"]),
+            mode=str(d["mode"]),
+            vms=[str(v) for v in d.get("vms", [])],
+            hosts=[str(h) for h in d.get("hosts", [])],
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PlanView:
     id: str
     created_at: datetime
@@ -217,6 +241,8 @@ class PlanView:
     note: str
     #: status partial: the hard rules the plan leaves violated, each with its cause
     violations: list[ViolationView] = field(default_factory=list)
+    #: the soft rules the plan's end state still breaks (allowed)
+    soft_violations: list[SoftViolationView] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

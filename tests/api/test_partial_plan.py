@@ -4,23 +4,18 @@ status ``partial`` and each hard rule left violated with its cause."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
-from balancer.api.app import create_app
-from balancer.service.runtime import Runtime
-from balancer.settings import load_settings
 from balancer.snapshot_io import dump_snapshot
+from tests.api.inprocess import OPERATOR, VIEWER, api_client
 from tests.factories import make_host, make_snapshot, make_vm
-from tests.service.running import TOKENS, write_settings
+from tests.service.running import write_settings
 
 pytestmark = pytest.mark.timeout(120)
 
-OPERATOR = {"Authorization": f"Bearer {TOKENS['bob']}"}
-VIEWER = {"Authorization": f"Bearer {TOKENS['vic']}"}
 RULES = [
     {"name": "apart", "kind": "anti_affinity", "vms": ["a", "b"]},
     {"name": "a-not-h1", "kind": "vm_host", "mode": "must_not", "vms": ["a"], "hosts": ["h1"]},
@@ -39,17 +34,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     cfg = write_settings(
         root, snapshot=str(snap), policy={"automation": "manual", "threshold": 1, "rules": RULES}
     )
-    saved = dict(os.environ)
-    os.environ.update({f"TEST_TOKEN_{u.upper()}": t for u, t in TOKENS.items()})
-    rt = Runtime.build(load_settings(cfg))
-    try:
-        assert rt.service.reload_policy(initial=True)
-        with TestClient(create_app(rt), raise_server_exceptions=True) as c:
-            yield c
-    finally:
-        rt.close()
-        os.environ.clear()
-        os.environ.update(saved)
+    with api_client(cfg) as c:
+        yield c
 
 
 def test_a_partial_plan_shows_its_violations_in_the_plan_and_the_status(

@@ -99,8 +99,9 @@ def test_duplicate_rule_name_across_files(tmp_path: Path) -> None:
             "p.yaml:2: rules[0]: a vm_host rule needs 'hosts'",
         ),
         (
-            "rules:\n  - {name: r, kind: anti_affinity, vms: [a, b], mode: must}\n",
-            "rules[0]: an anti_affinity rule takes no 'mode'",
+            # must and should are allowed on VM-VM rules since issue 16; must_not is not
+            "rules:\n  - {name: r, kind: anti_affinity, vms: [a, b], mode: must_not}\n",
+            "p.yaml:2: rules[0].mode: an anti_affinity rule takes mode must",
         ),
         ("rules:\n  - {name: r, kind: affinity, vms: [a]}\n", "needs at least two VMs"),
         ("rules:\n  - {name: 'bad name', kind: affinity, vms: [a, b]}\n", "rules[0].name:"),
