@@ -280,14 +280,13 @@ class HostLoad:
     const: int
     terms: tuple[tuple[cp_model.IntVar, int], ...]
     var: cp_model.IntVar | None = None
+    #: the load in the hint (the constant when there is no hint)
+    hint: int = 0
 
     def expr(self) -> cp_model.LinearExprT:
         if self.var is not None:
             return self.var
         return self.const
-
-    def hinted(self, b: Build) -> int:
-        return self.const + sum(c * b.hinted(var) for var, c in self.terms)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -317,17 +316,22 @@ def resource_loads(b: Build) -> tuple[ResourceLoads, ...]:
             continue
         const = [base[h] * LOAD_SCALE // cap[h] for h in range(ctx.n_hosts)]
         terms: list[list[tuple[cp_model.IntVar, int]]] = [[] for _ in range(ctx.n_hosts)]
+        hinted = [0] * ctx.n_hosts
         for v in range(ctx.n_vms):
             if v in b.x:
                 for h, var in b.x[v].items():
                     terms[h].append((var, demand[v] * LOAD_SCALE // cap[h]))
+                if b.inp.hint is not None:
+                    h = b.inp.hint[v]
+                    if h in b.x[v]:
+                        hinted[h] += demand[v] * LOAD_SCALE // cap[h]
             else:
                 const[start[v]] += demand[v] * LOAD_SCALE // cap[start[v]]
         hosts: list[HostLoad] = []
         for h in range(ctx.n_hosts):
             if not ctx.balanced_host(h):
                 continue
-            hl = HostLoad(host=h, const=const[h], terms=tuple(terms[h]))
+            hl = HostLoad(host=h, const=const[h], terms=tuple(terms[h]), hint=const[h] + hinted[h])
             if hl.terms:
                 top = const[h] + sum(c for _, c in hl.terms)
                 var = b.model.new_int_var(const[h], top, f"load[{h}]")
@@ -339,7 +343,7 @@ def resource_loads(b: Build) -> tuple[ResourceLoads, ...]:
                     )
                 )
                 hl = replace(hl, var=var)
-                b.hint(var, hl.hinted(b))
+                b.hint(var, hl.hint)
             hosts.append(hl)
         out.append(ResourceLoads(weight=w, target=round(avg * LOAD_SCALE), hosts=tuple(hosts)))
     b.loads = tuple(out)
@@ -355,7 +359,7 @@ def imbalance(b: Build) -> None:
         top_hint = 0
         for hl in res.hosts:
             load = hl.expr()
-            load_hint = hl.hinted(b)
+            load_hint = hl.hint
             top_hint = max(top_hint, load_hint)
             if hl.terms:
                 # convex piecewise-linear deviation: one more unit of slope past each breakpoint
@@ -435,7 +439,7 @@ def target(b: Build) -> None:
             sq = b.model.new_int_var(0, sq_top, f"sq[{hl.host}]")
             for x0, x1 in segments:
                 b.model.add(_SQ_DIV * sq >= (x0 + x1) * dev - x0 * x1)
-            dev_hint = min(top, abs(hl.hinted(b) - res.target))
+            dev_hint = min(top, abs(hl.hint - res.target))
             b.hint(dev, dev_hint)
             sq_hint = _square_hint(dev_hint, segments)
             b.hint(sq, sq_hint)
