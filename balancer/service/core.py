@@ -527,10 +527,15 @@ class Service:
         moved = D.moved_vms(before, after)
         if not moved:
             return
-        reasons: dict[str, str] = {}
+        # the reason of the request that made the move: matched on VM, source and target, in
+        # any state but a failed one (the collect can see a VM on its new host before the
+        # executor has marked the request succeeded; the move was then recorded "external"
+        # and had no cooldown, and the next plans moved the VM straight back)
+        reasons: dict[tuple[str, str, str], str] = {}
         for m in self.executor.migrations(limit=500):
-            if m.state is MigrationState.SUCCEEDED and m.vm not in reasons:
-                reasons[m.vm] = m.reason
+            if m.state in (MigrationState.FAILED, MigrationState.ABORTED, MigrationState.SKIPPED):
+                continue
+            reasons.setdefault((m.vm, m.source, m.target), m.reason)
         self.store.add_moves(
             [
                 MoveRecord(
@@ -538,7 +543,7 @@ class Service:
                     vm=vm,
                     source=src,
                     target=dst,
-                    reason=reasons.get(vm, "external").split(":")[0],
+                    reason=reasons.get((vm, src, dst), "external").split(":")[0],
                 )
                 for vm, src, dst in moved
             ]
@@ -587,13 +592,27 @@ class Service:
         window = timedelta(hours=self.settings.service.pingpong_window_h)
         span = D.cooldown_history(base=cooldown, cap=cooldown_max, pingpong_window=window)
         moves = self.store.moves_since(now - span)
+        # a migration that ended since the last collect is not in the snapshot yet, nor in the
+        # move history (a collect notes moves): its VM is held as if still in flight, or a
+        # cycle on the older snapshot would plan the same move again (seen: a plan that stops
+        # at its target left the next cycle just outside it, on the view before the move)
+        since = self._last_collect
+        unseen = (
+            [
+                m.vm
+                for m in self.executor.migrations(limit=500)
+                if m.state is MigrationState.SUCCEEDED and m.updated_at >= since
+            ]
+            if since is not None
+            else []
+        )
         return D.holds(
             moves,
             now=now,
             cooldown=cooldown,
             cooldown_max=cooldown_max,
             pingpong_window=window,
-            in_flight=[m.vm for m in self._active_migrations()],
+            in_flight=[m.vm for m in self._active_migrations()] + unseen,
         )
 
     def breakers(self) -> D.Breakers:
@@ -1108,7 +1127,15 @@ class Service:
         for h in hosts:
             if s.host(h).state not in (HostState.UNREACHABLE,):
                 s = s.with_host_state(h, HostState.ENTERING_MAINTENANCE)
-        in_flight = frozenset(m.vm for m in self._active_migrations())
+        active = self._active_migrations()
+        in_flight = frozenset(m.vm for m in active)
+        # queued and running migrations are counted where they go: the room they will take is
+        # taken (held at their source, they left their targets looking free, and an
+        # evacuation entered right after another was planned onto room already promised)
+        hosts_known = s.host_map()
+        going = {m.vm: m.target for m in active if m.target in hosts_known}
+        if going:
+            s = s.with_placement(going)
         return self.planner.plan(
             s,
             replace(policy, threshold=1),
@@ -1343,6 +1370,9 @@ class Service:
         plan_id: str | None = None
         #: the evacuation plan of this tick could not be made (the solver crashed or overran)
         plan_failed: str | None = None
+        #: VMs of other hosts moved this tick to make room for an evacuation (or parked to
+        #: break a cycle): submitted once, with the first evacuation that needs them
+        helpers_sent: set[str] = set()
         for req in evac:
             host = req.host
             on = {v.name for v in snap.vms_on(host)}
@@ -1453,6 +1483,18 @@ class Service:
                 elif retry:
                     assert plan is not None and plan_id is not None
                     moves = [m for m in plan.moves if m.vm in retry]
+                    if moves:
+                        # the evacuation's own moves may need others to make room first (the
+                        # executor runs a plan's steps in order)
+                        helpers = [
+                            m
+                            for m in plan.moves
+                            if m.vm not in on
+                            and m.vm not in helpers_sent
+                            and m.reason in (MoveReason.MAKE_ROOM, MoveReason.TEMPORARY)
+                        ]
+                        helpers_sent.update(m.vm for m in helpers)
+                        moves = sorted(helpers + moves, key=lambda m: (m.step, m.vm))
                     brk = self.breakers()
                     if moves and brk.allows(MoveReason.MAINTENANCE):
                         self._record_plan(
@@ -1476,9 +1518,13 @@ class Service:
                             made_at=now,
                         )
                         for m, mid in zip(moves, ids, strict=False):
-                            progress[m.vm].update(
-                                state="queued", target=m.target, migration_id=mid, fraction=0.0
-                            )
+                            if m.vm in progress:
+                                progress[m.vm].update(
+                                    state="queued",
+                                    target=m.target,
+                                    migration_id=mid,
+                                    fraction=0.0,
+                                )
                             log.info(
                                 "evacuate %s %s -> %s",
                                 m.vm,
@@ -1488,7 +1534,9 @@ class Service:
                             )
                     elif moves:
                         blockers.extend(
-                            {"vm": m.vm, "reason": "paused", "detail": brk.explain()} for m in moves
+                            {"vm": m.vm, "reason": "paused", "detail": brk.explain()}
+                            for m in moves
+                            if m.vm in on
                         )
                     for b in plan.blocked:
                         if b.vm in retry:
