@@ -241,27 +241,55 @@ def optimize(
         if rule.balances
         else {}
     )
-    mandatory = set(evac) | set(quarantine) | repair
+    # what must move whatever else does: evacuations and the VMs a hard vm_host rule keeps off
+    # their host. The members of a violated VM-VM rule are candidates, not all needed: the
+    # rule's constraint asks for enough of them to move, and each costs what a balancing move
+    # costs, so that the solve moves the fewest (a pair of anti-affine VMs needs one move, not
+    # two) and the pruning undoes any member's move the repair does not need.
+    vm_host_bad = {
+        m
+        for ri, bad in violated.items()
+        if not is_soft(ctx.rules[ri]) and ctx.rules[ri].rule.kind is RuleKind.VM_HOST
+        for m in bad
+    }
+    mandatory = set(evac) | set(quarantine) | vm_host_bad
+    nominal = rule if rule.balances else threshold_rule(3)
+    bandwidth = policy.migration.bandwidth_mib_s
+    phase_costs = {
+        v: costs_all[v]
+        if v in costs_all
+        else balance_move_cost(nominal, snapshot.vms[v], bandwidth)
+        for v in phase_a
+        if v not in mandatory
+    }
     solve_seconds = 0.0
+    # what the solves used of the time limit, in its deterministic units, each at most its own
+    # limit (presolve may overrun it): the balance phase gets the rest (wall time would make
+    # the plan depend on the machine's load)
+    used = 0.0
     optimal = True
     placement: tuple[int, ...] = start
     a_limit = time_limit_s * (PHASE_A_SHARE if rule.balances else 1.0)
 
     if phase_a:
         hint = heuristic.place_mandatory(
-            ctx, start, [v for v in phase_a if v in mandatory], {v: cands[v] for v in phase_a}
+            ctx,
+            start,
+            [v for v in phase_a if v in mandatory or v in must_repair],
+            {v: cands[v] for v in phase_a},
         )
         inp = cpsat.ModelInput(
             ctx=ctx,
             start=start,
             candidates={v: (start[v], *sorted(cands[v])) for v in phase_a},
-            costs={v: costs_all.get(v, 0.0) for v in phase_a if v not in mandatory},
+            costs=phase_costs,
             soft_penalty=SOFT_RULE_PENALTY if rule.balances else 0.0,
             budget=budget,
             hint=tuple(hint),
         )
         res = cpsat.solve(inp, seed=seed, time_limit_s=a_limit)
         solve_seconds += res.wall_seconds
+        used += min(a_limit, res.limit_seconds)
         left = res.placement is not None and any(
             res.placement[v] == start[v] for v in evac + quarantine if movable(v)
         )
@@ -274,8 +302,6 @@ def optimize(
             # "Check failed: heuristics.fixed_search != nullptr".)
             wide = [v for v in range(ctx.n_vms) if movable(v)]
             if sum(len(cands[v]) + 1 for v in wide) <= FULL_MODEL_PAIRS:
-                nominal = rule if rule.balances else threshold_rule(3)
-                bandwidth = policy.migration.bandwidth_mib_s
                 inp = replace(
                     inp,
                     candidates={v: (start[v], *sorted(cands[v])) for v in wide},
@@ -287,6 +313,7 @@ def optimize(
                 )
                 wide_res = cpsat.solve(inp, seed=seed, time_limit_s=a_limit)
                 solve_seconds += wide_res.wall_seconds
+                used += min(a_limit, wide_res.limit_seconds)
                 if wide_res.placement is not None or res.infeasible:
                     res = wide_res
         if res.infeasible:
@@ -330,7 +357,7 @@ def optimize(
             budget,
             frozen,
             seed,
-            max(0.05, time_limit_s - solve_seconds),
+            max(0.05, time_limit_s - used),
         )
         solve_seconds += seconds
         optimal = optimal and optimal_b
@@ -339,14 +366,12 @@ def optimize(
 
     # every move that is neither mandatory nor a soft-rule repair must contribute: undo the
     # ones that do not (within the target when balancing; when not balancing, a move that is
-    # not needed for a repair's room is not needed at all)
+    # not needed for a repair or its room is not needed at all). A VM-VM rule's member is
+    # tried too: the pruning never undoes a move its rule's repair needs.
     extra = [
         v
         for v in range(ctx.n_vms)
-        if placement[v] != start[v]
-        and v not in mandatory
-        and v not in should_move
-        and v not in soft_bad
+        if placement[v] != start[v] and v not in mandatory and v not in soft_bad
     ]
     if extra:
         placement = prune(

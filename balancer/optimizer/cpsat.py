@@ -526,6 +526,13 @@ class SolveResult:
     infeasible: bool
     optimal: bool
     wall_seconds: float
+    #: the share of the time limit the solve used, in the deterministic units the limit is
+    #: given in (what a later phase may still spend: wall time would make it depend on load)
+    limit_seconds: float = 0.0
+
+
+def _used(solver: cp_model.CpSolver) -> float:
+    return solver.deterministic_time / DETERMINISTIC_PER_SECOND
 
 
 def solver_for(seed: int, time_limit_s: float) -> cp_model.CpSolver:
@@ -557,11 +564,19 @@ def solve(inp: ModelInput, *, seed: int, time_limit_s: float) -> SolveResult:
     status = solver.solve(b.model)
     if status == cp_model.INFEASIBLE:
         return SolveResult(
-            placement=None, infeasible=True, optimal=False, wall_seconds=solver.wall_time
+            placement=None,
+            infeasible=True,
+            optimal=False,
+            wall_seconds=solver.wall_time,
+            limit_seconds=_used(solver),
         )
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return SolveResult(
-            placement=None, infeasible=False, optimal=False, wall_seconds=solver.wall_time
+            placement=None,
+            infeasible=False,
+            optimal=False,
+            wall_seconds=solver.wall_time,
+            limit_seconds=_used(solver),
         )
     placement = list(inp.start)
     for v, hosts in b.x.items():
@@ -573,6 +588,7 @@ def solve(inp: ModelInput, *, seed: int, time_limit_s: float) -> SolveResult:
         infeasible=False,
         optimal=status == cp_model.OPTIMAL,
         wall_seconds=solver.wall_time,
+        limit_seconds=_used(solver),
     )
 
 

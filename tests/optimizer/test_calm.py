@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 
 from balancer.model import HostState, Snapshot
 from balancer.optimizer import optimize, validate_plan
+from balancer.optimizer.context import build_context, hard_violations
 from balancer.optimizer.thresholds import threshold_rule
 from balancer.plan import MoveReason, PlanStatus
 from balancer.planner import build_plan, end_state
-from policies.model import Policy, Resources, RuleMode
+from policies.model import Policy, Resources, RuleKind, RuleMode
 from tests.factories import make_host, make_snapshot, make_vm
 from tests.optimizer.helpers import anti, plan_ok, policy, vm_host
 from tests.optimizer.test_properties import SETTINGS, TIME_LIMIT_S, clusters
@@ -156,3 +157,50 @@ def test_every_balancing_move_contributes(
             assert after.imbalance > target, (m, after.imbalance, target)
         else:
             assert after.imbalance > plan.after.imbalance, (m, after.imbalance)
+
+
+def _colocated(n: int) -> Snapshot:
+    """``n`` anti-affine VMs (4 cores each) and a filler on a full h1, empty hosts beside it:
+    the repair needs n - 1 moves; moving every member would balance the hosts better."""
+    hosts = [make_host(f"h{i}", cpu_cores=16) for i in range(1, n + 2)]
+    vms = [make_vm(f"g{i}", "h1", cpu_used_cores=4.0, memory_mib=2048) for i in range(n)]
+    vms.append(make_vm("filler", "h1", cpu_used_cores=16.0 - 4.0 * n, memory_mib=2048))
+    return make_snapshot(hosts, vms)
+
+
+def test_a_repair_moves_only_the_members_it_needs() -> None:
+    # the members of a violated VM-VM rule are candidates, not all mandatory: at threshold 1
+    # (no balancing) a pair needs one move and three need two. Before, every member moved: as
+    # mandatory moves they cost nothing, so the solve moved them all for the balance.
+    for n in (2, 3):
+        snapshot = _colocated(n)
+        members = tuple(f"g{i}" for i in range(n))
+        plan, end = plan_ok(snapshot, policy(threshold=1, rules=(anti("apart", *members),)))
+        assert len(plan.moves) == n - 1, (n, plan.moves)
+        assert {m.reason_label for m in plan.moves} == {"rule:apart"}
+        assert len({end.placement()[g] for g in members}) == n
+
+
+@SETTINGS
+@given(clusters())
+def test_every_rule_repair_move_is_needed(case: tuple[Snapshot, Policy]) -> None:
+    """Without any one of its VM-VM repair moves, a plan is invalid or leaves a hard rule that
+    it repaired violated (no member moves for nothing)."""
+    snapshot, pol = case
+    plan = build_plan(optimize(snapshot, pol, time_limit_s=TIME_LIMIT_S))
+    note(f"snapshot={snapshot!r}\npolicy={pol!r}\nplan={plan!r}")
+    vm_vm_hard = {r.name for r in pol.rules if r.kind is not RuleKind.VM_HOST and r.mode.hard}
+    repairs = [m for m in plan.moves if m.reason is MoveReason.RULE and m.rule in vm_vm_hard]
+    if not repairs:
+        return
+    fixed = _hard_violated(snapshot, pol, end_state(snapshot, plan))
+    for m in repairs:
+        without = replace(plan, moves=tuple(x for x in plan.moves if x is not m))
+        if validate_plan(snapshot, pol, without):
+            continue  # needed: the plan is not valid without it
+        assert _hard_violated(snapshot, pol, end_state(snapshot, without)) - fixed, m
+
+
+def _hard_violated(snapshot: Snapshot, pol: Policy, end: Snapshot) -> set[str]:
+    ctx = build_context(end, pol, frozenset())
+    return {ctx.rules[ri].name for ri in hard_violations(ctx, ctx.current)}

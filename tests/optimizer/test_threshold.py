@@ -3,9 +3,13 @@ its threshold's target is "balanced" with no move; re-planning the end state mov
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
+import pytest
+
 from balancer.model import HostState
+from balancer.optimizer import cpsat
 from balancer.optimizer.thresholds import THRESHOLDS, threshold_rule
 from balancer.plan import MoveReason, PlanStatus
 from balancer.planner import make_plan
@@ -84,3 +88,27 @@ def test_same_input_and_seed_same_plan() -> None:
     a = make_plan(snap, policy(4, limits=LIMITS), time_limit_s=TIME_LIMIT_S, seed=5)
     b = make_plan(snap, policy(4, limits=LIMITS), time_limit_s=TIME_LIMIT_S, seed=5)
     assert a.moves == b.moves and a.blocked == b.blocked
+
+
+def test_the_plan_does_not_depend_on_how_long_the_solves_took(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the balance phase gets what the evacuation and repair phase left of the time limit,
+    # counted in the solver's deterministic units: on a loaded machine (here: every solve
+    # reports 100 s more wall time) the same input and seed give the same plan. It was
+    # counted in wall seconds, and a slow machine left the balance phase almost nothing.
+    snap = generate(GeneratorSpec(hosts=6, vms=60, seed=3))
+    host = snap.hosts[0].name
+    snap = snap.with_host_state(host, HostState.MAINTENANCE)
+    pol = policy(4, limits=LIMITS)
+    quiet = make_plan(snap, pol, time_limit_s=TIME_LIMIT_S, seed=5)
+    real = cpsat.solve
+
+    def slow(inp: cpsat.ModelInput, *, seed: int, time_limit_s: float) -> cpsat.SolveResult:
+        res = real(inp, seed=seed, time_limit_s=time_limit_s)
+        return dataclasses.replace(res, wall_seconds=res.wall_seconds + 100.0)
+
+    monkeypatch.setattr(cpsat, "solve", slow)
+    loaded = make_plan(snap, pol, time_limit_s=TIME_LIMIT_S, seed=5)
+    assert any(m.reason is MoveReason.BALANCE for m in quiet.moves), quiet.moves
+    assert loaded.moves == quiet.moves and loaded.blocked == quiet.blocked
