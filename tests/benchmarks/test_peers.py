@@ -14,7 +14,13 @@ from balancer.model import HostState, Snapshot
 from balancer.optimizer import validate_plan
 from balancer.plan import Move, MoveReason
 from balancer.planner import end_state, make_plan
-from benchmarks.optimizer.peers import best_peer, figures, gib_lower_bound, parse_peers
+from benchmarks.optimizer.peers import (
+    best_peer,
+    figures,
+    gib_lower_bound,
+    moves_lower_bound,
+    parse_peers,
+)
 from tests.factories import make_host, make_snapshot, make_vm
 from tests.optimizer.helpers import policy
 
@@ -124,6 +130,36 @@ def test_bound_by_hand_two_hot_hosts_of_different_sizes() -> None:
     assert gib_lower_bound(s, 0.03) == pytest.approx(expected / 1024)
 
 
+def test_moves_bound_by_hand() -> None:
+    s = _loads(("a", 1000, 900, A), ("b", 1000, 500, A), ("c", 1000, 400, A))
+    # as in the GiB case: xbar = 0.6, only a is hot (d = 0.3), e_a <= sqrt(0.0075) = 0.0866;
+    # a's VMs are 100 MiB (0.1 of its load each): 0.3 - 0.1 k <= 0.0866 needs k = 3
+    # (CPU: 1 core per VM on 32 cores, far inside a stddev of 1)
+    assert moves_lower_bound(s, 1.0, 0.05) == 3
+    s = _loads(
+        ("a", 1000, 900, A),
+        ("b", 1000, 500, A),
+        ("c", 1000, 400, A),
+        ("m", 1000, 300, HostState.MAINTENANCE),
+    )
+    # the 3 VMs of m, and xbar = 0.7: 0.2 - 0.1 k <= 0.0866 needs k = 2
+    assert moves_lower_bound(s, 1.0, 0.05) == 5
+    assert moves_lower_bound(s, 1.0, 1.0) == 3
+
+
+def test_moves_bound_takes_the_largest_vms_and_the_resource_that_asks_more() -> None:
+    hosts = [make_host(n, memory_mib=1000, cpu_cores=10) for n in "ab"]
+    vms = [make_vm("big", "a", memory_mib=400, cpu_used_cores=0.1)]
+    vms += [make_vm(f"s{k}", "a", memory_mib=50, cpu_used_cores=1.0) for k in range(8)]
+    s = make_snapshot(hosts, vms)
+    # memory: a 0.8, b 0, xbar 0.4, d_a 0.4; budget 2 * 0.01^2: the big VM alone leaves
+    # e_a = 0, one move. CPU: a 8.1 / 10, xbar 0.405, d_a 0.405; each small VM lowers it by
+    # 0.1: 0.405 - 0.1 k <= sqrt(0.0002) = 0.0141 needs k = 4
+    assert moves_lower_bound(s, 1.0, 0.01) == 1
+    assert moves_lower_bound(s, 0.01, 1.0) == 4
+    assert moves_lower_bound(s, 0.01, 0.01) == 4
+
+
 def test_bound_uses_an_upper_bound_on_the_final_mean() -> None:
     """Two hosts of 1 and 3 units at loads 0.9 and 0.5 already have stddev 0.2: the empty plan
     reaches it, so the bound must be 0 (with the capacity-weighted mean 0.6 as the final mean,
@@ -157,6 +193,7 @@ def clusters(draw: st.DrawFn, states: list[HostState] = STATES) -> Snapshot:
             f"v{j}",
             f"h{draw(st.integers(0, n_hosts - 1))}",
             memory_mib=draw(st.sampled_from([512, 1024, 2048, 4096])),
+            cpu_used_cores=draw(st.sampled_from([0.25, 1.0, 2.0, 4.0])),
         )
         for j in range(draw(st.integers(0, 14)))
     ]
@@ -181,6 +218,7 @@ def test_bound_never_exceeds_what_a_placement_moved(s: Snapshot, rnd: random.Ran
     note(f"placement {placement}, figures {f}")
     bound = gib_lower_bound(s, f.mem_stddev)
     assert bound <= f.gib + 1e-9
+    assert moves_lower_bound(s, f.cpu_stddev, f.mem_stddev) <= f.moves
     assert gib_lower_bound(s, f.mem_stddev + 0.05) <= bound + 1e-12
     evacuated = sum(v.memory_mib for v in s.vms if hosts[v.host].state.must_evacuate) / 1024
     assert bound >= evacuated - 1e-12
@@ -202,3 +240,4 @@ def test_bound_never_exceeds_the_gib_of_a_real_plan(s: Snapshot, threshold: int)
     f = figures(s, plan.moves, after)
     note(f"plan {plan.moves}, figures {f}")
     assert gib_lower_bound(s, f.mem_stddev) <= f.gib + 1e-9
+    assert moves_lower_bound(s, f.cpu_stddev, f.mem_stddev) <= f.moves
