@@ -444,6 +444,7 @@ class Service:
             automation_override=str(override["value"]) if override else None,
             threshold=p.threshold if p else None,
             cooldown_minutes=p.cooldown_minutes if p else None,
+            cooldown_max_minutes=p.cooldown_max_minutes if p else None,
             loaded_at=self._pol.loaded_at,
             last_error=self._pol.error,
             last_error_at=self._pol.error_at,

@@ -65,6 +65,8 @@ class PolicyView:
     automation_override: str | None
     threshold: int | None
     cooldown_minutes: int | None
+    #: the ceiling of the adaptive cooldown (a VM moved again within its cooldown doubles it)
+    cooldown_max_minutes: int | None
     loaded_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None

@@ -8,9 +8,10 @@ One run replays one trace set (one day of PlanetLab: 288 five-minute steps) on a
   (``vm_pick="modulo"``, the paper's convention) or drawn with the seed (``"random"``).
 * **Initial placement**: the balancer's own. The optimizer has no initial-placement entry point,
   so a deliberately naive start (VMs round-robin over the hosts, skipping a host whose memory
-  is full) is handed to :func:`balancer.optimizer.optimize` with the built-in default policy and
-  an unlimited move budget, and its target placement is taken as the start (no migration is
-  counted for it). The same start is used whatever policy is simulated.
+  is full) is handed to :func:`balancer.optimizer.optimize` with the built-in default policy at
+  threshold 5 (the tightest target: placing costs no migration, so there is no reason to stop
+  at a looser one) and an unlimited move budget, and its target placement is taken as the
+  start (no migration is counted for it). The same start is used whatever policy is simulated.
 * **Every tick** (one trace step): the VMs' CPU use is set from the traces
   (:class:`collectors.trace.TraceSampler`, scaled to each VM's cores), the port is sampled into
   the collectors' :class:`~collectors.window.Window`; every decision interval the demand view
@@ -155,6 +156,7 @@ def initial_placement(snapshot: Snapshot, *, seed: int, time_limit_s: float) -> 
     base = Policy()
     n = max(1, len(snapshot.vms))
     policy = Policy(
+        threshold=5,
         limits=Limits(moves_per_cycle=n, concurrent_per_host=n, concurrent_total=n),
         headroom=base.headroom,
     )

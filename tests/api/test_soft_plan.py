@@ -29,7 +29,13 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     snap = root / "snap.json"
     vms = [make_vm(f"w{i}", "h1") for i in range(3)] + [make_vm("x", "h2")]
     dump_snapshot(make_snapshot([make_host("h1"), make_host("h2")], vms), snap)
-    policy = {"automation": "manual", "threshold": 3, "soft_rules": "when_balancing"}
+    policy = {
+        "automation": "manual",
+        "threshold": 3,
+        "soft_rules": "when_balancing",
+        "cooldown_minutes": 30,
+        "cooldown_max_minutes": 120,
+    }
     cfg = write_settings(root, snapshot=str(snap), policy=policy | {"rules": RULES})
     with api_client(cfg) as c:
         yield c
@@ -53,6 +59,10 @@ def test_the_plan_lists_the_soft_rule_it_still_breaks(client: TestClient) -> Non
     assert again["soft_violations"] == plan["soft_violations"]
 
 
-def test_the_policy_view_says_when_soft_rules_are_repaired(client: TestClient) -> None:
+def test_the_policy_view_says_when_soft_rules_are_repaired_and_the_cooldowns(
+    client: TestClient,
+) -> None:
     doc = client.get("/api/v1/policy", headers=VIEWER).json()
     assert doc["soft_rules"] == "when_balancing"
+    # and the adaptive cooldown's start and ceiling
+    assert (doc["cooldown_minutes"], doc["cooldown_max_minutes"]) == (30, 120)

@@ -16,8 +16,8 @@ from tests.simulation.helpers import default_policy, flat, hot_spot, service, si
 
 def _no_wall_clock_cutoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """The optimizer stops CP-SAT at a deterministic time limit, but also at a wall-clock
-    safety net (2x the limit); on a loaded machine the safety net fires first and the plan
-    depends on the load (reported to the optimizer's owner; see docs/simulation.md,
+    safety net (3x the limit, at least 30 s); on a loaded machine the safety net fires first
+    and the plan depends on the load (reported to the optimizer's owner; see docs/simulation.md,
     "Determinism"). Lifting the safety net here tests that the simulation itself adds no
     randomness."""
     original = cpsat.solver_for
@@ -33,7 +33,10 @@ def _no_wall_clock_cutoff(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_same_seed_gives_the_same_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     _no_wall_clock_cutoff(monkeypatch)
     traces = hot_spot(steps=10)
-    kw = dict(seed=3, vm_pick="random", vm_types="(1.2c,2048),(0.6c,1024)")
+    # seed 2: the drawn sizes leave the naive start balanced, so the two VMs that get hot stay
+    # on one host and the balancer moves (with seed 3 the initial placement, which balances to
+    # threshold 5's target, already parts them and nothing moves)
+    kw = dict(seed=2, vm_pick="random", vm_types="(1.2c,2048),(0.6c,1024)")
     a = simulate(traces, decider=service(seed=3, time_limit_s=0.1), **kw)
     b = simulate(traces, decider=service(seed=3, time_limit_s=0.1), **kw)
     assert a.figures.migrations > 0
