@@ -172,10 +172,32 @@ def imbalance_of(snapshot: Snapshot, policy: Policy | None) -> tuple[float, floa
     return imb, max(cpu, default=0.0), max(mem, default=0.0)
 
 
+#: a policy file modified less than this long ago may be half written (an editor or a shell
+#: redirection truncates the file, then writes it): the reload waits until the files settle
+POLICY_SETTLE_S = 1.0
+
+
+def _policy_files(path: Path) -> list[Path]:
+    return sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+
+
+def _settling(path: Path, now: float) -> bool:
+    """Whether a policy file (or the directory: a file added, removed, renamed) was modified
+    less than POLICY_SETTLE_S ago. A modification time in the future (a skewed clock on a
+    shared file system) never holds a reload back."""
+    for p in [path, *_policy_files(path)] if path.is_dir() else [path]:
+        try:
+            age = now - p.stat().st_mtime
+        except OSError:
+            continue
+        if 0 <= age < POLICY_SETTLE_S:
+            return True
+    return False
+
+
 def _fingerprint(path: Path) -> str:
     h = hashlib.sha256()
-    files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
-    for f in files:
+    for f in _policy_files(path):
         h.update(f.name.encode())
         try:  # never blocks on a FIFO in the policy directory (balancer.inputs)
             h.update(read_bytes(f, POLICY))
@@ -334,8 +356,11 @@ class Service:
             fp = f"error:{exc}"
         if fp == self._pol.fingerprint:
             return False
+        if not initial and _settling(self.policy_path, time.time()):
+            # being written: a half-written file can be valid YAML with rules missing, and it
+            # would be in force until the next look. Look again at the next poll.
+            return False
         now = self.clock.now()
-        self._pol.fingerprint = fp
         try:
             policy = _load_policy(self.policy_path)
             errors = [str(f) for f in lint(policy, self._snap) if f.severity is Severity.ERROR]
@@ -349,6 +374,7 @@ class Service:
                     field="goal",
                 )
         except Exception as exc:
+            self._pol.fingerprint = fp
             if initial and self._pol.policy is None:
                 if isinstance(exc, BalancerError):
                     raise
@@ -380,6 +406,13 @@ class Service:
                 policy_digest=self._pol.policy.digest if self._pol.policy else None,
             )
             return False
+        try:
+            unchanged = _fingerprint(self.policy_path) == fp
+        except OSError:
+            unchanged = False
+        if not unchanged and not initial:
+            return False  # changed while it was read: the next poll loads what it became
+        self._pol.fingerprint = fp
         old = self._pol.policy
         self._pol.policy, self._pol.loaded_at = policy, now
         self._pol.error = self._pol.error_at = None

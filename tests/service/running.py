@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import yaml
 
+from balancer.service.core import POLICY_SETTLE_S
+
 REPO = Path(__file__).resolve().parents[2]
 TOKENS = {"alice": "t-admin", "bob": "t-operator", "vic": "t-viewer", "ada": "t-agent"}
 ROLES = {"alice": "admin", "bob": "operator", "vic": "viewer", "ada": "agent"}
@@ -201,3 +203,11 @@ def wait_for(
             return last
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+def settled(path: Path) -> None:
+    """Date a policy file's last write (and its directory's) back past the reload's settling
+    time: the file is complete, as an ops engineer's save is by the next poll."""
+    then = time.time() - 10 * POLICY_SETTLE_S
+    for p in (path, path.parent):
+        os.utime(p, (then, then))

@@ -13,7 +13,7 @@ from balancer.cli import cli
 from balancer.errors import PolicyError
 from balancer.service.runtime import Runtime
 from balancer.settings import load_settings
-from tests.service.running import write_settings
+from tests.service.running import settled, write_settings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,6 +38,7 @@ def test_a_reload_to_consolidate_is_refused_and_the_last_good_policy_stays(tmp_p
         text = policy_file.read_text().replace("goal: balance", "goal: consolidate")
         assert "goal: consolidate" in text
         policy_file.write_text(text)
+        settled(policy_file)
         assert svc.reload_policy() is False
         assert svc.policy is good
         view = svc.policy_view()
