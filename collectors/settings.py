@@ -13,7 +13,15 @@ import math
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from balancer.errors import SettingsError
 from balancer.inputs import TOKEN, read_text
@@ -80,6 +88,52 @@ class InfluxSettings(_Settings):
         return SecretStr(value)
 
 
+DAY_S = 86_400
+
+
+class HistorySettings(_Settings):
+    """The demand history beyond the decision window (collectors/history.py).
+
+    Fine buckets of ``fine_step_s`` are kept for ``fine_keep_days``, then folded into coarse
+    buckets of ``coarse_step_s`` (mean and max) kept until ``coarse_keep_days`` after their time.
+    At most ``max_series`` series (VMs + hosts); beyond it the series seen least recently go.
+    """
+
+    enabled: bool = True
+    fine_step_s: int = Field(default=300, gt=0, le=DAY_S)
+    fine_keep_days: int = Field(default=14, ge=1, le=3660)
+    #: a multiple of fine_step_s that divides a day
+    coarse_step_s: int = Field(default=3600, gt=0, le=DAY_S)
+    #: the total age limit (coarse buckets older than this are dropped); > fine_keep_days
+    coarse_keep_days: int = Field(default=90, ge=2, le=36600)
+    max_series: int = Field(default=20_000, ge=1, le=1_000_000)
+
+    @field_validator("fine_step_s")
+    @classmethod
+    def _fine_divides_day(cls, v: int) -> int:
+        if DAY_S % v:
+            raise ValueError("must divide a day (86400 s)")
+        return v
+
+    @field_validator("coarse_step_s")
+    @classmethod
+    def _coarse_grid(cls, v: int, info: ValidationInfo) -> int:
+        fine = info.data.get("fine_step_s")
+        if fine is not None and v % fine:
+            raise ValueError(f"must be a multiple of fine_step_s ({fine})")
+        if DAY_S % v:
+            raise ValueError("must divide a day (86400 s)")
+        return v
+
+    @field_validator("coarse_keep_days")
+    @classmethod
+    def _coarse_longer(cls, v: int, info: ValidationInfo) -> int:
+        fine = info.data.get("fine_keep_days")
+        if fine is not None and v <= fine:
+            raise ValueError(f"must exceed fine_keep_days ({fine})")
+        return v
+
+
 class CollectorSettings(_Settings):
     """Window, demand and staleness settings, and the optional InfluxDB export."""
 
@@ -94,6 +148,8 @@ class CollectorSettings(_Settings):
     #: a host or VM without a sample for this long is stale (balancing moves pause)
     stale_after_s: float = Field(default=120.0, gt=0)
     influx: InfluxSettings | None = None
+    #: the long demand history (forecasting); on by default
+    history: HistorySettings = Field(default_factory=HistorySettings)
 
     @model_validator(mode="after")
     def _consistent(self) -> CollectorSettings:
