@@ -37,7 +37,7 @@ Bounds
     (cpu, memory) and ``4 x Tc`` coarse values (cpu, memory, cpu_max, memory_max), with
     ``Tf = (Kf + 1) x coarse_step_s / fine_step_s`` and ``Tc = Kc - Kf``, plus 64 bytes of
     bookkeeping, see :func:`bytes_per_series`. With the defaults (5 min for 14 days, 1 h to
-    90 days): ``Tf = 4044``, ``Tc = 1824``, **61,628 bytes per series, 1,232,560,000 bytes
+    90 days): ``Tf = 4044``, ``Tc = 1824``, **61,600 bytes per series, 1,232,000,000 bytes
     (1.23 GB) at max_series = 20,000**; 8,000 VMs and 200 hosts take 505 MB. The database holds
     the same values (``4 x (2 Tf + 4 Tc)`` bytes of blobs per series, in at most
     ``ceil(Tf / 288) + 1`` fine and ``ceil(Tc / 288) + 1`` coarse rows) plus its row overhead.
@@ -495,7 +495,8 @@ class DemandHistory:
         def grown(a: npt.NDArray[Any], fill: Any, cols: int | None = None) -> npt.NDArray[Any]:
             shape = (cap,) if cols is None else (cap, cols)
             b = np.full(shape, fill, dtype=a.dtype)
-            b[:old] = a[:old]
+            if old:
+                b[:old] = a[:old]
             return b
 
         empty32 = np.empty((0, 0), dtype=np.float32)
@@ -644,14 +645,14 @@ class DemandHistory:
         g = self._g
         b = math.floor(t / g.fine_s)
         bc = b // g.ratio
+        keys = [k for k, v in entries.items() if math.isfinite(v[0]) and math.isfinite(v[1])]
+        if not keys:  # nothing to record: time does not move either
+            return
         if self._head_c is None or bc > self._head_c:
             self._advance(bc)
         assert self._head_c is not None
-        keys = [k for k, v in entries.items() if math.isfinite(v[0]) and math.isfinite(v[1])]
         if bc < self._head_c - g.keep_fine_c:
             self._late_dropped += len(keys)
-            return
-        if not keys:
             return
         rows = self._rows_for(keys)
         kept = rows >= 0
