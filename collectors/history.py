@@ -616,20 +616,25 @@ class DemandHistory:
         if not self.settings.enabled:
             return
         t = epoch_s(now)
-        entries: dict[tuple[str, str], tuple[float, float]] = {}
+        vms = snapshot.vms
+        keys: dict[tuple[str, str], int] = {("vm", v.name): i for i, v in enumerate(vms)}
+        cpu = [v.cpu_used_cores for v in vms]
+        mem = [float(v.memory_used) for v in vms]
         host_sum = {
             h.name: [h.overhead_cpu_cores, float(h.overhead_memory_mib)] for h in snapshot.hosts
         }
-        for v in snapshot.vms:
-            entries[("vm", v.name)] = (v.cpu_used_cores, float(v.memory_used))
+        for v, c, m in zip(vms, cpu, mem, strict=True):
             acc = host_sum.get(v.host)
             if acc is not None:
-                acc[0] += v.cpu_used_cores
-                acc[1] += v.memory_used
-        for name, (cpu, mem) in host_sum.items():
-            entries[("host", name)] = (cpu, mem)
-        with self._lock:
-            self._record(entries, t)
+                acc[0] += c
+                acc[1] += m
+        for name, (c, m) in host_sum.items():
+            keys[("host", name)] = len(cpu)
+            cpu.append(c)
+            mem.append(m)
+        vals = np.asarray([cpu, mem], dtype=np.float64).T
+        with self._lock:  # a VM named twice: its last entry counts
+            self._record(list(keys), vals[list(keys.values())] if len(keys) < len(cpu) else vals, t)
 
     def record_values(
         self, kind: Kind, values: Mapping[str, tuple[float, float]], now: datetime
@@ -638,14 +643,20 @@ class DemandHistory:
         if not self.settings.enabled:
             return
         t = epoch_s(now)
+        vals = np.asarray(list(values.values()), dtype=np.float64).reshape(len(values), 2)
         with self._lock:
-            self._record({(kind, n): v for n, v in values.items()}, t)
+            self._record([(kind, n) for n in values], vals, t)
 
-    def _record(self, entries: Mapping[tuple[str, str], tuple[float, float]], t: float) -> None:
+    def _record(self, keys: list[tuple[str, str]], vals: npt.NDArray[np.float64], t: float) -> None:
+        """Record ``vals[i] = (cpu, memory)`` of ``keys[i]`` (unique keys) at ``t``; entries
+        with a non-finite value are skipped."""
         g = self._g
         b = math.floor(t / g.fine_s)
         bc = b // g.ratio
-        keys = [k for k, v in entries.items() if math.isfinite(v[0]) and math.isfinite(v[1])]
+        finite = np.isfinite(vals).all(axis=1)
+        if not finite.all():
+            keys = [keys[i] for i in np.nonzero(finite)[0]]
+            vals = vals[finite]
         if not keys:  # nothing to record: time does not move either
             return
         if self._head_c is None or bc > self._head_c:
@@ -657,9 +668,8 @@ class DemandHistory:
         rows = self._rows_for(keys)
         kept = rows >= 0
         if not kept.all():
-            keys = [k for k, ok in zip(keys, kept, strict=True) if ok]
             rows = rows[kept]
-        vals = np.asarray([entries[k] for k in keys], dtype=np.float64).reshape(len(keys), 2)
+            vals = vals[kept]
         col = b % g.fine_len
         ob = self._open_bucket[rows]
         same = ob == b

@@ -64,6 +64,7 @@ def test_records_in_one_bucket_give_their_mean_and_missing_buckets_are_nan() -> 
     for i, v in enumerate([1.0, 2.0, 6.0]):  # three records in the first 5-minute bucket
         h.record(vms({"a": v}, memory=1000 * (i + 1)), T0 + i * MIN)
     h.record(vms({"a": 5.0}), T0 + 10 * MIN)  # the third bucket; the second has nothing
+    h.record(vms({"a": float("nan")}), T0 + 11 * MIN)  # not a measurement: skipped
     s = h.series("vm", ["a", "never"], end=T0 + 15 * MIN, steps=4)
     assert s.end == T0 + 15 * MIN and s.step_s == 300.0 and s.names == ("a", "never")
     assert s.values.dtype == np.float32 and s.values.shape == (2, 4)
