@@ -484,15 +484,18 @@ def vm_pos_in(snapshot: Snapshot, vm: str) -> int:
     raise KeyError(vm)
 
 
-def combine(days: Sequence[DayResult], *, hosts: int) -> Figures:
-    """Figures over several days run one after the other (ping-pong counted within a day)."""
+def combine(days: Sequence[DayResult], *, hosts: int, continuous: bool = False) -> Figures:
+    """Figures over several days run one after the other: ping-pong counted within a day, or,
+    for the days of one continuous run (``continuous``: the same VMs on one cluster), across
+    the days too (a move back after midnight is a ping-pong)."""
     ticks: list[TickRecord] = []
     migrations: list[MigrationRecord] = []
     offset = 0.0
     for d in days:
         ticks.extend(replace(t, time_s=t.time_s + offset) for t in d.ticks)
         migrations.extend(
-            replace(m, time_s=m.time_s + offset, vm=f"{d.label}/{m.vm}") for m in d.migrations
+            replace(m, time_s=m.time_s + offset, vm=m.vm if continuous else f"{d.label}/{m.vm}")
+            for m in d.migrations
         )
         offset += sum(t.tick_s for t in d.ticks)
     return summarize(ticks, migrations, hosts=hosts)
