@@ -158,6 +158,7 @@ def register(cli: click.Group) -> None:
         """Replay utilisation traces through the balancer on a simulated cluster."""
         from balancer.simulation.continuous import is_continuous
         from balancer.simulation.report import (
+            compare_doc,
             compare_rows,
             fmt,
             summary_doc,
@@ -207,15 +208,15 @@ def register(cli: click.Group) -> None:
             if out is not None:
                 target = out if len(policies) == 1 else out / f"{'ab'[i]}-{_safe(p)}"
                 write_outputs(results[-1], target)
+        scope = ""
+        if report_range is not None:
+            scope = f", days {report_range[0]}-{report_range[1]}"
         if len(results) == 1:
             r = results[0]
             if as_json:
                 print_json(summary_doc(r))
             else:
                 rows = [(k, fmt(float(v))) for k, v in r.figures.as_dict().items()]
-                scope = ""
-                if r.report_days is not None:
-                    scope = f", days {r.report_days[0]}-{r.report_days[1]}"
                 print_table(
                     f"simulate {r.policy} on {r.hosts_spec}{scope}", ["figure", "value"], rows
                 )
@@ -225,18 +226,10 @@ def register(cli: click.Group) -> None:
             write_compare(a, b, out / "compare.json")
         rows5 = compare_rows(a.figures, b.figures)
         if as_json:
-            print_json(
-                {
-                    "a": a.policy,
-                    "b": b.policy,
-                    "figures": {
-                        k: {"a": x, "b": y, "diff": d, "better": w} for k, x, y, d, w in rows5
-                    },
-                }
-            )
+            print_json(compare_doc(a, b))
         else:
             print_table(
-                f"compare A={a.policy} B={b.policy} on {a.hosts_spec}",
+                f"compare A={a.policy} B={b.policy} on {a.hosts_spec}{scope}",
                 ["figure", "A", "B", "B - A", "better"],
                 [(k, fmt(x), fmt(y), fmt(d), w) for k, x, y, d, w in rows5],
             )

@@ -255,13 +255,19 @@ def _plot_migrations(result: RunResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write_compare(a: RunResult, b: RunResult, path: Path) -> None:
+def compare_doc(a: RunResult, b: RunResult) -> dict[str, object]:
+    """The comparison of two runs of the same traces (their report ranges' figures)."""
     rows = compare_rows(a.figures, b.figures)
-    doc = {
+    return {
         "a": a.policy,
         "b": b.policy,
+        "report_days": list(a.report_days) if a.report_days is not None else None,
         "figures": {k: {"a": x, "b": y, "diff": d, "better": w} for k, x, y, d, w in rows},
     }
+
+
+def write_compare(a: RunResult, b: RunResult, path: Path) -> None:
+    doc = compare_doc(a, b)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
 

@@ -392,3 +392,27 @@ def test_bad_options_for_a_continuous_trace(
     assert len(lines) == 1 and lines[0].startswith("error: ")
     for word in words:
         assert word in lines[0], lines[0]
+
+
+def test_compare_compares_the_report_range(tmp_path: Path) -> None:
+    path = write_continuous_dir(tmp_path / "bb", days=2, steps=4)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "simulate",
+            "--traces",
+            str(path),
+            "--hosts",
+            HOSTS,
+            "--compare",
+            "none",
+            "none",
+            "--report-days",
+            "2",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["report_days"] == [2, 2]
+    assert doc["figures"]["ticks"] == {"a": 4, "b": 4, "diff": 0, "better": ""}
