@@ -1,11 +1,14 @@
 """The simulation loop: trace demand -> collect -> decide -> execute -> advance the clock.
 
-One run replays one trace set (one day of PlanetLab: 288 five-minute steps) on a fresh
-:class:`~balancer.sim.cluster.SimulatedCluster` driven by a
-:class:`~balancer.sim.clock.ManualClock`:
+One run replays one trace set on a fresh :class:`~balancer.sim.cluster.SimulatedCluster`
+driven by a :class:`~balancer.sim.clock.ManualClock`: one day of PlanetLab (288 five-minute
+steps, :func:`simulate_day`), or the days of a continuous trace one after the other on the same
+cluster (:func:`simulate_trace`: one initial placement, clock, collectors window and move
+history; a :class:`DayResult` per day). Per run:
 
 * **VMs**: one per trace; VM ``i`` follows trace ``i``; its size is VM type ``i mod k``
-  (``vm_pick="modulo"``, the paper's convention) or drawn with the seed (``"random"``).
+  (``vm_pick="modulo"``, the paper's convention) or drawn with the seed (``"random"``), or
+  given (:class:`SimVM`: a continuous trace's ``vms.csv``).
 * **Initial placement**: the balancer's own. The optimizer has no initial-placement entry point,
   so a deliberately naive start (VMs round-robin over the hosts, skipping a host whose memory
   is full) is handed to :func:`balancer.optimizer.optimize` with the built-in default policy at
@@ -15,8 +18,8 @@ One run replays one trace set (one day of PlanetLab: 288 five-minute steps) on a
 * **Every tick** (one trace step): the VMs' CPU use is set from the traces
   (:class:`collectors.trace.TraceSampler`, scaled to each VM's cores), the port is sampled into
   the collectors' :class:`~collectors.window.Window`; every decision interval the demand view
-  (``max(EWM, p95)`` over the window) goes to the decider (:mod:`balancer.simulation.decide`),
-  whose moves run on the simulated cluster (:class:`~balancer.simulation.execute.StepRunner`):
+  (``max(EWM, p95)`` over the window) goes to the decider (:mod:`balancer.simulation.decide`;
+  it also ``observe``-s the raw snapshot on every tick, before deciding), whose moves run on the simulated cluster (:class:`~balancer.simulation.execute.StepRunner`):
   migrations take simulated time (memory and dirty rate, the cluster's pre-copy model) and
   load both hosts while they run. Then the clock advances to the next tick.
 
