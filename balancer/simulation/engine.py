@@ -19,7 +19,8 @@ history; a :class:`DayResult` per day). Per run:
   (:class:`collectors.trace.TraceSampler`, scaled to each VM's cores), the port is sampled into
   the collectors' :class:`~collectors.window.Window`; every decision interval the demand view
   (``max(EWM, p95)`` over the window) goes to the decider (:mod:`balancer.simulation.decide`;
-  it also ``observe``-s the raw snapshot on every tick, before deciding), whose moves run on the simulated cluster (:class:`~balancer.simulation.execute.StepRunner`):
+  it also ``observe``-s the raw snapshot on every tick, before deciding), whose moves run on
+  the simulated cluster (:class:`~balancer.simulation.execute.StepRunner`):
   migrations take simulated time (memory and dirty rate, the cluster's pre-copy model) and
   load both hosts while they run. Then the clock advances to the next tick.
 
