@@ -29,6 +29,7 @@ token      64 KiB     a file holding one API or push token
 snapshot   256 MiB    2000 hosts and 200 000 VMs (the generator's maximum) take about 60 MiB
 plan       64 MiB     a plan moving 200 000 VMs takes about 30 MiB
 trace      64 MiB     one trace CSV (also the decompressed size of a ``.gz``); PlanetLab: 1 MiB
+VM sizes   16 MiB     a continuous trace's ``vms.csv`` (one row per VM; bitbrains: 2 KiB)
 =========  =========  ======================================================================
 
 JSON documents (snapshots, plans) are parsed by :func:`load_json`: errors carry line and column,
@@ -108,6 +109,7 @@ SNAPSHOT = Kind(
 )
 PLAN = Kind(name="plan", syntax="JSON", max_bytes=64 * MIB, error=_plain_error)
 TRACE = Kind(name="trace file", syntax="CSV", max_bytes=64 * MIB, error=_plain_error)
+VM_SIZES = Kind(name="VM sizes file", syntax="CSV", max_bytes=16 * MIB, error=_plain_error)
 
 _TYPES = (
     (stat.S_ISDIR, "a directory"),
@@ -378,6 +380,7 @@ __all__ = [
     "SNAPSHOT",
     "TOKEN",
     "TRACE",
+    "VM_SIZES",
     "HugeNumber",
     "Kind",
     "check_regular",

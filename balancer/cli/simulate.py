@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -22,7 +23,7 @@ from balancer.cli.common import (
 )
 from balancer.errors import InputError
 from balancer.simulation.engine import SimConfig
-from balancer.simulation.spec import parse_duration_s, parse_vm_types
+from balancer.simulation.spec import parse_day_range, parse_duration_s, parse_vm_types
 
 
 @contextmanager
@@ -58,7 +59,8 @@ def register(cli: click.Group) -> None:
         "traces",
         required=True,
         type=click.Path(path_type=Path),
-        help="Trace directory (one CSV(.gz) per day) or one trace file.",
+        help="Trace directory (one CSV(.gz) per day; with vms.csv: one continuous trace of "
+        "the same VMs) or one trace file.",
     )
     @click.option(
         "--hosts",
@@ -81,10 +83,18 @@ def register(cli: click.Group) -> None:
     )
     @click.option(
         "--days",
-        default=1,
-        show_default=True,
+        default=None,
         type=click.IntRange(1, 3660),
-        help="Days to simulate (day k replays trace file k).",
+        help="Days to simulate: day k replays trace file k (default 1; a continuous trace: "
+        "its first N days, default all).",
+    )
+    @click.option(
+        "--report-days",
+        "report_days",
+        default=None,
+        metavar="FIRST-LAST",
+        help="Report the figures over these simulated days only (e.g. 15-20: days 1-14 are "
+        "learning days); every day still appears in the per-day figures.",
     )
     @click.option(
         "--interval",
@@ -97,7 +107,8 @@ def register(cli: click.Group) -> None:
         "--vm-types",
         default="paper",
         show_default=True,
-        help="VM sizes '(CORESc,MEMORY),...' or 'paper' (the paper's four types).",
+        help="VM sizes '(CORESc,MEMORY),...' or 'paper' (the paper's four types); not with "
+        "a continuous trace (its sizes come from vms.csv).",
     )
     @click.option(
         "--vm-pick",
@@ -133,7 +144,8 @@ def register(cli: click.Group) -> None:
         hosts_spec: str,
         policy: str | None,
         compare: tuple[str, str] | None,
-        days: int,
+        days: int | None,
+        report_days: str | None,
         interval: str,
         seed: int,
         vm_types: str,
@@ -144,7 +156,9 @@ def register(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Replay utilisation traces through the balancer on a simulated cluster."""
+        from balancer.simulation.continuous import is_continuous
         from balancer.simulation.report import (
+            compare_doc,
             compare_rows,
             fmt,
             summary_doc,
@@ -155,6 +169,17 @@ def register(cli: click.Group) -> None:
 
         if (policy is None) == (compare is None):
             raise InputError("give either --policy PATH|none or --compare A B")
+        if is_continuous(traces):
+            ctx = click.get_current_context()
+            for option in ("vm_types", "vm_pick"):
+                if ctx.get_parameter_source(option) is not ParameterSource.DEFAULT:
+                    flag = "--" + option.replace("_", "-")
+                    raise InputError(
+                        f"{flag}: {traces} is a continuous trace: its VM sizes come from "
+                        "its vms.csv",
+                        subject=flag,
+                    )
+        report_range = parse_day_range(report_days) if report_days is not None else None
         if out is not None:
             output_path(out, directory=True)
         config = SimConfig(
@@ -169,35 +194,42 @@ def register(cli: click.Group) -> None:
         results = []
         for i, p in enumerate(policies):
             with _progress(not as_json, f"simulating {p}") as update:
-                results.append(run(traces, hosts_spec, p, config, days=days, progress=update))
+                results.append(
+                    run(
+                        traces,
+                        hosts_spec,
+                        p,
+                        config,
+                        days=days,
+                        report_days=report_range,
+                        progress=update,
+                    )
+                )
             if out is not None:
                 target = out if len(policies) == 1 else out / f"{'ab'[i]}-{_safe(p)}"
                 write_outputs(results[-1], target)
+        scope = ""
+        if report_range is not None:
+            scope = f", days {report_range[0]}-{report_range[1]}"
         if len(results) == 1:
             r = results[0]
             if as_json:
                 print_json(summary_doc(r))
             else:
                 rows = [(k, fmt(float(v))) for k, v in r.figures.as_dict().items()]
-                print_table(f"simulate {r.policy} on {r.hosts_spec}", ["figure", "value"], rows)
+                print_table(
+                    f"simulate {r.policy} on {r.hosts_spec}{scope}", ["figure", "value"], rows
+                )
             return
         a, b = results
         if out is not None:
             write_compare(a, b, out / "compare.json")
         rows5 = compare_rows(a.figures, b.figures)
         if as_json:
-            print_json(
-                {
-                    "a": a.policy,
-                    "b": b.policy,
-                    "figures": {
-                        k: {"a": x, "b": y, "diff": d, "better": w} for k, x, y, d, w in rows5
-                    },
-                }
-            )
+            print_json(compare_doc(a, b))
         else:
             print_table(
-                f"compare A={a.policy} B={b.policy} on {a.hosts_spec}",
+                f"compare A={a.policy} B={b.policy} on {a.hosts_spec}{scope}",
                 ["figure", "A", "B", "B - A", "better"],
                 [(k, fmt(x), fmt(y), fmt(d), w) for k, x, y, d, w in rows5],
             )

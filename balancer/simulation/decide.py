@@ -55,6 +55,11 @@ class Decider(Protocol):
     @property
     def policy(self) -> Policy | None: ...
 
+    def observe(self, snapshot: Snapshot, now: datetime) -> None:
+        """Called by the engine on every tick with the raw collected snapshot (the current CPU
+        use of every VM), before any decision of that tick."""
+        ...
+
     def decide(
         self, snapshot: Snapshot, now: datetime, history: Sequence[MoveRecord]
     ) -> Decision: ...
@@ -68,6 +73,9 @@ class NeverMigrate:
     @property
     def policy(self) -> Policy | None:
         return None
+
+    def observe(self, snapshot: Snapshot, now: datetime) -> None:
+        """Nothing to learn: the baseline never decides."""
 
     def decide(self, snapshot: Snapshot, now: datetime, history: Sequence[MoveRecord]) -> Decision:
         return Decision()
@@ -94,6 +102,9 @@ class ServiceDecider:
     @property
     def policy(self) -> Policy:
         return self._policy
+
+    def observe(self, snapshot: Snapshot, now: datetime) -> None:
+        """No demand history yet (a forecasting decider will keep one)."""
 
     def decide(self, snapshot: Snapshot, now: datetime, history: Sequence[MoveRecord]) -> Decision:
         policy = self._policy

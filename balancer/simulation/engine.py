@@ -1,11 +1,14 @@
 """The simulation loop: trace demand -> collect -> decide -> execute -> advance the clock.
 
-One run replays one trace set (one day of PlanetLab: 288 five-minute steps) on a fresh
-:class:`~balancer.sim.cluster.SimulatedCluster` driven by a
-:class:`~balancer.sim.clock.ManualClock`:
+One run replays one trace set on a fresh :class:`~balancer.sim.cluster.SimulatedCluster`
+driven by a :class:`~balancer.sim.clock.ManualClock`: one day of PlanetLab (288 five-minute
+steps, :func:`simulate_day`), or the days of a continuous trace one after the other on the same
+cluster (:func:`simulate_trace`: one initial placement, clock, collectors window and move
+history; a :class:`DayResult` per day). Per run:
 
 * **VMs**: one per trace; VM ``i`` follows trace ``i``; its size is VM type ``i mod k``
-  (``vm_pick="modulo"``, the paper's convention) or drawn with the seed (``"random"``).
+  (``vm_pick="modulo"``, the paper's convention) or drawn with the seed (``"random"``), or
+  given (:class:`SimVM`: a continuous trace's ``vms.csv``).
 * **Initial placement**: the balancer's own. The optimizer has no initial-placement entry point,
   so a deliberately naive start (VMs round-robin over the hosts, skipping a host whose memory
   is full) is handed to :func:`balancer.optimizer.optimize` with the built-in default policy at
@@ -15,8 +18,9 @@ One run replays one trace set (one day of PlanetLab: 288 five-minute steps) on a
 * **Every tick** (one trace step): the VMs' CPU use is set from the traces
   (:class:`collectors.trace.TraceSampler`, scaled to each VM's cores), the port is sampled into
   the collectors' :class:`~collectors.window.Window`; every decision interval the demand view
-  (``max(EWM, p95)`` over the window) goes to the decider (:mod:`balancer.simulation.decide`),
-  whose moves run on the simulated cluster (:class:`~balancer.simulation.execute.StepRunner`):
+  (``max(EWM, p95)`` over the window) goes to the decider (:mod:`balancer.simulation.decide`;
+  it also ``observe``-s the raw snapshot on every tick, before deciding), whose moves run on
+  the simulated cluster (:class:`~balancer.simulation.execute.StepRunner`):
   migrations take simulated time (memory and dirty rate, the cluster's pre-copy model) and
   load both hosts while they run. Then the clock advances to the next tick.
 
@@ -178,6 +182,35 @@ def _options(policy: Policy | None) -> MigrationOptions:
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimVM:
+    """One simulated VM: its size, and the cores its trace's percentages are of (VM ``i`` of a
+    run follows trace row ``i``)."""
+
+    name: str
+    vcpus: int
+    #: demand = ``cpu_cores x percent / 100`` (fractional for the paper's types)
+    cpu_cores: float
+    memory_mib: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraceDay:
+    """One day of a continuous run: its label and its number of trace steps (the days follow
+    each other in the trace's columns)."""
+
+    label: str
+    steps: int
+
+
+def typed_vms(traces: TraceSet, vm_types: Sequence[VMType], *, pick: str, seed: int) -> list[SimVM]:
+    """The VMs of :func:`make_vms` as :class:`SimVM` values. Pure."""
+    return [
+        SimVM(name=n, vcpus=t.vcpus, cpu_cores=t.cpu_cores, memory_mib=t.memory_mib)
+        for n, t in make_vms(traces, vm_types, pick=pick, seed=seed)
+    ]
+
+
 def simulate_day(
     traces: TraceSet,
     hosts: Sequence[Host],
@@ -188,7 +221,38 @@ def simulate_day(
     label: str = "",
     progress: ProgressFn | None = None,
 ) -> DayResult:
-    """Replay one trace set (see the module docstring)."""
+    """Replay one trace set on a fresh cluster (see the module docstring); VMs from
+    ``config.vm_types``, the first ``config.steps`` steps."""
+    steps = traces.steps if config.steps is None else min(config.steps, traces.steps)
+    (day,) = simulate_trace(
+        traces,
+        hosts,
+        host_types,
+        decider,
+        config,
+        days=(TraceDay(label=label, steps=steps),),
+        progress=progress,
+    )
+    return day
+
+
+def simulate_trace(
+    traces: TraceSet,
+    hosts: Sequence[Host],
+    host_types: dict[str, HostType],
+    decider: Decider,
+    config: SimConfig,
+    *,
+    days: Sequence[TraceDay],
+    vms: Sequence[SimVM] | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[DayResult, ...]:
+    """Replay ``days`` one after the other on one cluster: one initial placement at the start,
+    one clock, one collectors window, one move history (a VM stays where it was at midnight,
+    cooldowns and ping-pong holds carry over). VM ``i`` follows trace row ``i``; ``vms`` gives
+    their sizes (default: ``config.vm_types``, see :func:`make_vms`). ``config.steps`` is not
+    applied here: ``days`` says how many steps each day has. One :class:`DayResult` per day,
+    its tick and migration times counted from the day's start."""
     tick_s = traces.step_s
     ratio = config.interval_s / tick_s
     if ratio < 1 or abs(ratio - round(ratio)) > 1e-9:
@@ -197,12 +261,24 @@ def simulate_day(
             f"({tick_s:g} s)"
         )
     decide_every = round(ratio)
-    steps = traces.steps if config.steps is None else min(config.steps, traces.steps)
+    if not days:
+        raise InputError("no days to simulate")
+    total_steps = sum(d.steps for d in days)
+    if any(d.steps < 1 for d in days) or total_steps > traces.steps:
+        raise InputError(
+            f"the days need {total_steps} steps (at least one each); the trace has {traces.steps}"
+        )
 
     # -- VMs and their initial placement -----------------------------------------------------
-    kinds = make_vms(traces, config.vm_types, pick=config.vm_pick, seed=config.seed)
-    names = [n for n, _ in kinds]
-    cores = np.array([t.cpu_cores for _, t in kinds], dtype=np.float64)
+    sims = (
+        list(vms)
+        if vms is not None
+        else typed_vms(traces, config.vm_types, pick=config.vm_pick, seed=config.seed)
+    )
+    if len(sims) != len(traces.names):
+        raise InputError(f"{len(sims)} VMs for {len(traces.names)} traces")
+    names = [v.name for v in sims]
+    cores = np.array([v.cpu_cores for v in sims], dtype=np.float64)
     sampler = TraceSampler(
         traces,
         Snapshot(hosts=tuple(hosts), vms=()),
@@ -210,14 +286,14 @@ def simulate_day(
         assignment={n: i for i, n in enumerate(names)},
     )
     first = np.round(sampler.utilisation(names, config.start).astype(np.float64) * cores, 4)
-    vms = [
-        VM(name=n, host="", vcpus=t.vcpus, memory_mib=t.memory_mib, cpu_used_cores=float(c))
-        for (n, t), c in zip(kinds, first, strict=True)
+    start_vms = [
+        VM(name=v.name, host="", vcpus=v.vcpus, memory_mib=v.memory_mib, cpu_used_cores=float(c))
+        for v, c in zip(sims, first, strict=True)
     ]
-    start_hosts = naive_start(hosts, vms, Policy().headroom.memory)
+    start_hosts = naive_start(hosts, start_vms, Policy().headroom.memory)
     naive = Snapshot(
         hosts=tuple(hosts),
-        vms=tuple(v.on(h) for v, h in zip(vms, start_hosts, strict=True)),
+        vms=tuple(v.on(h) for v, h in zip(start_vms, start_hosts, strict=True)),
     )
     placed = initial_placement(naive, seed=config.seed, time_limit_s=2.0)
     initial_moves = sum(1 for a, b in zip(naive.vms, placed.vms, strict=True) if a.host != b.host)
@@ -248,153 +324,161 @@ def simulate_day(
     store = Store.open("sqlite://") if config.runner == "executor" and policy else None
 
     history: list[MoveRecord] = []
-    ticks: list[TickRecord] = []
-    migrations: list[MigrationRecord] = []
-    host_load = np.zeros((steps, len(hosts)), dtype=np.float32)
-
-    for k in range(steps):
-        now = config.start + timedelta(seconds=k * tick_s)
-        if clock.now() < now:
-            clock.advance((now - clock.now()).total_seconds())
-        # demand from the traces
-        util = sampler.utilisation(names, now).astype(np.float64)
-        vm_cpu = np.round(util * cores, 4)
-        cluster.set_cpu_usage(dict(zip(names, vm_cpu.tolist(), strict=True)))
-        # collect
-        snap = cluster.snapshot()
-        window.ingest(batch_from_snapshot(snap, now))
-        placement = np.array([host_index[v.host] for v in snap.vms], dtype=np.intp)
-        order = np.array([vm_pos[v.name] for v in snap.vms], dtype=np.intp)
-        cpu_by_snap = vm_cpu[order]
-        # decide
-        decided = k % decide_every == 0
-        decision = Decision()
-        decide_s = 0.0
-        if decided:
-            t0 = time.perf_counter()
-            view = demand_view(window, snap, now).snapshot
-            decision = decider.decide(view, now, history)
-            decide_s = time.perf_counter() - t0
-        for p in decision.power:
-            if p.on:
-                cluster.set_host_state(p.host, HostState.ACTIVE)
-        active = np.array(
-            [h.state is HostState.ACTIVE for h in cluster.snapshot().hosts], dtype=np.bool_
-        )
-        # execute
-        outcomes = []
-        if decision.execute:
-            runner: StepRunner | ExecutorRunner
-            if store is not None and policy is not None:
-                runner = ExecutorRunner(
-                    cluster, clock, policy=policy, store=store, plan_id=f"sim-{label}-{k}"
-                )
-            else:
-                runner = StepRunner(
-                    cluster, clock, limits=limits, options=options, time_limit_s=time_limit
-                )
-            outcomes = runner.run(decision.execute, start_before=now + timedelta(seconds=tick_s))
-        flights = []
-        mib = 0.0
-        failed = 0
-        for o in outcomes:
-            m = o.move
-            flights.append(
-                Flight(
-                    vm=vm_pos_in(snap, m.vm),
-                    source=host_index[m.source],
-                    target=host_index[m.target],
-                    start_s=(o.started - now).total_seconds(),
-                    end_s=(o.ended - now).total_seconds(),
-                    succeeded=o.succeeded,
-                )
+    results: list[DayResult] = []
+    k = 0  # ticks since the start of the run
+    for day in days:
+        day_start = config.start + timedelta(seconds=k * tick_s)
+        ticks: list[TickRecord] = []
+        migrations: list[MigrationRecord] = []
+        host_load = np.zeros((day.steps, len(hosts)), dtype=np.float32)
+        for j in range(day.steps):
+            now = day_start + timedelta(seconds=j * tick_s)
+            if clock.now() < now:
+                clock.advance((now - clock.now()).total_seconds())
+            # demand from the traces
+            util = sampler.utilisation(names, now).astype(np.float64)
+            vm_cpu = np.round(util * cores, 4)
+            cluster.set_cpu_usage(dict(zip(names, vm_cpu.tolist(), strict=True)))
+            # collect
+            snap = cluster.snapshot()
+            window.ingest(batch_from_snapshot(snap, now))
+            decider.observe(snap, now)
+            placement = np.array([host_index[v.host] for v in snap.vms], dtype=np.intp)
+            order = np.array([vm_pos[v.name] for v in snap.vms], dtype=np.intp)
+            cpu_by_snap = vm_cpu[order]
+            # decide
+            decided = k % decide_every == 0
+            decision = Decision()
+            decide_s = 0.0
+            if decided:
+                t0 = time.perf_counter()
+                view = demand_view(window, snap, now).snapshot
+                decision = decider.decide(view, now, history)
+                decide_s = time.perf_counter() - t0
+            for p in decision.power:
+                if p.on:
+                    cluster.set_host_state(p.host, HostState.ACTIVE)
+            active = np.array(
+                [h.state is HostState.ACTIVE for h in cluster.snapshot().hosts], dtype=np.bool_
             )
-            mib += o.data_mib
-            failed += 0 if o.succeeded else 1
-            migrations.append(
-                MigrationRecord(
-                    time_s=(o.started - config.start).total_seconds(),
-                    vm=m.vm,
-                    source=m.source,
-                    target=m.target,
-                    reason=m.reason_label,
-                    duration_s=(o.ended - o.started).total_seconds(),
-                    data_mib=o.data_mib,
-                    succeeded=o.succeeded,
-                    error=o.error,
+            # execute
+            outcomes = []
+            if decision.execute:
+                runner: StepRunner | ExecutorRunner
+                if store is not None and policy is not None:
+                    runner = ExecutorRunner(
+                        cluster, clock, policy=policy, store=store, plan_id=f"sim-{day.label}-{k}"
+                    )
+                else:
+                    runner = StepRunner(
+                        cluster, clock, limits=limits, options=options, time_limit_s=time_limit
+                    )
+                outcomes = runner.run(
+                    decision.execute, start_before=now + timedelta(seconds=tick_s)
                 )
-            )
-            if o.succeeded:
-                history.append(
-                    MoveRecord(
-                        at=o.ended,
+            flights = []
+            mib = 0.0
+            failed = 0
+            for o in outcomes:
+                m = o.move
+                flights.append(
+                    Flight(
+                        vm=vm_pos_in(snap, m.vm),
+                        source=host_index[m.source],
+                        target=host_index[m.target],
+                        start_s=(o.started - now).total_seconds(),
+                        end_s=(o.ended - now).total_seconds(),
+                        succeeded=o.succeeded,
+                    )
+                )
+                mib += o.data_mib
+                failed += 0 if o.succeeded else 1
+                migrations.append(
+                    MigrationRecord(
+                        time_s=(o.started - day_start).total_seconds(),
                         vm=m.vm,
                         source=m.source,
                         target=m.target,
-                        reason=m.reason.value,
+                        reason=m.reason_label,
+                        duration_s=(o.ended - o.started).total_seconds(),
+                        data_mib=o.data_mib,
+                        succeeded=o.succeeded,
+                        error=o.error,
                     )
                 )
-        if outcomes:
-            # every job is final: a fresh port keeps the simulated job table small
-            cluster = SimulatedCluster(
-                cluster.snapshot(), clock=clock, link_mib_s=config.link_mib_s
-            )
-        after = cluster.snapshot()
-        occupied = {v.host for v in after.vms}
-        for p in decision.power:
-            if not p.on and p.host not in occupied:
-                cluster.set_host_state(p.host, HostState.MAINTENANCE)
-        # figures of the tick
-        load = tick_overload(
-            capacity=capacity,
-            placement=placement,
-            vm_cpu=cpu_by_snap,
-            flights=flights,
-            tick_s=tick_s,
-            migration_cpu_cores=config.migration_cpu_cores,
-        )
-        host_load[k] = load.host_load
-        act_loads = load.host_load[active]
-        watts = power_w(load.host_load, active, idle, peak)
-        ticks.append(
-            TickRecord(
-                index=k,
-                time_s=k * tick_s,
+                if o.succeeded:
+                    history.append(
+                        MoveRecord(
+                            at=o.ended,
+                            vm=m.vm,
+                            source=m.source,
+                            target=m.target,
+                            reason=m.reason.value,
+                        )
+                    )
+            if outcomes:
+                # every job is final: a fresh port keeps the simulated job table small
+                cluster = SimulatedCluster(
+                    cluster.snapshot(), clock=clock, link_mib_s=config.link_mib_s
+                )
+            after = cluster.snapshot()
+            occupied = {v.host for v in after.vms}
+            for p in decision.power:
+                if not p.on and p.host not in occupied:
+                    cluster.set_host_state(p.host, HostState.MAINTENANCE)
+            # figures of the tick
+            load = tick_overload(
+                capacity=capacity,
+                placement=placement,
+                vm_cpu=cpu_by_snap,
+                flights=flights,
                 tick_s=tick_s,
-                active_hosts=int(active.sum()),
-                vms=len(names),
-                overloaded_hosts=int(np.count_nonzero(load.host_overload_s > 0)),
-                host_overload_s=float(load.host_overload_s.sum()),
-                vm_overload_s=float(load.vm_overload_s.sum()),
-                imbalance=imbalance(load.host_load, active),
-                mean_load=float(act_loads.mean()) if len(act_loads) else 0.0,
-                max_load=float(act_loads.max()) if len(act_loads) else 0.0,
-                migrations_started=sum(1 for o in outcomes if o.ended > o.started),
-                migrations_failed=failed,
-                mib_copied=mib,
-                recommended=len(decision.recommend),
-                decided=decided and policy is not None,
-                decide_seconds=decide_s,
-                power_w=watts,
-                power_all_on_w=watts + float(idle[~active].sum()),
+                migration_cpu_cores=config.migration_cpu_cores,
+            )
+            host_load[j] = load.host_load
+            act_loads = load.host_load[active]
+            watts = power_w(load.host_load, active, idle, peak)
+            ticks.append(
+                TickRecord(
+                    index=j,
+                    time_s=j * tick_s,
+                    tick_s=tick_s,
+                    active_hosts=int(active.sum()),
+                    vms=len(names),
+                    overloaded_hosts=int(np.count_nonzero(load.host_overload_s > 0)),
+                    host_overload_s=float(load.host_overload_s.sum()),
+                    vm_overload_s=float(load.vm_overload_s.sum()),
+                    imbalance=imbalance(load.host_load, active),
+                    mean_load=float(act_loads.mean()) if len(act_loads) else 0.0,
+                    max_load=float(act_loads.max()) if len(act_loads) else 0.0,
+                    migrations_started=sum(1 for o in outcomes if o.ended > o.started),
+                    migrations_failed=failed,
+                    mib_copied=mib,
+                    recommended=len(decision.recommend),
+                    decided=decided and policy is not None,
+                    decide_seconds=decide_s,
+                    power_w=watts,
+                    power_all_on_w=watts + float(idle[~active].sum()),
+                )
+            )
+            k += 1
+            if progress is not None:
+                progress(k, total_steps)
+        results.append(
+            DayResult(
+                label=day.label,
+                figures=summarize(ticks, migrations, hosts=len(hosts)),
+                ticks=tuple(ticks),
+                migrations=tuple(migrations),
+                host_names=tuple(h.name for h in hosts),
+                host_load=host_load,
+                tick_s=tick_s,
+                initial_moves=initial_moves if not results else 0,
             )
         )
-        if progress is not None:
-            progress(k + 1, steps)
-
     if store is not None:
         store.close()
-    figures = summarize(ticks, migrations, hosts=len(hosts))
-    return DayResult(
-        label=label,
-        figures=figures,
-        ticks=tuple(ticks),
-        migrations=tuple(migrations),
-        host_names=tuple(h.name for h in hosts),
-        host_load=host_load,
-        tick_s=tick_s,
-        initial_moves=initial_moves,
-    )
+    return tuple(results)
 
 
 def vm_pos_in(snapshot: Snapshot, vm: str) -> int:
@@ -404,15 +488,18 @@ def vm_pos_in(snapshot: Snapshot, vm: str) -> int:
     raise KeyError(vm)
 
 
-def combine(days: Sequence[DayResult], *, hosts: int) -> Figures:
-    """Figures over several days run one after the other (ping-pong counted within a day)."""
+def combine(days: Sequence[DayResult], *, hosts: int, continuous: bool = False) -> Figures:
+    """Figures over several days run one after the other: ping-pong counted within a day, or,
+    for the days of one continuous run (``continuous``: the same VMs on one cluster), across
+    the days too (a move back after midnight is a ping-pong)."""
     ticks: list[TickRecord] = []
     migrations: list[MigrationRecord] = []
     offset = 0.0
     for d in days:
         ticks.extend(replace(t, time_s=t.time_s + offset) for t in d.ticks)
         migrations.extend(
-            replace(m, time_s=m.time_s + offset, vm=f"{d.label}/{m.vm}") for m in d.migrations
+            replace(m, time_s=m.time_s + offset, vm=m.vm if continuous else f"{d.label}/{m.vm}")
+            for m in d.migrations
         )
         offset += sum(t.tick_s for t in d.ticks)
     return summarize(ticks, migrations, hosts=hosts)

@@ -53,10 +53,27 @@ def _ordered(figures: Figures) -> dict[str, float | int]:
 
 
 def summary_doc(result: RunResult) -> dict[str, object]:
-    """The summary: the run's figures at the top level, then the setup and each day's figures."""
+    """The summary: the run's figures at the top level (over the report range when one is
+    given; then ``all_days`` holds those of every day), then the setup and each day's figures
+    (``in_report``: whether the day counts in the top-level figures)."""
     c = result.config
+    report = {d.label for d in result.report}
+    scope: dict[str, object] = {
+        "continuous": result.continuous,
+        "report_days": None,
+    }
+    if result.report_days is not None:
+        first, last = result.report_days
+        scope["report_days"] = {
+            "first": first,
+            "last": last,
+            "labels": [d.label for d in result.report],
+        }
+        if result.all_figures is not None:
+            scope["all_days"] = _ordered(result.all_figures)
     return {
         **_ordered(result.figures),
+        **scope,
         "policy": result.policy,
         "hosts_spec": result.hosts_spec,
         "seed": c.seed,
@@ -65,7 +82,12 @@ def summary_doc(result: RunResult) -> dict[str, object]:
         "vm_pick": c.vm_pick,
         "migration_cpu_cores": c.migration_cpu_cores,
         "days_detail": [
-            {"day": d.label, "initial_placement_moves": d.initial_moves, **_ordered(d.figures)}
+            {
+                "day": d.label,
+                "in_report": d.label in report,
+                "initial_placement_moves": d.initial_moves,
+                **_ordered(d.figures),
+            }
             for d in result.days
         ],
     }
@@ -233,13 +255,19 @@ def _plot_migrations(result: RunResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write_compare(a: RunResult, b: RunResult, path: Path) -> None:
+def compare_doc(a: RunResult, b: RunResult) -> dict[str, object]:
+    """The comparison of two runs of the same traces (their report ranges' figures)."""
     rows = compare_rows(a.figures, b.figures)
-    doc = {
+    return {
         "a": a.policy,
         "b": b.policy,
+        "report_days": list(a.report_days) if a.report_days is not None else None,
         "figures": {k: {"a": x, "b": y, "diff": d, "better": w} for k, x, y, d, w in rows},
     }
+
+
+def write_compare(a: RunResult, b: RunResult, path: Path) -> None:
+    doc = compare_doc(a, b)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
 

@@ -263,3 +263,22 @@ def parse_duration_s(text: str) -> float:
     if value <= 0:
         raise InputError(f"duration {text!r} must be positive", subject=text)
     return value * factor
+
+
+_DAY_RANGE = re.compile(r"^\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?$")
+
+
+def parse_day_range(text: str) -> tuple[int, int]:
+    """``"15-20"`` -> (15, 20), ``"15"`` -> (15, 15): days numbered from 1, both ends in."""
+    m = _DAY_RANGE.match(text)
+    if not m:
+        raise InputError(f"bad day range {text!r} (e.g. 15-20, or 3)", subject=text)
+    first = int(m.group(1))
+    last = int(m.group(2) or first)
+    if not 1 <= first <= last:
+        raise InputError(
+            f"day range {text!r}: days are numbered from 1 and the first must not be after "
+            "the last",
+            subject=text,
+        )
+    return first, last

@@ -6,32 +6,21 @@ import itertools
 from dataclasses import replace
 
 import pytest
-from ortools.sat.python import cp_model
 
-from balancer.optimizer import cpsat
 from balancer.simulation.figures import DETERMINISTIC
 from policies.model import Automation, Goal
-from tests.simulation.helpers import default_policy, flat, hot_spot, service, simulate
-
-
-def _no_wall_clock_cutoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The optimizer stops CP-SAT at a deterministic time limit, but also at a wall-clock
-    safety net (3x the limit, at least 30 s); on a loaded machine the safety net fires first
-    and the plan depends on the load (reported to the optimizer's owner; see docs/simulation.md,
-    "Determinism"). Lifting the safety net here tests that the simulation itself adds no
-    randomness."""
-    original = cpsat.solver_for
-
-    def solver_for(seed: int, time_limit_s: float) -> cp_model.CpSolver:
-        solver = original(seed, time_limit_s)
-        solver.parameters.max_time_in_seconds = 600.0
-        return solver
-
-    monkeypatch.setattr(cpsat, "solver_for", solver_for)
+from tests.simulation.helpers import (
+    default_policy,
+    flat,
+    hot_spot,
+    no_wall_clock_cutoff,
+    service,
+    simulate,
+)
 
 
 def test_same_seed_gives_the_same_figures(monkeypatch: pytest.MonkeyPatch) -> None:
-    _no_wall_clock_cutoff(monkeypatch)
+    no_wall_clock_cutoff(monkeypatch)
     traces = hot_spot(steps=10)
     # seed 2: the drawn sizes leave the naive start balanced, so the two VMs that get hot stay
     # on one host and the balancer moves (with seed 3 the initial placement, which balances to
