@@ -12,7 +12,6 @@ from balancer.forecast.model import (
     Series,
     fit,
     forecast,
-    lag_profile,
 )
 
 __all__ = [
@@ -24,5 +23,4 @@ __all__ = [
     "Series",
     "fit",
     "forecast",
-    "lag_profile",
 ]

@@ -173,7 +173,8 @@ class ForecastParams:
     weekly_weeks: int = 2
     min_history_steps: int = 288
     fit_days: float = 13.0
-    fit_stride_steps: int = 25
+    fit_stride_steps: int = 49
+    fit_steps_per_band: int = 6
     margin: float = 0.05
 
     def __post_init__(self) -> None:
@@ -185,6 +186,7 @@ class ForecastParams:
             "min_history_steps": self.min_history_steps >= 1,
             "fit_days": self.fit_days > 0,
             "fit_stride_steps": self.fit_stride_steps >= 1,
+            "fit_steps_per_band": self.fit_steps_per_band >= 1,
             "margin": 0 <= self.margin < 1,
         }
         for name, ok in checks.items():
@@ -308,15 +310,18 @@ def _interp_quantile(table: F32, q: float) -> F32:
 
 
 def _last_value(values: F32) -> F32:
-    """Per row the last non-NaN value (0 for a row without any)."""
-    ok = ~np.isnan(values)
-    if values.shape[1] == 0:
-        return np.zeros(values.shape[0], dtype=np.float32)
-    back = np.argmax(ok[:, ::-1], axis=1)
-    idx = values.shape[1] - 1 - back
-    out = values[np.arange(values.shape[0]), idx]
-    res: F32 = np.where(ok.any(axis=1), out, 0).astype(np.float32)
-    return res
+    """Per row the last non-NaN value (0 for a row without any); only the rows whose last
+    bucket is empty are searched."""
+    n, t = values.shape
+    if t == 0:
+        return np.zeros(n, dtype=np.float32)
+    out = values[:, -1].astype(np.float32)
+    todo = np.flatnonzero(np.isnan(out))
+    if todo.size:
+        ok = ~np.isnan(values[todo])
+        idx = t - 1 - np.argmax(ok[:, ::-1], axis=1)
+        out[todo] = np.where(ok.any(axis=1), values[todo, idx], 0)
+    return out
 
 
 def _last_before(values: F32, origins: npt.NDArray[np.intp]) -> F32:
@@ -329,15 +334,31 @@ def _last_before(values: F32, origins: npt.NDArray[np.intp]) -> F32:
     return res
 
 
-def _nan_mean_gather(values: F32, idx: npt.NDArray[np.intp], limit: npt.NDArray[np.intp]) -> F32:
+def _nan_mean_gather(
+    values: F32,
+    idx: npt.NDArray[np.intp],
+    limit: npt.NDArray[np.intp],
+    columns: F32 | None = None,
+) -> F32:
     """``nanmean(values[:, idx], axis=-1)`` counting only ``0 <= idx < limit`` (NaN if none).
-    ``idx`` is (..., K); ``limit`` broadcasts against it."""
+    ``idx`` is (..., K); ``limit`` broadcasts against it. ``columns``, if given, is
+    ``values.T`` made contiguous: gathering its rows copies whole runs of memory (the fit
+    gathers many columns; the forecast few). One lag at a time: no (n, ..., K) temporary."""
     valid = (idx >= 0) & (idx < limit)
     safe = np.where(valid, idx, 0)
-    got = values[:, safe]  # (n, ..., K)
-    ok = valid[None, ...] & ~np.isnan(got)
-    total = np.where(ok, got, 0).sum(axis=-1, dtype=np.float64)
-    count = ok.sum(axis=-1)
+    total: F64 | None = None
+    count: npt.NDArray[np.int64] | None = None
+    for k in range(idx.shape[-1]):
+        if columns is not None:
+            got = np.moveaxis(columns[safe[..., k]], -1, 0)  # (n, ...)
+        else:
+            got = values[:, safe[..., k]]
+        ok = valid[None, ..., k] & ~np.isnan(got)
+        part = np.where(ok, got, 0).astype(np.float64)
+        total = part if total is None else total + part
+        count = ok.astype(np.int64) if count is None else count + ok
+    if total is None or count is None:
+        return np.full((values.shape[0], *idx.shape[:-1]), np.nan, dtype=np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = total / count
     res: F32 = np.where(count > 0, out, np.nan).astype(np.float32)
@@ -361,15 +382,31 @@ def _level(values: F32, origins: npt.NDArray[np.intp], step_s: float, p: Forecas
     return res
 
 
-def _long_mean(values: F32, origins: npt.NDArray[np.intp], span: int) -> F32:
-    """(n, M) mean of the ``span`` columns before each origin (NaN-aware) by cumulative sums."""
-    ok = ~np.isnan(values)
-    zero = np.zeros((values.shape[0], 1))
-    cs = np.concatenate([zero, np.cumsum(np.where(ok, values, 0), axis=1, dtype=np.float64)], 1)
-    cn = np.concatenate([zero, np.cumsum(ok, axis=1, dtype=np.float64)], 1)
-    lo = np.maximum(origins - span, 0)
-    total = cs[:, origins] - cs[:, lo]
-    count = cn[:, origins] - cn[:, lo]
+def _block_sums(values: F32, block: int) -> tuple[F64, F64]:
+    """Prefix sums (n, B + 1) of the values and of the sample counts of the whole blocks of
+    ``block`` columns from column 0 (row chunks: no full-size temporary)."""
+    n, t = values.shape
+    nb = t // block
+    sums = np.zeros((n, nb + 1))
+    counts = np.zeros((n, nb + 1))
+    rows = max(1, 2**20 // max(1, t))
+    for r in range(0, n, rows):
+        x = values[r : r + rows, : nb * block].reshape(-1, nb, block)
+        ok = ~np.isnan(x)
+        sums[r : r + rows, 1:] = np.cumsum(np.where(ok, x, 0).sum(axis=2, dtype=np.float64), 1)
+        counts[r : r + rows, 1:] = np.cumsum(ok.sum(axis=2), axis=1)
+    return sums, counts
+
+
+def _long_mean(values: F32, origins: npt.NDArray[np.intp], span: int, block: int) -> F32:
+    """(n, M) mean of the whole ``block``-column blocks (from column 0) that lie in the
+    ``span`` columns before each origin (NaN-aware; NaN without a sample)."""
+    sums, counts = _block_sums(values, block)
+    hi = origins // block  # blocks ending at or before the origin
+    lo = np.maximum(-(-(origins - span) // block), 0)
+    lo = np.minimum(lo, hi)
+    total = sums[:, hi] - sums[:, lo]
+    count = counts[:, hi] - counts[:, lo]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = total / count
     res: F32 = np.where(count > 0, out, np.nan).astype(np.float32)
@@ -382,6 +419,10 @@ def _components_at(
     cols: npt.NDArray[np.intp],
     step_s: float,
     p: ForecastParams,
+    *,
+    lvl: F32 | None = None,
+    long: F32 | None = None,
+    columns: F32 | None = None,
 ) -> tuple[F32, F32, F32, F32]:
     """Level (n, M), daily (n, M, H), weekly (n, M, H), long mean (n, M) for targets ``cols``
     (M, H) of each origin; only history before the origin is used. NaNs are filled: a missing
@@ -391,64 +432,58 @@ def _components_at(
     per_week = _period_steps(WEEK_S, step_s)
     limit = origins[:, None, None]  # (M, 1, 1)
     d_lags = per_day * np.arange(1, p.daily_days + 1)
-    daily = _nan_mean_gather(values, cols[..., None] - d_lags, limit)
+    daily = _nan_mean_gather(values, cols[..., None] - d_lags, limit, columns)
     if p.weekly_weeks:
         w_lags = per_week * np.arange(1, p.weekly_weeks + 1)
-        weekly = _nan_mean_gather(values, cols[..., None] - w_lags, limit)
+        weekly = _nan_mean_gather(values, cols[..., None] - w_lags, limit, columns)
     else:
         weekly = np.full_like(daily, np.nan)
-    lvl = _level(values, origins, step_s, p)
-    long = _long_mean(values, origins, p.daily_days * per_day)
+    if lvl is None:
+        lvl = _level(values, origins, step_s, p)
+    if long is None:
+        long = _long_mean(values, origins, p.daily_days * per_day, _block_steps(step_s))
     return _fill(values, origins, lvl, daily, weekly, long)
+
+
+def _block_steps(step_s: float) -> int:
+    return _period_steps(3600.0, step_s)
 
 
 def _fill(
     values: F32, origins: npt.NDArray[np.intp], lvl: F32, daily: F32, weekly: F32, long: F32
 ) -> tuple[F32, F32, F32, F32]:
-    if np.isnan(lvl).any():
-        lvl = np.where(np.isnan(lvl), _last_before(values, origins), lvl)
+    rows = np.flatnonzero(np.isnan(lvl).any(axis=1))
+    if rows.size:
+        lvl = lvl.copy()
+        lvl[rows] = np.where(np.isnan(lvl[rows]), _last_before(values[rows], origins), lvl[rows])
     long = np.where(np.isnan(long), lvl, long)
     daily = np.where(np.isnan(daily), long[..., None], daily)
     weekly = np.where(np.isnan(weekly), daily, weekly)
     return lvl, daily, weekly, long
 
 
-def lag_profile(values: F32, period: int, count: int) -> F32:
-    """(n, T): column ``c`` holds the mean of the non-NaN ``values[:, c - k * period]`` for
-    ``k = 1 .. count`` (NaN if none), by cumulative sums over whole periods: ``O(n T)``."""
-    n, t = values.shape
-    blocks = max(1, -(-t // period))
-    x = np.full((n, blocks * period), np.nan, dtype=np.float32)
-    x[:, :t] = values
-    x3 = x.reshape(n, blocks, period)
-    ok = ~np.isnan(x3)
-    zero = np.zeros((n, 1, period), dtype=np.float32)
-    cs = np.concatenate([zero, np.cumsum(np.where(ok, x3, 0), axis=1, dtype=np.float32)], 1)
-    cn = np.concatenate([zero, np.cumsum(ok, axis=1, dtype=np.float32)], 1)
-    d = np.arange(blocks)
-    lo = np.maximum(d - count, 0)
-    total = cs[:, d] - cs[:, lo]
-    num = cn[:, d] - cn[:, lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(num > 0, total / num, np.nan)
-    res: F32 = out.reshape(n, blocks * period)[:, :t].astype(np.float32)
-    return res
-
-
 def candidate_weights(weekly: bool) -> F32:
     """The (level, daily, weekly) weights :func:`fit` chooses from, the pure level first; the
     rest of each (1 - their sum) goes to the long mean."""
-    out: list[tuple[float, float, float]] = []
-    for a in (1.0, 0.9, 0.75, 0.5, 0.25, 0.0):
+    out: list[tuple[float, float, float]] = [(1.0, 0.0, 0.0)]
+    for a in (0.75, 0.5, 0.25, 0.0):
         rest = 1.0 - a
-        splits = [(rest, 0.0), (0.0, 0.0)]
+        splits = [(rest, 0.0)]
         if weekly:
             splits += [(0.0, rest), (rest / 2, rest / 2)]
-        splits += [(rest / 2, 0.0)]
-        for d, w in splits:
-            if (a, d, w) not in out:
-                out.append((a, d, w))
+        splits += [(0.0, 0.0)]
+        out += [(a, d, w) for d, w in splits]
     return np.asarray(out, dtype=np.float32)
+
+
+def _sampled_steps(band: npt.NDArray[np.intp], per_band: int) -> npt.NDArray[np.intp]:
+    """At most ``per_band`` evenly spread horizon steps of each band (the fit's backtest)."""
+    picked: list[int] = []
+    for b in range(int(band.max()) + 1):
+        steps = np.flatnonzero(band == b)
+        take = np.unique(np.linspace(0, steps.size - 1, min(per_band, steps.size)).round())
+        picked += [int(steps[int(i)]) for i in take]
+    return np.asarray(picked, dtype=np.intp)
 
 
 def fit(
@@ -472,35 +507,49 @@ def fit(
     origins = origins[origins >= 1].astype(np.intp)
     if origins.size == 0:
         return _level_model(series, horizon_steps, p, bands)
-    # every target lies less than a day after its origin, so the profiles of all columns
-    # (each from the days or weeks before the column) only use history before the origin
-    daily_all = lag_profile(values, per_day, p.daily_days)
-    weekly_all = (
-        lag_profile(values, per_week, p.weekly_weeks)
-        if p.weekly_weeks
-        else np.full_like(values, np.nan)
-    )
     lvl_all = _level(values, origins, series.step_s, p)
-    long_all = _long_mean(values, origins, p.daily_days * per_day)
-    chunk = max(1, int(4_000_000 // max(1, n * horizon_steps)))
+    long_all = _long_mean(values, origins, p.daily_days * per_day, _block_steps(series.step_s))
+    # the backtest looks at a few evenly spread steps of each band (errors within a band are
+    # alike); ``sb`` is the band of each looked-at step, ``cuts`` where each band's run begins
+    steps = _sampled_steps(band, p.fit_steps_per_band)
+    sb = band[steps]
+    cuts = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]])
+    chunk = max(1, int(2**21 // max(1, n * steps.size)))
+    columns: F32 = np.ascontiguousarray(values.T)  # (T, n): rows gathered as whole runs
     parts = [np.arange(i, min(i + chunk, origins.size)) for i in range(0, origins.size, chunk)]
 
-    # a VM with weekly samples at some targets is judged only where it has them: that is how
-    # it will be forecast (after a week of history every target has them)
-    weekly_vm: npt.NDArray[np.bool_] = np.asarray(
-        ~np.isnan(weekly_all[:, int(origins.min()) :]).all(axis=1)
+    # a VM is judged where it has weekly samples if it has any after a week: that is how it
+    # will be forecast (after a week of history every target has them)
+    weekly_vm = (
+        np.count_nonzero(~np.isnan(values[:, per_week:]), axis=1) > 0
+        if p.weekly_weeks and t > per_week
+        else np.zeros(n, dtype=bool)
     )
 
     def part(k: npt.NDArray[np.intp]) -> tuple[F32, F32, F32, F32, F32]:
         o = origins[k]
-        cols = o[:, None] + np.arange(horizon_steps)[None, :]
-        weekly = weekly_all[:, cols]
-        y = values[:, cols]
-        y = np.where(np.isnan(weekly) & weekly_vm[:, None, None], np.nan, y)
-        lvl, daily, weekly, long = _fill(
-            values, o, lvl_all[:, k], daily_all[:, cols], weekly, long_all[:, k]
+        cols = o[:, None] + steps[None, :]
+        y = np.moveaxis(columns[cols], -1, 0)
+        if weekly_vm.any():
+            lags = per_week * np.arange(1, p.weekly_weeks + 1)
+            raw = _nan_mean_gather(values, cols[..., None] - lags, o[:, None, None], columns)
+            y = np.where(np.isnan(raw) & weekly_vm[:, None, None], np.nan, y)
+        lvl, daily, weekly, long = _components_at(
+            values,
+            o,
+            cols,
+            series.step_s,
+            p,
+            lvl=lvl_all[:, k],
+            long=long_all[:, k],
+            columns=columns,
         )
         return lvl, daily, weekly, long, y
+
+    def per_band(x: npt.NDArray[np.floating]) -> F64:
+        """(n, m, S) -> (n, bands): sums over origins and each band's steps."""
+        out: F64 = np.add.reduceat(x.sum(axis=1, dtype=np.float64), cuts, axis=1)
+        return out
 
     # each VM and band takes the candidate weights with the least absolute error over the
     # backtest; a candidate must beat the current choice by ``p.margin`` (relative) to replace
@@ -511,30 +560,28 @@ def fit(
     for k in parts:
         lvl, daily, weekly, long, y = part(k)
         ok = ~np.isnan(y)
-        yz = np.where(ok, y, 0)
-        dl, dd, dw = (lvl - long)[..., None], daily - long[..., None], weekly - long[..., None]
+        resid = np.where(ok, y - long[..., None], 0)  # the actual above the long mean
+        dl = np.broadcast_to((lvl - long)[..., None], daily.shape)
+        dd, dw = daily - long[..., None], weekly - long[..., None]
+        floor = -long[..., None]  # the blend is clipped at 0: its excess never below -long
         for c, (wa, wd, ww) in enumerate(cands):
-            mean = np.maximum(long[..., None] + wa * dl + wd * dd + ww * dw, 0)
-            err = np.where(ok, np.abs(yz - mean), 0)
-            for b in range(bands):
-                sae[:, b, c] += err[:, :, band == b].sum(axis=(1, 2), dtype=np.float64)
-        for b in range(bands):
-            points[:, b] += ok[:, :, band == b].sum(axis=(1, 2))
+            excess = np.maximum(wa * dl + wd * dd + ww * dw, floor)
+            sae[:, :, c] += per_band(np.abs(np.where(ok, resid - excess, 0)))
+        points += per_band(ok).astype(np.int64)
     best = np.zeros((n, bands), dtype=np.intp)
     for c in range(1, cands.shape[0]):
         cur = np.take_along_axis(sae, best[..., None], axis=-1)[..., 0]
         better = sae[..., c] < cur * (1 - p.margin)
         best = np.where(better, c, best)
-    weights = cands[best]
-    w32 = weights.astype(np.float32)
+    w32 = cands[best].astype(np.float32)
     # the errors of the fitted blend, per band; quantiles along the pooled origins and steps
     errs: list[list[F32]] = [[] for _ in range(bands)]
     for k in parts:
         lvl, daily, weekly, long, y = part(k)
-        mean = _blend(lvl[..., None], daily, weekly, long[..., None], w32[:, None, band, :])
+        mean = _blend(lvl[..., None], daily, weekly, long[..., None], w32[:, None, sb, :])
         e = y - mean  # NaN where no actual
         for b in range(bands):
-            errs[b].append(e[:, :, band == b].reshape(n, -1))
+            errs[b].append(e[:, :, sb == b].reshape(n, -1))
     levels = np.asarray(QUANTILE_LEVELS)
     table = np.zeros((n, bands, levels.size), dtype=np.float32)
     for b in range(bands):

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from balancer.errors import InputError
-from balancer.forecast import Series, fit, forecast, lag_profile
-from balancer.forecast.model import _components_at, _level, _long_mean
+from balancer.forecast import ForecastParams, Series, fit, forecast
+from balancer.forecast.model import _components_at
 
 STEP_S = 300.0
 PER_DAY = 288
@@ -107,26 +107,30 @@ def test_a_weekday_that_differs_is_forecast_for_that_weekday() -> None:
     assert np.all(forecast(short, horizon_steps=72).mean < 3.0)
 
 
-def test_the_forecast_path_and_the_fit_path_compute_the_same_components() -> None:
+def test_the_components_match_a_plain_loop() -> None:
     rng = np.random.default_rng(11)
-    values = rng.gamma(2.0, 1.0, (4, 15 * PER_DAY)).astype(np.float32)
+    values = rng.gamma(2.0, 1.0, (3, 15 * PER_DAY)).astype(np.float32)
     values[rng.random(values.shape) < 0.1] = np.nan
-    s = _series(values, MIDNIGHT)
-    origins = np.asarray([PER_DAY + 7, 8 * PER_DAY + 100, 15 * PER_DAY - 48], dtype=np.intp)
-    cols = origins[:, None] + np.arange(48)[None, :]
-    from balancer.forecast import ForecastParams
-
     p = ForecastParams()
+    origins = np.asarray([PER_DAY + 7, 8 * PER_DAY + 100, 15 * PER_DAY - 48], dtype=np.intp)
+    cols = origins[:, None] + np.arange(0, 48, 5)[None, :]
     lvl, daily, weekly, long = _components_at(values, origins, cols, STEP_S, p)
-    d_all = lag_profile(values, PER_DAY, p.daily_days)
-    w_all = lag_profile(values, 7 * PER_DAY, p.weekly_weeks)
-    ok_d = ~np.isnan(d_all[:, cols])
-    assert np.allclose(daily[ok_d], d_all[:, cols][ok_d], atol=1e-4)
-    ok_w = ~np.isnan(w_all[:, cols])
-    assert np.allclose(weekly[ok_w], w_all[:, cols][ok_w], atol=1e-4)
-    assert np.allclose(lvl, _level(values, origins, STEP_S, p), equal_nan=True)
-    assert np.allclose(long, _long_mean(values, origins, p.daily_days * PER_DAY))
-    assert s.steps == values.shape[1]
+    for i in range(values.shape[0]):
+        for m, o in enumerate(origins):
+            past = values[i, :o]
+            w = np.exp2(-np.arange(12)[::-1] * STEP_S / p.level_halflife_s)
+            win = past[-12:]
+            ok = ~np.isnan(win)
+            assert lvl[i, m] == pytest.approx((w[ok] * win[ok]).sum() / w[ok].sum(), rel=1e-5)
+            hours = [past[j : j + 12] for j in range(0, o - 11, 12) if j >= o - 7 * PER_DAY]
+            assert long[i, m] == pytest.approx(np.nanmean(np.concatenate(hours)), rel=1e-5)
+            for h, c in enumerate(cols[m]):
+                d = [values[i, c - k * PER_DAY] for k in range(1, 8) if 0 <= c - k * PER_DAY < o]
+                want = np.nanmean(d) if not np.isnan(d).all() else long[i, m]
+                assert daily[i, m, h] == pytest.approx(want, rel=1e-5)
+                wk = [values[i, c - k * 7 * PER_DAY] for k in (1, 2) if c - k * 7 * PER_DAY >= 0]
+                want_w = np.nanmean(wk) if wk and not np.isnan(wk).all() else daily[i, m, h]
+                assert weekly[i, m, h] == pytest.approx(want_w, rel=1e-5)
 
 
 def test_bad_calls_are_input_errors() -> None:
