@@ -18,6 +18,7 @@ the model is measured against; each has its own natural upper quantile (see each
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -161,7 +162,8 @@ def seasonal_naive(
         lags = cols[:, None] - per * np.arange(1, spread_periods + 1)[None, :]
         ok = (lags >= 0)[None]
         got = np.where(ok, v[:, np.maximum(lags, 0)], np.nan)  # (n, H, K)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN slice: NaN, handled
             q = np.nanquantile(got, quantile, axis=2) if got.size else got[..., 0]
         up = np.maximum(np.where(np.isnan(q), mean, q), mean)
         return mean.astype(np.float32), up.astype(np.float32)
