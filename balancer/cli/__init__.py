@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "balancer.cli.service",  # serve and the API client commands
     "balancer.cli.simulate",  # simulate           (trace-driven simulation)
     "balancer.cli.ha",  # ha status                  (high availability)
+    "balancer.cli.forecast",  # forecast backtest   (demand forecasting)
 )
 
 
