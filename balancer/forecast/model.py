@@ -520,8 +520,10 @@ def fit(
 
     # a VM is judged where it has weekly samples if it has any after a week: that is how it
     # will be forecast (after a week of history every target has them)
+    # (it has a sample more than a week before the end; a VM whose history is shorter than a
+    # week, padded with NaN at the front, is judged without: so it is forecast until then)
     weekly_vm = (
-        np.count_nonzero(~np.isnan(values[:, per_week:]), axis=1) > 0
+        np.count_nonzero(~np.isnan(values[:, : t - per_week]), axis=1) > 0
         if p.weekly_weeks and t > per_week
         else np.zeros(n, dtype=bool)
     )
