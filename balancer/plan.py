@@ -20,6 +20,9 @@ class MoveReason(StrEnum):
     #: moved only to make room for an evacuation or a rule repair (shown as
     #: "make_room:<rule>" when it serves a rule); as mandatory as what it serves
     MAKE_ROOM = "make_room"
+    #: a balance move planned against the demand forecast (shown as "forecast:<detail>", the
+    #: detail naming the source host's expected peak and its time); not mandatory
+    FORECAST = "forecast"
 
     @property
     def mandatory(self) -> bool:
@@ -112,17 +115,21 @@ class Violation:
         return self.cause.value
 
 
+#: reasons written with their detail (a rule's name, a forecast's peak) after a colon
+_DETAILED = (MoveReason.RULE, MoveReason.MAKE_ROOM, MoveReason.FORECAST)
+
+
 def reason_label(reason: MoveReason, rule: str | None) -> str:
-    """The one way a move's reason is written out: ``rule:<name>``, ``make_room:<name>`` or
-    the enum value."""
-    if rule and reason in (MoveReason.RULE, MoveReason.MAKE_ROOM):
+    """The one way a move's reason is written out: ``rule:<name>``, ``make_room:<name>``,
+    ``forecast:<detail>`` or the enum value."""
+    if rule and reason in _DETAILED:
         return f"{reason.value}:{rule}"
     return reason.value
 
 
 def parse_reason_label(label: str) -> tuple[MoveReason, str | None]:
     """The inverse of :func:`reason_label` (ValueError for an unknown reason)."""
-    for reason in (MoveReason.RULE, MoveReason.MAKE_ROOM):
+    for reason in _DETAILED:
         prefix = f"{reason.value}:"
         if label.startswith(prefix) and len(label) > len(prefix):
             return reason, label[len(prefix) :]
@@ -136,6 +143,7 @@ class Move:
     target: str
     step: int
     reason: MoveReason
+    #: the rule served (rule, make_room), or the expected peak planned for (forecast)
     rule: str | None = None
     #: expected decrease of the imbalance metric from this move (>= 0 for balance moves)
     gain: float = 0.0

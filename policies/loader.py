@@ -22,6 +22,7 @@ from policies.model import (
     Limits,
     MigrationSettings,
     Policy,
+    Predictive,
     Resources,
     Rule,
     RuleKind,
@@ -42,6 +43,7 @@ SINGLE_KEYS = (
     "cooldown_max_minutes",
     "migration",
     "soft_rules",
+    "predictive",
 )
 
 
@@ -159,6 +161,7 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
     if cooldown_max is None:  # not given: the default ceiling, or the base when it is above
         cooldown_max = max(base.cooldown_max_minutes, cooldown)
     bal, head, lim, mig = pick("balance"), pick("headroom"), pick("limits"), pick("migration")
+    pred = pick("predictive")
     return Policy(
         automation=Automation(pick("automation") or base.automation),
         threshold=pick("threshold") or base.threshold,
@@ -172,6 +175,7 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
         rules=tuple(rules),
         exclude=tuple(exclude),
         migration=MigrationSettings(**mig.model_dump()) if mig else base.migration,
+        predictive=Predictive(**pred.model_dump()) if pred else base.predictive,
         digest=digest.hexdigest(),
     )
 

@@ -120,6 +120,22 @@ class MigrationSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Predictive:
+    """Plan against the demand expected over the next ``horizon_minutes`` (issue 18): each VM's
+    planning demand is ``(1 - weight) x present + weight x peak``, where ``peak`` is the
+    forecast's ``quantile`` upper quantile at its highest point within the horizon. Off
+    (``weight`` 0, the default) the balancer is reactive."""
+
+    horizon_minutes: int = 60
+    quantile: float = 0.9
+    weight: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:
     automation: Automation = Automation.FULL
     threshold: int = 3
@@ -135,6 +151,7 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     exclude: tuple[Selector, ...] = ()
     migration: MigrationSettings = field(default_factory=MigrationSettings)
+    predictive: Predictive = field(default_factory=Predictive)
     #: sha256 of the canonical policy content ("" for a policy built in code)
     digest: str = ""
 

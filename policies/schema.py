@@ -70,6 +70,15 @@ class MigrationDoc(_Strict):
     time_limit_s: float = Field(default=1800.0, gt=0, le=7 * 86400.0)
 
 
+class PredictiveDoc(_Strict):
+    #: how far ahead to plan: the peak of the forecast within this many minutes counts
+    horizon_minutes: int = Field(default=60, ge=5, le=24 * 60)
+    #: the upper quantile of the forecast planned against (0.5 = the median)
+    quantile: float = Field(default=0.9, ge=0.5, le=0.99)
+    #: 0 = reactive (present demand only), 1 = the forecast only
+    weight: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
 NamesOrSelector = list[Name] | SelectorDoc
 #: VM-VM rules: hard (must, the default) or soft (should); must_not / should_not are refused
 GROUP_KINDS = ("affinity", "anti_affinity")
@@ -125,6 +134,8 @@ class PolicyDoc(_Strict):
     #: default) or only in cycles that balance anyway (when_balancing)
     soft_rules: Literal["repair", "when_balancing"] | None = None
     migration: MigrationDoc | None = None
+    #: plan against the demand forecast over a horizon (see balancer.forecast)
+    predictive: PredictiveDoc | None = None
     rules: list[RuleDoc] = Field(default_factory=list)
     exclude: list[Name | SelectorDoc] = Field(default_factory=list)
 

@@ -27,7 +27,9 @@ class HoldReason(StrEnum):
 
 #: move reasons that count for ping-pong: a round trip made only of operator-intended moves
 #: (an evacuation and its move-back, two manual moves) is not thrashing
-AUTOMATIC = frozenset({"balance", "consolidate", "external"})
+AUTOMATIC = frozenset({"balance", "forecast", "consolidate", "external"})
+#: moves that start a balance cooldown (a forecast move is a balance move planned ahead)
+BALANCING = frozenset({MoveReason.BALANCE.value, MoveReason.FORECAST.value})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,7 +124,7 @@ def holds(
                 )
         if vm in out:
             continue
-        balance = [m for m in ms if m.reason == MoveReason.BALANCE.value]
+        balance = [m for m in ms if m.reason in BALANCING]
         if not balance:
             continue
         last_balance = balance[-1]
