@@ -50,6 +50,7 @@ from balancer.service.ports import AuditFilter, AuditItem
 from balancer.service.runtime import Runtime
 from balancer.service.scheduling import Scheduler, TaskKind
 from balancer.service.views import (
+    ForecastView,
     HistoryView,
     MaintenanceView,
     MigrationView,
@@ -455,6 +456,10 @@ def create_app(rt: Runtime) -> FastAPI:
     )
     def status(_p: Viewer) -> StatusView:
         return svc.status()
+
+    @app.get(f"{v1}/forecast", response_model=ForecastView, tags=["status"])
+    def forecast(_p: Viewer) -> ForecastView:
+        return svc.forecast_view()
 
     @app.get(f"{v1}/history", response_model=list[HistoryView], tags=["status"])
     def history(

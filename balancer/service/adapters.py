@@ -38,6 +38,7 @@ from balancer.model import HostState, Snapshot
 from balancer.plan import Metrics, Plan, PlanStatus
 from balancer.planner import make_plan
 from balancer.port import HypervisorPort, MigrationOptions, MigrationProgress
+from balancer.predictive import Outlook, predictive_plan
 from balancer.service.ports import (
     AuditFilter,
     AuditItem,
@@ -76,8 +77,15 @@ class IsolatedPlanner:
     :class:`PlanningError` for that one call; the next call starts a fresh worker.
     """
 
-    def __init__(self, func: PlanFunction = make_plan, *, grace_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        func: PlanFunction = make_plan,
+        *,
+        predictive: PlanFunction = predictive_plan,
+        grace_s: float = 60.0,
+    ) -> None:
         self._func = func
+        self._predictive = predictive
         self._grace_s = grace_s
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
@@ -108,11 +116,23 @@ class IsolatedPlanner:
         held: frozenset[str],
         seed: int,
         time_limit_s: float,
+        outlook: Outlook | None = None,
     ) -> Plan:
         with self._lock:
-            future = self._worker().submit(
-                self._func, snapshot, policy, held=held, time_limit_s=time_limit_s, seed=seed
-            )
+            if outlook is None:
+                future = self._worker().submit(
+                    self._func, snapshot, policy, held=held, time_limit_s=time_limit_s, seed=seed
+                )
+            else:
+                future = self._worker().submit(
+                    self._predictive,
+                    snapshot,
+                    policy,
+                    outlook,
+                    held=held,
+                    time_limit_s=time_limit_s,
+                    seed=seed,
+                )
             try:
                 return future.result(timeout=4 * time_limit_s + self._grace_s)
             except BrokenProcessPool as exc:

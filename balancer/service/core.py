@@ -36,8 +36,10 @@ from balancer.model import HostState, Snapshot, stddev
 from balancer.plan import Blocked, Move, MoveReason, Plan, PlanStatus, parse_reason_label
 from balancer.plan_io import plan_to_dict
 from balancer.port import Clock, HypervisorPort
+from balancer.predictive import HostOutlook, Outlook
 from balancer.service import decisions as D
 from balancer.service.errors import ConflictError, NotFoundError, UnavailableError
+from balancer.service.forecasting import ForecastSource
 from balancer.service.health import BreakerWatch
 from balancer.service.logs import fields, log
 from balancer.service.ports import (
@@ -71,8 +73,10 @@ from balancer.service.views import (
     BlockedVM,
     BreakerView,
     ClusterLeaderView,
+    ForecastView,
     HistoryView,
     HoldView,
+    HostForecastView,
     HostView,
     MaintenanceView,
     MigrationView,
@@ -85,6 +89,7 @@ from balancer.service.views import (
     StatusView,
     ValidationView,
     ViolationView,
+    VMForecastView,
     VMProgress,
     VMView,
 )
@@ -230,6 +235,7 @@ class Service:
         clock: Clock,
         demand: Demand | None = None,
         backend_name: str = "simulated",
+        forecasts: ForecastSource | None = None,
     ) -> None:
         self.settings = settings
         self.port = port
@@ -240,6 +246,8 @@ class Service:
         self.clock = clock
         self.demand = demand or DemandSource()
         self.backend_name = backend_name
+        #: the demand history and forecaster (predictive balancing); None keeps no history
+        self.forecasts = forecasts
         self.policy_path = Path(settings.policy)
         self._lock = threading.RLock()  # decisions: collect, balance, maintenance
         self._pol = _PolicyState()
@@ -329,6 +337,8 @@ class Service:
         self.audit.record(at=self.clock.now(), kind="service", who=SYSTEM, result="stopped")
         self.executor.close()
         self.demand.close()  # the last InfluxDB flush
+        if self.forecasts is not None:
+            self.forecasts.close()  # the last demand-history flush
 
     # ------------------------------------------------------------------------------------------
     # policy
@@ -542,6 +552,8 @@ class Service:
                 return snap
             if previous is not None:
                 self._note_moves(previous, raw, now)
+            if self.forecasts is not None:
+                self.forecasts.record(raw, now)
             imb, mcpu, mmem = imbalance_of(snap, self._pol.policy)
             self.store.add_history(
                 HistoryPoint(at=now, imbalance=imb, max_cpu_load=mcpu, max_memory_load=mmem),
@@ -757,12 +769,14 @@ class Service:
                 return self._record_empty(plan_id, now, snap, policy, automation, note)
             if self._stale_detail or (brk.open and not brk.allow_mandatory):
                 pass  # still plan: mandatory moves may continue, the rest is held and shown
+            outlook = self._outlook(snap, policy, now)
             plan = self.planner.plan(
                 snap,
                 policy,
                 held=frozenset(holds),
                 seed=self.settings.service.plan_seed,
                 time_limit_s=self.settings.service.plan_time_limit_s,
+                outlook=outlook,
             )
             in_flight = {m.vm for m in active}
             # evacuations belong to the maintenance requests; in-flight VMs to the executor
@@ -813,6 +827,48 @@ class Service:
         view = self.plan(plan_id)
         assert view is not None
         return view
+
+    def _outlook(self, snap: Snapshot, policy: Policy, now: datetime) -> Outlook | None:
+        """The forecast the cycle plans against (None: reactive, or no history kept)."""
+        if self.forecasts is None:
+            return None
+        view = self.forecasts.outlook(snap, policy.predictive, now)
+        if view is not None:
+            self._timed("forecast", self.forecasts.last_cpu_s)
+        return view
+
+    def forecast_view(self) -> ForecastView:
+        """The last balance cycle's forecast: per host the expected peak, per VM the demand
+        planned against (``GET /api/v1/forecast``)."""
+        with self._lock:
+            policy = self._pol.policy
+            view = self.forecasts.last if self.forecasts is not None else None
+            snap = self._snap
+            stats = self.forecasts.history.stats() if self.forecasts is not None else None
+        present = {v.name: v.cpu_used_cores for v in snap.vms} if snap else {}
+        return ForecastView(
+            enabled=bool(policy and policy.predictive.enabled),
+            history=self.forecasts is not None,
+            history_series=stats.series if stats else 0,
+            history_oldest=stats.oldest if stats else None,
+            at=view.at if view else None,
+            horizon_minutes=view.horizon_minutes if view else None,
+            quantile=view.quantile if view else None,
+            weight=view.weight if view else None,
+            hosts=[_host_forecast(h, view) for h in view.hosts] if view else [],
+            vms=[
+                VMForecastView(
+                    name=name,
+                    present_cores=round(present.get(name, 0.0), 4),
+                    planned_cores=round(cores, 4),
+                    peak_at=view.peak_at.get(name),
+                )
+                for name, cores in sorted(view.demand.items())
+            ]
+            if view
+            else [],
+            fallback_vms=len(view.fallback) if view else 0,
+        )
 
     def _record_empty(
         self,
@@ -1740,6 +1796,7 @@ class Service:
                     vm_count=loads[h.name].vm_count,
                     labels=dict(h.labels),
                     agent=_agent_view(self._agent.get(h.name)),
+                    forecast=_host_forecast_of(h.name, self.forecasts),
                 )
                 for h in (snap.hosts if snap else ())
             ],
@@ -1815,6 +1872,23 @@ def _load_policy(path: Path) -> Policy:
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PolicyError(f"cannot read the policy: {first}", path=str(path)) from exc
+
+
+def _host_forecast(h: HostOutlook, view: Outlook) -> HostForecastView:
+    return HostForecastView(
+        present_load=round(h.present_load, 4),
+        peak_load=round(h.peak_load, 4),
+        peak_cores=h.peak_cores,
+        peak_at=h.peak_at,
+        horizon_minutes=view.horizon_minutes,
+        quantile=view.quantile,
+    )
+
+
+def _host_forecast_of(host: str, forecasts: ForecastSource | None) -> HostForecastView | None:
+    view = forecasts.last if forecasts is not None else None
+    h = view.host(host) if view is not None else None
+    return _host_forecast(h, view) if h is not None and view is not None else None
 
 
 def _parse_reason(label: str) -> tuple[MoveReason, str | None]:

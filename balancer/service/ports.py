@@ -15,6 +15,7 @@ from typing import Protocol
 
 from balancer.model import Snapshot
 from balancer.plan import Move, MoveReason, Plan
+from balancer.predictive import Outlook
 from policies.model import Policy
 
 
@@ -113,7 +114,9 @@ class Migration:
 
 
 class PlannerPort(Protocol):
-    """The optimizer and planner: pure, snapshot and policy in, plan out."""
+    """The optimizer and planner: pure, snapshot and policy in, plan out. With an ``outlook``
+    (predictive balancing) the plan is made on its demand and cut to the steps that are safe
+    on the snapshot's (:func:`balancer.predictive.predictive_plan`)."""
 
     def plan(
         self,
@@ -123,6 +126,7 @@ class PlannerPort(Protocol):
         held: frozenset[str],
         seed: int,
         time_limit_s: float,
+        outlook: Outlook | None = None,
     ) -> Plan: ...
 
 

@@ -20,12 +20,14 @@ from balancer.executor import MigrationResult
 from balancer.port import Clock, HypervisorPort
 from balancer.service.adapters import ExecutorAdapter, IsolatedPlanner, OverlayPort, StoreAudit
 from balancer.service.core import Service
+from balancer.service.forecasting import ForecastSource
 from balancer.service.scheduling import Intervals, Scheduler
 from balancer.service.store import ServiceStore
 from balancer.settings import LabBackend, LibvirtBackend, Settings, SimulatedBackend
 from balancer.sim.clock import RealClock
 from balancer.storage import Store
 from balancer.storage.journal import AuditVerdict, sqlite_file
+from collectors.history import DemandHistory, SqlHistoryBackend
 from collectors.source import WindowDemandSource
 from policies.loader import load_policy
 
@@ -109,6 +111,19 @@ def audit_checker(store: Store, anchor: Path | None) -> Callable[[], AuditVerdic
     return check
 
 
+#: how often the demand history is written to the database (a crash loses at most this much)
+HISTORY_FLUSH_S = 300.0
+
+
+def _forecasts(settings: Settings, store: Store) -> ForecastSource | None:
+    """The demand history in the service's database, and the forecaster (issue 18)."""
+    h = settings.collector_settings().history
+    if not h.enabled:
+        return None
+    history = DemandHistory(h, SqlHistoryBackend(store.engine))
+    return ForecastSource(history, flush_every_s=HISTORY_FLUSH_S)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -173,6 +188,7 @@ class Runtime:
             # window rebuilt from its history at start)
             demand=WindowDemandSource.open(settings.collector_settings(), clock.now()),
             backend_name=name,
+            forecasts=_forecasts(settings, store),
         )
         svc.policy_listeners.append(executor.set_policy)
         sched = Scheduler(

@@ -22,6 +22,45 @@ class AgentSampleView:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HostForecastView:
+    """A host's expected CPU peak within the horizon of the last predictive balance cycle."""
+
+    present_load: float
+    peak_load: float
+    peak_cores: float
+    peak_at: datetime
+    horizon_minutes: int
+    quantile: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VMForecastView:
+    name: str
+    present_cores: float
+    #: the demand the last cycle planned against (present when the VM has no forecast yet)
+    planned_cores: float
+    peak_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForecastView:
+    #: the policy's predictive section is on
+    enabled: bool
+    #: the service keeps a demand history (collectors.history.enabled)
+    history: bool
+    history_series: int
+    history_oldest: datetime | None
+    at: datetime | None
+    horizon_minutes: int | None
+    quantile: float | None
+    weight: float | None
+    hosts: list[HostForecastView]
+    vms: list[VMForecastView]
+    #: VMs planned on their present demand (too little history for a forecast)
+    fallback_vms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostView:
     name: str
     state: str
@@ -32,6 +71,8 @@ class HostView:
     vm_count: int
     labels: dict[str, str] = field(default_factory=dict)
     agent: AgentSampleView | None = None
+    #: the expected peak of the last predictive balance cycle (None: reactive)
+    forecast: HostForecastView | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

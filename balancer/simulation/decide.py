@@ -4,7 +4,10 @@ time is an argument).
 1. Holds: :func:`balancer.service.decisions.holds` over the moves made so far (the adaptive
    cooldown after a balance move, ping-pong A -> B -> A within the window); held VMs are not
    moved for balance.
-2. Plan: :func:`balancer.planner.make_plan` (optimizer + planner) on the demand snapshot.
+2. Plan: :func:`balancer.planner.make_plan` (optimizer + planner) on the demand snapshot; with
+   the policy's ``predictive`` section on, :func:`balancer.predictive.predictive_plan` on the
+   outlook of :class:`balancer.service.forecasting.ForecastSource`, whose demand history
+   :meth:`ServiceDecider.observe` feeds with every tick's snapshot (as the service's collect).
 3. Automation: :func:`balancer.service.decisions.split_plan` - ``manual`` recommends only,
    ``partial`` executes mandatory moves only, ``full`` executes everything. No breaker is open
    in a simulation (metrics are never stale, migrations fail only when the hypervisor refuses).
@@ -23,7 +26,8 @@ from typing import Protocol
 
 from balancer.model import Snapshot
 from balancer.plan import Move, Plan
-from balancer.planner import end_state, make_plan
+from balancer.planner import end_state
+from balancer.predictive import predictive_plan
 from balancer.service.decisions import (
     Breakers,
     Disposition,
@@ -31,8 +35,11 @@ from balancer.service.decisions import (
     holds,
     split_plan,
 )
+from balancer.service.forecasting import ForecastSource
 from balancer.service.store import MoveRecord
 from balancer.simulation.consolidate import PowerAction, pack
+from collectors.history import DemandHistory, MemoryHistoryBackend
+from collectors.settings import HistorySettings
 from policies.model import Automation, Goal, Policy
 
 #: the service's default ping-pong window (settings ``pingpong_window_h``)
@@ -98,13 +105,23 @@ class ServiceDecider:
         self._time_limit_s = time_limit_s
         self._seed = seed
         self._pingpong_window = pingpong_window
+        #: the demand history and forecaster, as the service keeps them (memory only here);
+        #: only a predictive policy needs one
+        self.forecasts: ForecastSource | None = (
+            ForecastSource(DemandHistory(HistorySettings(), MemoryHistoryBackend()))
+            if policy.predictive.enabled
+            else None
+        )
 
     @property
     def policy(self) -> Policy:
         return self._policy
 
     def observe(self, snapshot: Snapshot, now: datetime) -> None:
-        """No demand history yet (a forecasting decider will keep one)."""
+        """Every tick's raw snapshot goes into the demand history, as the service's collect
+        does with every collected snapshot."""
+        if self.forecasts is not None:
+            self.forecasts.record(snapshot, now)
 
     def decide(self, snapshot: Snapshot, now: datetime, history: Sequence[MoveRecord]) -> Decision:
         policy = self._policy
@@ -123,8 +140,13 @@ class ServiceDecider:
                 pingpong_window=self._pingpong_window,
             )
         )
-        plan = make_plan(
-            snapshot, policy, held=held, time_limit_s=self._time_limit_s, seed=self._seed
+        outlook = (
+            self.forecasts.outlook(snapshot, policy.predictive, now)
+            if self.forecasts is not None
+            else None
+        )
+        plan = predictive_plan(
+            snapshot, policy, outlook, held=held, time_limit_s=self._time_limit_s, seed=self._seed
         )
         split = split_plan(plan, policy.automation, NO_BREAKERS)
         execute = tuple(split[Disposition.EXECUTE])

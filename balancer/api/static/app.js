@@ -44,6 +44,17 @@ function bar(kind, value, label) {
     el("span", { style: `width:${w}%` }), el("i", { text: label }));
 }
 
+// Predictive balancing: the host's expected CPU peak within the horizon and when it comes.
+function forecastBar(h) {
+  const f = h.forecast;
+  if (!f) return [];
+  const at = new Date(f.peak_at).toISOString().slice(11, 16) + "Z";
+  return [el("div", { class: "bar forecast", "data-peak": f.peak_load,
+    title: `expected peak (q${Math.round(100 * f.quantile)}) within ${f.horizon_minutes} min` },
+    el("span", { style: `width:${Math.max(0, Math.min(100, 100 * f.peak_load))}%` }),
+    el("i", { text: `forecast ${pct(f.peak_load)} at ${at}` }))];
+}
+
 function banner(text, bad) {
   const b = document.getElementById("banner");
   if (!text) { b.hidden = true; return; }
@@ -73,6 +84,7 @@ function renderStatus(s) {
         el("span", { class: "state " + h.state, text: h.state.replace("_", " ") }),
         el("span", { class: "muted", text: `  ${h.vm_count} VMs` })),
       bar("cpu", h.cpu_load, "CPU " + pct(h.cpu_load)),
+      ...forecastBar(h),
       bar("mem", h.memory_load, "memory " + pct(h.memory_load)))));
   renderViolations(s);
 }

@@ -1,0 +1,96 @@
+"""The forecast source of the balance cycle: the demand history (:mod:`collectors.history`)
+and the forecaster (:mod:`balancer.forecast`) give the outlook the cycle plans against
+(:mod:`balancer.predictive`).
+
+The forecaster's model (:func:`balancer.forecast.fit`: per-VM blend weights and error
+quantiles) costs several CPU seconds at 8,000 VMs; it is refitted at most every
+:data:`REFIT_S` (and when the VMs or the horizon change), and applied at every cycle
+(:meth:`~balancer.forecast.ForecastModel.forecast`, well inside a CPU second).
+
+The service records every collected snapshot into the history and, when the policy's
+``predictive`` section is on, forecasts every VM's demand at each balance cycle. The
+simulation's decider does exactly the same with a memory-only history, so what is backtested is
+what is deployed.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+
+from balancer.forecast import ForecastModel, fit
+from balancer.model import Snapshot
+from balancer.predictive import Outlook, horizon_steps, outlook
+from collectors.history import DemandHistory
+from policies.model import Predictive
+
+#: the forecaster's model is refitted at most this often (the weights change slowly)
+REFIT_S = 3600.0
+
+
+def bucket_end(now: datetime, step_s: float) -> datetime:
+    """The end of the last whole history bucket at ``now`` (buckets are aligned on the epoch)."""
+    t = now.timestamp()
+    return datetime.fromtimestamp(int(t // step_s) * step_s, UTC)
+
+
+class ForecastSource:
+    """Records the cluster's demand and forecasts it (see the module docstring)."""
+
+    def __init__(self, history: DemandHistory, *, flush_every_s: float = 0.0) -> None:
+        self.history = history
+        #: write the history to its database at most this often (0: the caller flushes)
+        self.flush_every_s = flush_every_s
+        self._flushed: datetime | None = None
+        #: the outlook of the last forecast (None before the first, or when predictive is off)
+        self.last: Outlook | None = None
+        #: CPU seconds the last forecast took (history read plus model)
+        self.last_cpu_s = 0.0
+        self._model: ForecastModel | None = None
+        self._fitted: datetime | None = None
+
+    def record(self, snapshot: Snapshot, now: datetime) -> None:
+        """Add a collected snapshot to the history; write the history out when it is due
+        (a crash loses at most ``flush_every_s`` of history, never the stored part)."""
+        self.history.record(snapshot, now)
+        if self.flush_every_s <= 0:
+            return
+        if self._flushed is None:
+            self._flushed = now
+        elif (now - self._flushed).total_seconds() >= self.flush_every_s:
+            self._flushed = now
+            self.history.flush()
+
+    def close(self) -> None:
+        self.history.close()
+
+    def outlook(self, snapshot: Snapshot, predictive: Predictive, now: datetime) -> Outlook | None:
+        """The outlook of ``snapshot`` (its VMs' demand is the present), or None when the
+        policy's predictive section is off."""
+        if not predictive.enabled:
+            self.last = None
+            return None
+        t0 = time.process_time()
+        step_s = self.history.settings.fine_step_s
+        names = tuple(v.name for v in snapshot.vms)
+        steps = int(self.history.settings.fine_keep_days * 86400 // step_s)
+        series = self.history.series("vm", names, end=bucket_end(now, step_s), steps=steps)
+        present = np.array([v.cpu_used_cores for v in snapshot.vms], dtype=np.float32)
+        h = horizon_steps(predictive, step_s)
+        model = self._model
+        if (
+            model is None
+            or self._fitted is None
+            or model.names != names
+            or model.horizon_steps < h
+            or (now - self._fitted).total_seconds() >= REFIT_S
+        ):
+            model = self._model = fit(series, horizon_steps=h)
+            self._fitted = now
+        fc = model.forecast(series, horizon_steps=h, quantile=predictive.quantile, present=present)
+        view = outlook(snapshot, fc, predictive)
+        self.last_cpu_s = time.process_time() - t0
+        self.last = view
+        return view
