@@ -186,7 +186,7 @@ def run(
             method="Holt-Winters (statsmodels)",
             scores=backtest(series, hw, origins=hw_origins, horizons=horizons),
             fit_cpu_s=hw_fit_s,
-            note=f"every {hw_every}th origin ({len(hw_origins)}); {failed} constant VMs: "
+            note=f"one origin in {hw_every} ({len(hw_origins)}); {failed} constant VMs: "
             "persistence",
         )
     )
