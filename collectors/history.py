@@ -77,6 +77,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from balancer.errors import InputError, StorageError
+from balancer.forecast import Series
 from balancer.model import Snapshot
 from collectors.samples import epoch_s, from_epoch_s
 from collectors.settings import DAY_S, HistorySettings
@@ -97,18 +98,6 @@ _MIN_CAPACITY = 64
 #: per-series bookkeeping bytes: last seen, open bucket, open count, 2 sums (8 each), dirty flag
 #: and dirty-chunk flags (a few bytes), rounded up
 _BOOKKEEPING_BYTES = 64
-
-
-@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
-class Series:
-    """Demand history on a regular grid: values[i, j] = mean CPU demand (cores) of names[i] in the
-    bucket j; NaN = no sample. The last column is the most recent bucket, which ends at `end`
-    (bucket j covers [end - (T - j) * step_s, end - (T - j - 1) * step_s))."""
-
-    names: tuple[str, ...]
-    values: npt.NDArray[np.float32]  # (n, T)
-    end: datetime  # UTC-aware, a multiple of step_s since the epoch
-    step_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
