@@ -1876,6 +1876,7 @@ def _load_policy(path: Path) -> Policy:
 
 def _host_forecast(h: HostOutlook, view: Outlook) -> HostForecastView:
     return HostForecastView(
+        host=h.host,
         present_load=round(h.present_load, 4),
         peak_load=round(h.peak_load, 4),
         peak_cores=h.peak_cores,

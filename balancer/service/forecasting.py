@@ -16,11 +16,12 @@ what is deployed.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
 
-from balancer.forecast import ForecastModel, fit
+from balancer.forecast import ForecastModel, ForecastParams, fit
 from balancer.model import Snapshot
 from balancer.predictive import Outlook, horizon_steps, outlook
 from collectors.history import DemandHistory
@@ -28,6 +29,19 @@ from policies.model import Predictive
 
 #: the forecaster's model is refitted at most this often (the weights change slowly)
 REFIT_S = 3600.0
+
+
+#: the fit's backtest looks at about this many (VM, origin) pairs: 8,000 VMs keep the default
+#: spacing of origins (every 49 steps, ``docs/benchmarks/forecast.md``); a small cluster is
+#: backtested at closer origins (a few VMs at every step), which a short history needs
+FIT_PAIRS = 60_000
+
+
+def fit_params(vms: int, steps: int) -> ForecastParams:
+    """The forecaster's parameters for ``vms`` VMs with ``steps`` history steps."""
+    default = ForecastParams()
+    stride = -(-min(steps, round(default.fit_days * 288)) * max(vms, 1) // FIT_PAIRS)
+    return replace(default, fit_stride_steps=max(1, min(default.fit_stride_steps, stride)))
 
 
 def bucket_end(now: datetime, step_s: float) -> datetime:
@@ -87,7 +101,7 @@ class ForecastSource:
             or model.horizon_steps < h
             or (now - self._fitted).total_seconds() >= REFIT_S
         ):
-            model = self._model = fit(series, horizon_steps=h)
+            model = self._model = fit(series, horizon_steps=h, params=fit_params(len(names), steps))
             self._fitted = now
         fc = model.forecast(series, horizon_steps=h, quantile=predictive.quantile, present=present)
         view = outlook(snapshot, fc, predictive)

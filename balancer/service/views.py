@@ -25,6 +25,7 @@ class AgentSampleView:
 class HostForecastView:
     """A host's expected CPU peak within the horizon of the last predictive balance cycle."""
 
+    host: str
     present_load: float
     peak_load: float
     peak_cores: float
