@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
+from balancer.api.app import create_app
+from balancer.service.runtime import Runtime
+from balancer.settings import load_settings
+from balancer.sim.clock import ManualClock
 from balancer.snapshot_io import dump_snapshot
 from tests.factories import make_host, make_snapshot, make_vm
-from tests.service.running import TOKENS, running, wait_for, write_settings
+from tests.service.running import TOKENS, free_port, running, wait_for, write_settings
+from tests.service.test_predictive import DAY0, _cluster, _learn, _settings
 
 CHROMIUM = os.environ.get("BALANCER_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -136,3 +144,40 @@ def test_dashboard_shows_a_partial_plans_violations(tmp_path: Path) -> None:
             expect(first.locator(".cause")).to_have_text("needs_transient_violation")
             expect(first).to_contain_text("a on h1")
             expect(first).to_contain_text("apart")
+
+
+def test_dashboard_shows_each_hosts_forecast_peak(tmp_path: Path, monkeypatch: Any) -> None:
+    """A predictive policy after two days of a daily 08:00 peak (the service test's cluster, on
+    a manual clock, served by uvicorn in this process): the peak host's card shows the
+    expected peak and its time under its CPU bar."""
+    expect, sync_playwright = _playwright()
+    for u, t in TOKENS.items():
+        monkeypatch.setenv(f"TEST_TOKEN_{u.upper()}", t)
+    clock = ManualClock(DAY0)
+    sim = _cluster(clock)
+    rt = Runtime.build(
+        load_settings(_settings(tmp_path, {"horizon_minutes": 60})), port=sim, clock=clock
+    )
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    try:
+        rt.service.start()
+        _learn(rt, sim, clock, DAY0 + timedelta(days=2, hours=7, minutes=30))
+        assert rt.service.balance(who="test").moves
+        thread.start()
+        wait_for("the API", lambda: server.started or None, timeout_s=30)
+        with _page(sync_playwright, f"http://127.0.0.1:{port}/") as page:
+            page.fill("#token", TOKENS["vic"])
+            page.click("#save-token")
+            h1 = page.locator('#hosts .host[data-host="h1"] .bar.forecast')
+            expect(h1).to_have_count(1)
+            expect(h1).to_contain_text("forecast 95% at 08:00Z")
+            expect(page.locator('#hosts .host[data-host="h2"] .bar.forecast')).to_have_count(1)
+    finally:
+        server.should_exit = True
+        if thread.is_alive():
+            thread.join(timeout=10)
+        rt.close()
