@@ -1,5 +1,6 @@
 """``balancer forecast backtest``: the forecaster's accuracy on a continuous trace, against
-reactive persistence (thin: parse, call :mod:`balancer.forecast.accuracy`, format)."""
+reactive persistence (thin: parse, call :mod:`balancer.forecast.accuracy`, format);
+``balancer forecast show``: the running service's last forecast (``GET /api/v1/forecast``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import click
 
 from balancer.cli.common import finite, handle_errors, json_option, print_json, print_table
+from balancer.cli.service import Client, _client_options
 from balancer.errors import InputError
 
 
@@ -35,6 +37,45 @@ def register(cli: click.Group) -> None:
     @cli.group()
     def forecast() -> None:
         """Demand forecasts: accuracy against what happened."""
+
+    @forecast.command()
+    @_client_options
+    @json_option
+    @handle_errors
+    def show(url: str | None, token: str | None, config_path: str | None, as_json: bool) -> None:
+        """The service's last forecast: each host's expected CPU peak and when it comes."""
+        doc = Client(url, token, config_path).call("GET", "/forecast")
+        if as_json:
+            print_json(doc)
+            return
+        if not doc["enabled"]:
+            click.echo(
+                "predictive balancing is off (policy: predictive: {horizon_minutes, quantile, "
+                "weight}); "
+                + (f"history kept for {doc['history_series']} series" if doc["history"] else "")
+            )
+            return
+        if doc["at"] is None:
+            click.echo("no forecast yet: it is made at the next balance cycle")
+            return
+        click.echo(
+            f"forecast at {doc['at']}: horizon {doc['horizon_minutes']} min, "
+            f"quantile {doc['quantile']}, weight {doc['weight']}, "
+            f"{doc['fallback_vms']} VMs on present demand (short history)"
+        )
+        print_table(
+            "hosts",
+            ["host", "cpu now", "expected peak", "at"],
+            [
+                [
+                    h["host"],
+                    f"{100 * h['present_load']:.0f}%",
+                    f"{100 * h['peak_load']:.0f}% ({h['peak_cores']:.1f} cores)",
+                    h["peak_at"],
+                ]
+                for h in doc["hosts"]
+            ],
+        )
 
     @forecast.command()
     @click.option(

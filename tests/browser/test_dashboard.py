@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -17,16 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
-from balancer.api.app import create_app
 from balancer.service.runtime import Runtime
 from balancer.settings import load_settings
 from balancer.sim.clock import ManualClock
 from balancer.snapshot_io import dump_snapshot
 from tests.factories import make_host, make_snapshot, make_vm
-from tests.service.running import TOKENS, free_port, running, wait_for, write_settings
-from tests.service.test_predictive import DAY0, _cluster, _learn, _settings
+from tests.service.running import TOKENS, running, wait_for, write_settings
+from tests.service.test_predictive import DAY0, _cluster, _learn, _settings, serving
 
 CHROMIUM = os.environ.get("BALANCER_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -158,18 +155,11 @@ def test_dashboard_shows_each_hosts_forecast_peak(tmp_path: Path, monkeypatch: A
     rt = Runtime.build(
         load_settings(_settings(tmp_path, {"horizon_minutes": 60})), port=sim, clock=clock
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
     try:
         rt.service.start()
         _learn(rt, sim, clock, DAY0 + timedelta(days=2, hours=7, minutes=30))
         assert rt.service.balance(who="test").moves
-        thread.start()
-        wait_for("the API", lambda: server.started or None, timeout_s=30)
-        with _page(sync_playwright, f"http://127.0.0.1:{port}/") as page:
+        with serving(rt) as url, _page(sync_playwright, url + "/") as page:
             page.fill("#token", TOKENS["vic"])
             page.click("#save-token")
             h1 = page.locator('#hosts .host[data-host="h1"] .bar.forecast')
@@ -177,7 +167,4 @@ def test_dashboard_shows_each_hosts_forecast_peak(tmp_path: Path, monkeypatch: A
             expect(h1).to_contain_text("forecast 95% at 08:00Z")
             expect(page.locator('#hosts .host[data-host="h2"] .bar.forecast')).to_have_count(1)
     finally:
-        server.should_exit = True
-        if thread.is_alive():
-            thread.join(timeout=10)
         rt.close()

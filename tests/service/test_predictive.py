@@ -8,16 +8,23 @@ a simulated cluster whose two peak VMs run from 08:00 to 09:00 every day."""
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import uvicorn
 import yaml
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from balancer.api.app import create_app
+from balancer.cli import cli as main_cli
 from balancer.service.forecasting import bucket_end
 from balancer.service.runtime import Runtime
 from balancer.settings import load_settings
@@ -25,7 +32,7 @@ from balancer.sim.clock import ManualClock
 from balancer.sim.cluster import SimulatedCluster
 from tests.api.inprocess import VIEWER
 from tests.factories import make_host, make_snapshot, make_vm
-from tests.service.running import TOKENS, write_settings
+from tests.service.running import TOKENS, free_port, wait_for, write_settings
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -61,6 +68,23 @@ def _settings(tmp_path: Path, predictive: dict[str, Any] | None) -> Path:
     doc["collectors"] = {"window_s": 3600, "sample_interval_s": 300, "stale_after_s": 900}
     cfg.write_text(yaml.safe_dump(doc))
     return cfg
+
+
+@contextmanager
+def serving(rt: Runtime) -> Iterator[str]:
+    """The runtime's API served by uvicorn in this process; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for("the API", lambda: server.started or None, timeout_s=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def _learn(rt: Runtime, sim: SimulatedCluster, clock: ManualClock, until: datetime) -> None:
@@ -100,6 +124,15 @@ def test_the_service_moves_before_the_daily_peak_and_shows_its_forecast(
             status = api.get("/api/v1/status", headers=VIEWER).json()
             hosts = {h["name"]: h for h in status["hosts"]}
             assert hosts["h1"]["forecast"]["peak_load"] == h1["peak_load"]
+        with serving(rt) as url:
+            cli = CliRunner()
+            shown = cli.invoke(main_cli, ["forecast", "show", "--url", url, "--token", "t-viewer"])
+            assert shown.exit_code == 0, shown.output
+            assert "h1" in shown.output and "95% (3.8 cores)" in shown.output
+            js = cli.invoke(
+                main_cli, ["forecast", "show", "--url", url, "--token", "t-viewer", "--json"]
+            )
+            assert json.loads(js.output)["hosts"][0]["host"] == "h1"
         stored = rt.service.forecasts
         assert stored is not None
         end = bucket_end(clock.now(), 300)
