@@ -124,6 +124,8 @@ def test_the_service_moves_before_the_daily_peak_and_shows_its_forecast(
             status = api.get("/api/v1/status", headers=VIEWER).json()
             hosts = {h["name"]: h for h in status["hosts"]}
             assert hosts["h1"]["forecast"]["peak_load"] == h1["peak_load"]
+            metrics = api.get("/metrics").text
+            assert 'balancer_cycle_seconds_count{job="forecast"} 1.0' in metrics
         with serving(rt) as url:
             cli = CliRunner()
             shown = cli.invoke(main_cli, ["forecast", "show", "--url", url, "--token", "t-viewer"])
