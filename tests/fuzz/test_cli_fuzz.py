@@ -306,13 +306,15 @@ CLIENT_CALLS = [
     ["schedule", "cancel", "task-1"],
     ["pause", "--reason", "x"],
     ["resume"],
+    ["forecast", "show"],
 ]
 
 
 def test_client_commands_list_is_complete() -> None:
     clients = {leaf.name for leaf in LEAVES if leaf.client}
     assert clients == {
-        " ".join(c[: 2 if c[0] in ("maintenance", "schedule") else 1]) for c in CLIENT_CALLS
+        " ".join(c[: 2 if c[0] in ("maintenance", "schedule", "forecast") else 1])
+        for c in CLIENT_CALLS
     }
 
 
