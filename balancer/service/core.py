@@ -832,7 +832,11 @@ class Service:
         """The forecast the cycle plans against (None: reactive, or no history kept)."""
         if self.forecasts is None:
             return None
-        view = self.forecasts.outlook(snap, policy.predictive, now)
+        try:
+            view = self.forecasts.outlook(snap, policy.predictive, now)
+        except BalancerError as exc:  # a forecast that cannot be made: plan on the present
+            log.warning("forecast failed, planning on the present demand: %s", exc)
+            return None
         if view is not None:
             self._timed("forecast", self.forecasts.last_cpu_s)
         return view
