@@ -121,7 +121,7 @@ def _forecasts(settings: Settings, store: Store) -> ForecastSource | None:
     if not h.enabled:
         return None
     history = DemandHistory(h, SqlHistoryBackend(store.engine))
-    return ForecastSource(history, flush_every_s=HISTORY_FLUSH_S)
+    return ForecastSource(history, flush_every_s=HISTORY_FLUSH_S, background=True)
 
 
 @dataclass
