@@ -19,14 +19,14 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 
 from balancer.forecast import ForecastModel, ForecastParams, fit
 from balancer.model import Snapshot
 from balancer.predictive import Outlook, horizon_steps, outlook
-from collectors.history import DemandHistory
+from collectors.history import DemandHistory, grid_end
 from policies.model import Predictive
 
 #: the forecaster's model is refitted at most this often (the weights change slowly)
@@ -47,9 +47,9 @@ def fit_params(vms: int, steps: int) -> ForecastParams:
 
 
 def bucket_end(now: datetime, step_s: float) -> datetime:
-    """The end of the last whole history bucket at ``now`` (buckets are aligned on the epoch)."""
-    t = now.timestamp()
-    return datetime.fromtimestamp(int(t // step_s) * step_s, UTC)
+    """The end of the last whole history bucket at ``now`` (the history's grid, one bucket
+    before :func:`collectors.history.grid_end`, which includes the current partial one)."""
+    return grid_end(now, step_s) - timedelta(seconds=step_s)
 
 
 class ForecastSource:
