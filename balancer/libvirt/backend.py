@@ -1058,17 +1058,17 @@ class LibvirtBackend:
         if job.done.is_set():
             return job.progress
         try:
-            live = job.dom.jobStats()
-        except libvirt.libvirtError:
-            return replace(job.progress, elapsed_s=time.monotonic() - job.started)
-        if job.done.is_set():
-            return job.progress
-        if int(live.get("type", 0)) == libvirt.VIR_DOMAIN_JOB_NONE:
-            return replace(job.progress, elapsed_s=time.monotonic() - job.started)
-        fig = stats.job_figures(live)
+            live: dict[str, Any] | None = job.dom.jobStats()
+        except libvirt.libvirtError:  # e.g. the source domain is gone: the job just ended
+            live = None
         with job.lock:
-            if job.done.is_set():  # finished while we asked: its final figures win
+            # checked under the lock _finish publishes under: a job that finished while we
+            # asked returns its final figures, never a final state with a wall-clock elapsed
+            if job.done.is_set():
                 return job.progress
+            if live is None or int(live.get("type", 0)) == libvirt.VIR_DOMAIN_JOB_NONE:
+                return replace(job.progress, elapsed_s=time.monotonic() - job.started)
+            fig = stats.job_figures(live)
             job.progress = replace(
                 job.progress,
                 elapsed_s=time.monotonic() - job.started,
