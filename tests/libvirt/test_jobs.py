@@ -47,7 +47,7 @@ def test_progress_never_overwrites_the_final_figures(answer: str) -> None:
         options=MigrationOptions(),
         started=time.monotonic() - 5,
         dom=dom,
-        progress=start,  # type: ignore[arg-type]
+        progress=start,
     )
     final = replace(start, state=JobState.SUCCEEDED, elapsed_s=0.865, downtime_ms=31.0)
     dom.on_query = lambda: backend._finish(job, final)
