@@ -6,6 +6,7 @@ No I/O here: every function takes values and returns text or values, so they are
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -165,15 +166,7 @@ def domain_xml(
     ``extra_disks``: writable qcow2/raw files (not shared between hosts in the lab)."""
     if domain_type not in ("kvm", "qemu"):
         raise ValueError(f"domain type must be kvm or qemu, not {domain_type}")
-    cpu = ""
-    if cpu_features:
-        feats = "".join(
-            f"<feature policy='require' name='{escape(f)}'/>" for f in sorted(cpu_features)
-        )
-        cpu = (
-            "<cpu mode='custom' match='exact' check='none'>"
-            f"<model fallback='forbid'>qemu64</model>{feats}</cpu>"
-        )
+    cpu = required_cpu_xml(cpu_features) if cpu_features else ""
     disks = [
         "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
         f"<source file='{escape(disk_path)}'/><target dev='vda' bus='virtio'/>"
@@ -210,6 +203,16 @@ def domain_xml(
 
 
 _PROP = re.compile(r"(<property name='(?P<name>[^']+)' type='boolean' value=')true(')")
+
+
+def required_cpu_xml(features: Sequence[str]) -> str:
+    """A guest CPU of ``qemu64`` plus ``features`` (``policy='require'``): it runs only where
+    the hypervisor offers them."""
+    feats = "".join(f"<feature policy='require' name='{escape(f)}'/>" for f in sorted(features))
+    return (
+        "<cpu mode='custom' match='exact' check='none'>"
+        f"<model fallback='forbid'>qemu64</model>{feats}</cpu>"
+    )
 
 
 def strip_cpu_feature(caps_xml: str, feature: str) -> str:

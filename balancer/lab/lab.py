@@ -55,6 +55,7 @@ from balancer.lab.config import (
     net_plan,
     port_plan,
     qemu_conf,
+    required_cpu_xml,
     strip_cpu_feature,
 )
 from balancer.lab.linuxguest import (
@@ -102,6 +103,11 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 _children_lock = threading.Lock()
 
 
+def _daemon_cpu() -> int:
+    """The CPU every lab libvirtd runs on (the lowest this process may use)."""
+    return min(os.sched_getaffinity(0))
+
+
 def default_state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
 
@@ -120,6 +126,7 @@ def missing_prerequisites() -> list[str]:
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("qemu-img", "qemu-utils"),
         ("unshare", "util-linux"),
+        ("taskset", "util-linux"),
         ("mount", "mount"),
     ):
         if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
@@ -560,6 +567,7 @@ class Lab:
                 lab._launch(p)
             for p in plans[1:]:
                 lab._wait_ready(p)
+            lab._check_cpu_models()
             for p in plans:
                 lab._define_pool(p)
             for i in range(1, vms + 1):
@@ -974,6 +982,7 @@ class Lab:
         if self._daemon_pid(plan) is None:
             self._launch(plan)
         self._wait_ready(plan)
+        self._check_cpu_models([host])
 
     def stop_host(self, host: str, *, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop the host's libvirtd (SIGTERM); its guests keep running, as on a real host."""
@@ -1195,8 +1204,15 @@ class Lab:
         for target, sub in BIND_MOUNTS:
             lines.append(f"mkdir -p {target}")
             lines.append(f"mount --bind '{hdir / sub}' {target}")
+        # pinned to one CPU: libvirt keeps its QEMU capabilities cache only while the CPUID it
+        # reads at start matches the cache's, and on a virtual machine CPUID differs by CPU
+        # (APIC IDs). Unpinned, a host whose daemon starts on another CPU than the first
+        # host's re-probes QEMU ("host cpuid changed") and the poor host gets its feature
+        # back. QEMU does not inherit the pin: libvirt gives a guest without a cpuset every
+        # online CPU.
         lines.append(
-            f"exec libvirtd --listen -f /etc/libvirt/libvirtd.conf -p '{hdir / 'libvirtd.pid'}'"
+            f"exec taskset -c {_daemon_cpu()} libvirtd --listen -f /etc/libvirt/libvirtd.conf "
+            f"-p '{hdir / 'libvirtd.pid'}'"
         )
         cmd = [
             sys.executable,
@@ -1256,6 +1272,31 @@ class Lab:
             f"lab host {plan.name} did not start on {plan.uri} within {timeout_s:.0f}s: "
             f"{_tail(hdir / 'libvirtd.out')} {_tail(hdir / 'log' / 'libvirtd.log')}".strip()
         )
+
+    def _check_cpu_models(self, hosts: Sequence[str] | None = None) -> None:
+        """Raise unless the poor host's hypervisor lacks :attr:`lacking_feature` and the
+        others offer it: the premise of every CPU-compatibility test (a daemon that re-probed
+        QEMU instead of using the shared cache would silently offer it everywhere)."""
+        import libvirt
+
+        state = self.state
+        if state.poor_host is None:
+            return
+        xml = required_cpu_xml([state.lacking_feature])
+        for name in hosts or self.host_names():
+            conn = self.connect(name)
+            try:
+                result = conn.compareHypervisorCPU(None, "x86_64", None, state.domain_type, xml, 0)
+            finally:
+                conn.close()
+            offers = result in (libvirt.VIR_CPU_COMPARE_IDENTICAL, libvirt.VIR_CPU_COMPARE_SUPERSET)
+            if offers == (name == state.poor_host):
+                raise LabError(
+                    f"lab host {name} {'offers' if offers else 'lacks'} CPU feature "
+                    f"{state.lacking_feature}, but only {state.poor_host} should lack it: its "
+                    "libvirtd did not use the lab's QEMU capabilities cache "
+                    f"(see {self._host_dir(self.host(name)) / 'log' / 'libvirtd.log'})"
+                )
 
     def _probe_and_share_caps(self) -> None:
         state = self.state

@@ -19,6 +19,7 @@ put back what you break (``lab.start_host``, ``lab.remove_vm``).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -69,9 +70,14 @@ def acquire_shared_lab() -> Lab:
     with _lock:
         if _shared is None:
             state_dir = Path(tempfile.mkdtemp(prefix="balancer-lab-"))
-            _shared = Lab.up(
-                SHARED_HOSTS, SHARED_VMS, busy=SHARED_BUSY, state_dir=state_dir / "lab"
-            )
+            try:
+                _shared = Lab.up(
+                    SHARED_HOSTS, SHARED_VMS, busy=SHARED_BUSY, state_dir=state_dir / "lab"
+                )
+            except BaseException:
+                # Lab.up took down what it had started; leave no empty directory behind
+                shutil.rmtree(state_dir, ignore_errors=True)
+                raise
         _users += 1
         return _shared
 
