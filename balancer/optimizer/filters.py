@@ -245,4 +245,27 @@ def blocked_reason(
             first_rule = verdict_.rule
     if not rule_free:
         return BlockedReason.RULE, first_rule, "a hard rule forbids every compatible host"
-    return BlockedReason.CAPACITY, None, "no compatible host has room (with headroom)"
+    return BlockedReason.CAPACITY, None, _capacity_detail(ctx, loads, v, rule_free)
+
+
+def _capacity_detail(ctx: Context, loads: Loads, v: int, hosts: Sequence[int]) -> str:
+    """What the VM needs against the most room a compatible, rule-free host has (with
+    headroom), so that an operator sees by how much it does not fit."""
+
+    def room(h: int) -> tuple[int, int]:
+        return ctx.host_cpu_cap[h] - loads.cpu[h], ctx.host_mem_cap[h] - loads.mem[h]
+
+    def slack(h: int) -> float:  # the tighter resource's shortfall, as a share of the host
+        cpu_free, mem_free = room(h)
+        return min(
+            (cpu_free - ctx.vm_cpu[v]) / max(1, ctx.host_cpu_cap[h]),
+            (mem_free - ctx.vm_mem[v]) / max(1, ctx.host_mem_cap[h]),
+        )
+
+    best = max(hosts, key=slack)
+    cpu_free, mem_free = room(best)
+    return (
+        f"no compatible host has room (with headroom): it needs {ctx.vm_cpu[v] / 1000:.2f} "
+        f"cores and {ctx.vm_mem[v]} MiB; the most room is on {ctx.host_names[best]}: "
+        f"{max(0, cpu_free) / 1000:.2f} cores and {max(0, mem_free)} MiB free"
+    )

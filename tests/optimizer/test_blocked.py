@@ -48,6 +48,24 @@ def test_capacity() -> None:
     assert _blocked(plan) == {"big": BlockedReason.CAPACITY}
 
 
+def test_capacity_says_what_the_vm_needs_and_the_most_room_left() -> None:
+    # cpu binds: 2 cores needed; h2 has 0.7 free, h3 1.3 free (4 cores, 10 % headroom)
+    hosts = _maint(make_host("h2", cpu_cores=4), make_host("h3", cpu_cores=4))
+    vms = [
+        make_vm("hot", "h1", cpu_used_cores=2.0),
+        make_vm("x", "h2", cpu_used_cores=2.9),
+        make_vm("y", "h3", cpu_used_cores=2.3),
+    ]
+    plan, _ = plan_ok(make_snapshot(hosts, vms), policy(1))
+    (b,) = plan.blocked
+    assert (b.vm, b.reason) == ("hot", BlockedReason.CAPACITY)
+    assert b.detail == (
+        "no compatible host has room (with headroom): it needs 2.00 cores and "
+        f"{vms[0].memory_mib} MiB; the most room is on h3: 1.30 cores and "
+        f"{int(131072 * 0.95) - vms[2].memory_mib} MiB free"
+    )
+
+
 def test_excluded_on_maintenance_host_is_reported_not_moved() -> None:
     hosts = _maint(make_host("h2"))
     vms = [make_vm("keep", "h1", labels={"team": "dba"}), make_vm("go", "h1")]
