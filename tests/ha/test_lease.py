@@ -3,7 +3,6 @@ tests/pg.py)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -13,7 +12,7 @@ from balancer.errors import FencedError, StorageError
 from balancer.ha.fence import install_fencing
 from balancer.ha.lease import LeaseStore
 from balancer.storage import Fence, NewRequest, Outcome, Store
-from tests.ha.harness import Postgres
+from tests.ha.harness import Postgres, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -38,6 +37,15 @@ def stores(ha_postgres: Postgres) -> Iterator[tuple[Store, LeaseStore]]:
     store.close()
 
 
+def _wait_lapsed(leases: LeaseStore, cluster: str) -> None:
+    """Until the database's clock says ``cluster``'s lease has expired."""
+    wait_for(
+        lambda: not next(x for x in leases.leases() if x.cluster == cluster).valid,
+        10.0,
+        f"{cluster}'s lease to lapse",
+    )
+
+
 def test_acquire_is_exclusive_and_epochs_only_grow(stores: tuple[Store, LeaseStore]) -> None:
     _, leases = stores
     a = leases.acquire("c1", "a", 1.0)
@@ -46,7 +54,7 @@ def test_acquire_is_exclusive_and_epochs_only_grow(stores: tuple[Store, LeaseSto
     assert leases.acquire("c2", "b", 1.0) is not None  # each cluster on its own
     renewed = leases.renew(a, 1.0)
     assert renewed is not None and renewed.epoch == 1 and renewed.expires_at >= a.expires_at
-    time.sleep(1.2)  # the lease lapses (database clock)
+    _wait_lapsed(leases, "c1")
     assert leases.renew(a, 1.0) is None  # a lapsed term is never revived
     b = leases.acquire("c1", "b", 5.0)
     assert b is not None and b.epoch == 2
@@ -79,7 +87,7 @@ def test_old_epoch_writes_are_refused(stores: tuple[Store, LeaseStore]) -> None:
 
         stamped = conn.execute(sa.text("SELECT epoch FROM journal")).scalars().all()
     assert stamped == [t1.epoch]
-    time.sleep(1.2)
+    _wait_lapsed(leases, "c1")
     # expired, nobody took over yet: still refused (the lease is the database's, not ours)
     with pytest.raises(FencedError) as err:
         old.transition(rid, "starting", at=now, expect={"queued"}, state="starting")
