@@ -59,6 +59,7 @@ from balancer.service.views import (
     PreflightView,
     RecommendationView,
     StatusView,
+    TargetsView,
     TaskRunView,
     TaskView,
     ValidationView,
@@ -555,6 +556,18 @@ def create_app(rt: Runtime) -> FastAPI:
     )
     def request_migration(p: Operator, body: MigrationBody) -> MigrationView:
         return svc.request_migration(body.vm, body.target, priority=body.priority, who=p.user)
+
+    @app.get(
+        f"{v1}/vms/{{vm}}/targets",
+        response_model=TargetsView,
+        tags=["migrations"],
+        operation_id="vm_targets",
+    )
+    def vm_targets(_p: Viewer, vm: Name) -> TargetsView:
+        """The migration assistant: the hosts the VM could move to now, ranked, with the loads
+        each would have (and its forecast peak under a predictive policy), and why every
+        other host is ruled out. ``POST /api/v1/migrations`` moves it to one of them."""
+        return svc.vm_targets(vm)
 
     @app.post(
         f"{v1}/migrations/{{mid}}/cancel",

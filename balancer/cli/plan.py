@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+import urllib.parse
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
 from balancer.cli.common import SEED, finite, handle_errors, json_option, print_json, print_table
+from balancer.cli.service import Client, _client_options
 from balancer.errors import InputError
 from balancer.optimizer import assist as assist_vm
 from balancer.plan import Plan, PlanStatus
@@ -122,74 +126,134 @@ def _print_plan(result: Plan) -> None:
 
 @click.command()
 @click.argument("vm")
-@_snapshot_option
-@_policy_option
+@click.option(
+    "--snapshot",
+    "snapshot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Rank on this snapshot file (with --policy) instead of asking the running service.",
+)
+@click.option(
+    "--policy",
+    "policy_paths",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Policy file(s) or directory, with --snapshot.",
+)
+@_client_options
 @json_option
 @handle_errors
-def assist(vm: str, snapshot_path: Path, policy_paths: tuple[Path, ...], as_json: bool) -> None:
-    """Migration assistant: the best target hosts for VM, ranked, and why others are out."""
+def assist(
+    vm: str,
+    snapshot_path: Path | None,
+    policy_paths: tuple[Path, ...],
+    url: str | None,
+    token: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """Migration assistant: the best target hosts for VM, ranked, and why others are out.
+
+    Without --snapshot it asks the running service (GET /api/v1/vms/VM/targets: the live
+    cluster, the policy in force and, under a predictive policy, each host's forecast peak)."""
+    if snapshot_path is None:
+        if policy_paths:
+            raise InputError("--policy goes with --snapshot (the service uses its own policy)")
+        doc = Client(url, token, config_path).call(
+            "GET", f"/vms/{urllib.parse.quote(vm, safe='')}/targets"
+        )
+        if as_json:
+            print_json(doc)
+        else:
+            _show_targets(doc)
+        return
+    if not policy_paths:
+        raise InputError("--snapshot needs --policy (the rules and headroom to rank under)")
     snap = load_snapshot(snapshot_path)
     pol = load_policy(policy_paths)
     if vm not in snap.vm_map():
         raise InputError(f"{snapshot_path}: unknown VM {vm!r}")
     result = assist_vm(snap, pol, vm)
-    if as_json:
-        print_json(
+    doc = {
+        "vm": result.vm,
+        "current": result.current,
+        "imbalance": round(result.imbalance, 6),
+        "candidates": [
             {
-                "vm": result.vm,
-                "current": result.current,
-                "imbalance": round(result.imbalance, 6),
-                "candidates": [
-                    {
-                        "host": c.host,
-                        "cpu_load": round(c.cpu_load, 6),
-                        "memory_load": round(c.memory_load, 6),
-                        "imbalance": round(c.imbalance, 6),
-                        "soft_breaks": list(c.soft_breaks),
-                        "soft_repairs": list(c.soft_repairs),
-                    }
-                    for c in result.candidates
-                ],
-                "ruled_out": [
-                    {"host": r.host, "reason": r.label} | ({"detail": r.detail} if r.detail else {})
-                    for r in result.ruled_out
-                ],
+                "host": c.host,
+                "cpu_load": round(c.cpu_load, 6),
+                "memory_load": round(c.memory_load, 6),
+                "imbalance": round(c.imbalance, 6),
+                "soft_breaks": list(c.soft_breaks),
+                "soft_repairs": list(c.soft_repairs),
             }
-            | (
-                {
-                    "blocked": {
-                        "reason": result.blocked.reason.value,
-                        "detail": result.blocked.detail,
-                    }
-                }
-                if result.blocked
-                else {}
-            )
-        )
-        return
-    click.echo(f"{result.vm} on {result.current}; imbalance now {result.imbalance:.3f}")
+            for c in result.candidates
+        ],
+        "ruled_out": [
+            {"host": r.host, "reason": r.label} | ({"detail": r.detail} if r.detail else {})
+            for r in result.ruled_out
+        ],
+    }
     if result.blocked:
-        click.echo(f"blocked: {result.blocked.reason.value}: {result.blocked.detail}")
+        doc["blocked"] = {"reason": result.blocked.reason.value, "detail": result.blocked.detail}
+    if as_json:
+        print_json(doc)
+    else:
+        _show_targets(doc)
+
+
+def _show_targets(doc: dict[str, Any]) -> None:
+    """The assistant's tables, from the snapshot mode's JSON or the service's."""
+    click.echo(f"{doc['vm']} on {doc['current']}; imbalance now {doc['imbalance']:.3f}")
+    blocked = doc.get("blocked") or (
+        {"reason": doc["blocked_reason"], "detail": doc.get("blocked_detail")}
+        if doc.get("blocked_reason")
+        else None
+    )
+    if blocked:
+        click.echo(f"blocked: {blocked['reason']}: {blocked['detail']}")
+    here = doc.get("current_forecast")
+    if here:
+        click.echo(
+            f"forecast: {doc['current']} peaks at "
+            f"{_peak_label(here['peak_load'], here['peak_at'])}; "
+            f"{doc['vm']} planned at {doc['planned_cores']} cores"
+        )
+    forecast = any(c.get("forecast_peak_load") is not None for c in doc["candidates"])
     print_table(
         "candidates (best first)",
-        ["rank", "host", "cpu load", "memory load", "imbalance", "soft rules"],
+        ["rank", "host", "cpu load", "memory load", "imbalance", "soft rules"]
+        + (["forecast"] if forecast else []),
         [
             [
                 i + 1,
-                c.host,
-                f"{c.cpu_load:.2f}",
-                f"{c.memory_load:.2f}",
-                f"{c.imbalance:.3f}",
-                _soft_label(c.soft_breaks, c.soft_repairs),
+                c["host"],
+                f"{c['cpu_load']:.2f}",
+                f"{c['memory_load']:.2f}",
+                f"{c['imbalance']:.3f}",
+                _soft_label(tuple(c["soft_breaks"]), tuple(c["soft_repairs"])),
             ]
-            for i, c in enumerate(result.candidates)
+            + (
+                [_peak_label(c.get("forecast_peak_load"), c.get("forecast_peak_at"))]
+                if forecast
+                else []
+            )
+            for i, c in enumerate(doc["candidates"])
         ],
     )
     print_table(
         "ruled out",
         ["host", "reason", "detail"],
-        [[r.host, r.label, r.detail] for r in result.ruled_out],
+        [[r["host"], r["reason"], r.get("detail") or ""] for r in doc["ruled_out"]],
     )
+
+
+def _peak_label(load: float | None, at: str | None) -> str:
+    """``62% at 08:00Z``: a host's forecast peak with the VM on it (``-`` without one)."""
+    if load is None:
+        return "-"
+    when = datetime.fromisoformat(at.replace("Z", "+00:00")) if at else None
+    return f"{100 * load:.0f}%" + (f" at {when:%H:%MZ}" if when else "")
 
 
 def _soft_label(breaks: tuple[str, ...], repairs: tuple[str, ...]) -> str:

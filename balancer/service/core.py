@@ -36,8 +36,10 @@ from balancer.model import HostState, Snapshot, stddev
 from balancer.plan import Blocked, Move, MoveReason, Plan, PlanStatus, parse_reason_label
 from balancer.plan_io import plan_to_dict
 from balancer.port import Clock, HypervisorPort
-from balancer.predictive import HostOutlook, Outlook
+from balancer.predictive import Outlook
 from balancer.service import decisions as D
+from balancer.service.assistant import host_forecast
+from balancer.service.assistant import targets as assistant_targets
 from balancer.service.errors import ConflictError, NotFoundError, UnavailableError
 from balancer.service.forecasting import ForecastSource
 from balancer.service.health import BreakerWatch
@@ -87,6 +89,7 @@ from balancer.service.views import (
     RecommendationView,
     SoftViolationView,
     StatusView,
+    TargetsView,
     ValidationView,
     ViolationView,
     VMForecastView,
@@ -859,7 +862,7 @@ class Service:
             horizon_minutes=view.horizon_minutes if view else None,
             quantile=view.quantile if view else None,
             weight=view.weight if view else None,
-            hosts=[_host_forecast(h, view) for h in view.hosts] if view else [],
+            hosts=[host_forecast(h, view) for h in view.hosts] if view else [],
             vms=[
                 VMForecastView(
                     name=name,
@@ -873,6 +876,23 @@ class Service:
             else [],
             fallback_vms=len(view.fallback) if view else 0,
         )
+
+    def vm_targets(self, vm: str) -> TargetsView:
+        """The migration assistant for ``vm`` on the current snapshot under the policy in
+        force, with the last predictive cycle's forecast per host (``GET
+        /api/v1/vms/{vm}/targets``; see :mod:`balancer.service.assistant`)."""
+        snap = self.snapshot()
+        with self._lock:
+            policy = self._pol.policy
+            view = self.forecasts.last if self.forecasts is not None else None
+            at = self._last_collect or self.clock.now()
+        if policy is None:
+            raise UnavailableError("no policy loaded yet")
+        if vm not in snap.vm_map():
+            raise NotFoundError(f"vm: no VM {vm!r} in the cluster")
+        if view is not None and not policy.predictive.enabled:
+            view = None
+        return assistant_targets(snap, policy, vm, view, at=at)
 
     def _record_empty(
         self,
@@ -1878,22 +1898,10 @@ def _load_policy(path: Path) -> Policy:
         raise PolicyError(f"cannot read the policy: {first}", path=str(path)) from exc
 
 
-def _host_forecast(h: HostOutlook, view: Outlook) -> HostForecastView:
-    return HostForecastView(
-        host=h.host,
-        present_load=round(h.present_load, 4),
-        peak_load=round(h.peak_load, 4),
-        peak_cores=h.peak_cores,
-        peak_at=h.peak_at,
-        horizon_minutes=view.horizon_minutes,
-        quantile=view.quantile,
-    )
-
-
 def _host_forecast_of(host: str, forecasts: ForecastSource | None) -> HostForecastView | None:
     view = forecasts.last if forecasts is not None else None
     h = view.host(host) if view is not None else None
-    return _host_forecast(h, view) if h is not None and view is not None else None
+    return host_forecast(h, view) if h is not None and view is not None else None
 
 
 def _parse_reason(label: str) -> tuple[MoveReason, str | None]:

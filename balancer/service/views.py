@@ -369,3 +369,53 @@ class ValidationView:
     digest: str | None
     error: str | None
     findings: list[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetView:
+    """A host the VM could move to now (``GET /api/v1/vms/{vm}/targets``), best first."""
+
+    host: str
+    #: the host's loads with the VM on it (demand of the last collect cycle)
+    cpu_load: float
+    memory_load: float
+    #: the cluster's imbalance with the VM there
+    imbalance: float
+    #: soft rules of the VM that moving there would break / repair
+    soft_breaks: list[str]
+    soft_repairs: list[str]
+    #: with a predictive policy: the host's expected CPU peak within the horizon with the VM on
+    #: it (the host's own peak plus the VM's planning demand: an upper bound) and when it comes
+    forecast_peak_load: float | None = None
+    forecast_peak_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuledOutView:
+    """A host the VM cannot move to now, and why (the same verdict the optimizer uses)."""
+
+    host: str
+    #: ``capacity``, ``cpu_features``, ``state``, ``rule:<name>`` ... (see docs/optimizer.md)
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetsView:
+    """The migration assistant for one VM on the live cluster."""
+
+    vm: str
+    current: str
+    #: the snapshot the ranking was made on (the last collect cycle)
+    at: datetime
+    #: the cluster's imbalance if the VM stays
+    imbalance: float
+    candidates: list[TargetView]
+    ruled_out: list[RuledOutView]
+    #: set when the VM runs on a host that lacks its CPU features
+    blocked_reason: str | None = None
+    blocked_detail: str | None = None
+    #: the current host's forecast (predictive policy, after a balance cycle) and the VM's own
+    current_forecast: HostForecastView | None = None
+    #: the CPU demand the last predictive cycle planned the VM against (None: reactive)
+    planned_cores: float | None = None

@@ -126,6 +126,21 @@ def test_the_service_moves_before_the_daily_peak_and_shows_its_forecast(
             assert hosts["h1"]["forecast"]["peak_load"] == h1["peak_load"]
             metrics = api.get("/metrics").text
             assert 'balancer_cycle_seconds_count{job="forecast"} 1.0' in metrics
+            # the assistant: h2 is cool now, and the forecast says how hot p1 would make it
+            targets = api.get("/api/v1/vms/p1/targets", headers=VIEWER).json()
+            assert targets["current"] == "h1" and targets["planned_cores"] >= 1.5
+            assert targets["current_forecast"]["peak_load"] == h1["peak_load"]
+            [h2] = targets["candidates"]
+            h2_peak = next(h for h in fc["hosts"] if h["host"] == "h2")["peak_cores"]
+            assert h2["host"] == "h2" and h2["cpu_load"] < 0.5
+            expect = round((h2_peak + targets["planned_cores"]) / 4, 4)
+            assert h2["forecast_peak_load"] == pytest.approx(expect, abs=1e-3)
+            assert h2["forecast_peak_load"] > h2["cpu_load"]
+            assert [(r["host"], r["reason"]) for r in targets["ruled_out"]] == [
+                ("h1", "current_host")
+            ]
+            missing = api.get("/api/v1/vms/nope/targets", headers=VIEWER)
+            assert missing.status_code == 404 and "nope" in missing.json()["error"]
         with serving(rt) as url:
             cli = CliRunner()
             shown = cli.invoke(main_cli, ["forecast", "show", "--url", url, "--token", "t-viewer"])
@@ -135,6 +150,18 @@ def test_the_service_moves_before_the_daily_peak_and_shows_its_forecast(
                 main_cli, ["forecast", "show", "--url", url, "--token", "t-viewer", "--json"]
             )
             assert json.loads(js.output)["hosts"][0]["host"] == "h1"
+            ranked = cli.invoke(main_cli, ["assist", "p1", "--url", url, "--token", "t-viewer"])
+            assert ranked.exit_code == 0, ranked.output
+            assert "forecast: h1 peaks at 95% at 08:00Z" in ranked.output, ranked.output
+            assert f"{100 * h2['forecast_peak_load']:.0f}% at " in ranked.output, ranked.output
+            js = cli.invoke(
+                main_cli, ["assist", "p1", "--url", url, "--token", "t-viewer", "--json"]
+            )
+            assert json.loads(js.output)["candidates"][0]["host"] == "h2"
+            bad = cli.invoke(main_cli, ["assist", "p1", "--url", url, "--policy", "x.yaml"])
+            assert bad.exit_code == 2 and "--policy goes with --snapshot" in bad.output
+            gone = cli.invoke(main_cli, ["assist", "nope", "--url", url, "--token", "t-viewer"])
+            assert gone.exit_code != 0 and "nope" in gone.output and "Traceback" not in gone.output
         stored = rt.service.forecasts
         assert stored is not None
         end = bucket_end(clock.now(), 300)
@@ -171,5 +198,8 @@ def test_a_reactive_policy_keeps_history_but_plans_on_the_present(
             assert not fc["enabled"] and fc["history"] and fc["hosts"] == []
             status = api.get("/api/v1/status", headers=VIEWER).json()
             assert all(h["forecast"] is None for h in status["hosts"])
+            targets = api.get("/api/v1/vms/p1/targets", headers=VIEWER).json()
+            assert targets["planned_cores"] is None and targets["current_forecast"] is None
+            assert all(c["forecast_peak_load"] is None for c in targets["candidates"])
     finally:
         rt.close()
