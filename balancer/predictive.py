@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -71,11 +71,31 @@ class Outlook:
     #: per VM, when its forecast peaks within the horizon (absent: no forecast, present used)
     peak_at: Mapping[str, datetime]
     hosts: tuple[HostOutlook, ...]
+    #: the forecast's step (seconds) and each VM's host when the outlook was made
+    step_s: float = 300.0
+    on_host: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: VMs planned on their present demand (history too short, or not in the forecast)
     fallback: tuple[str, ...] = ()
+    #: the expected CPU demand per step of the horizon (upper quantile; a fallback VM's present
+    #: demand held), per VM and per host (its VMs' sum plus its overhead)
+    vm_curves: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    host_curves: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def host(self, name: str) -> HostOutlook | None:
         return next((h for h in self.hosts if h.host == name), None)
+
+    def peak_with(self, host: str, vm: str) -> tuple[float, datetime] | None:
+        """The highest expected CPU demand of ``host`` with ``vm`` added (its curve on the
+        host's, step by step, from the end of the current step) and when it comes; None when
+        either has no curve. For the VM's current host, its own peak."""
+        hc, vc = self.host_curves.get(host), self.vm_curves.get(vm)
+        h = self.host(host)
+        if hc is None or vc is None or h is None or not len(hc):
+            return None
+        curve = hc if self.on_host.get(vm) == host else hc + vc
+        lead = 1 if len(curve) > 1 else 0
+        k = lead + int(np.argmax(curve[lead:]))
+        return float(curve[k]), self.at + timedelta(seconds=k * self.step_s)
 
 
 def horizon_steps(predictive: Predictive, step_s: float) -> int:
@@ -95,6 +115,7 @@ def outlook(snapshot: Snapshot, forecast: Forecast, predictive: Predictive) -> O
         h.name: np.full(steps, h.overhead_cpu_cores, dtype=np.float64) for h in snapshot.hosts
     }
     present_by_host = {h.name: h.overhead_cpu_cores for h in snapshot.hosts}
+    vm_curves: dict[str, np.ndarray] = {}
     for v in snapshot.vms:
         present = v.cpu_used_cores
         present_by_host[v.host] = present_by_host.get(v.host, 0.0) + present
@@ -102,6 +123,7 @@ def outlook(snapshot: Snapshot, forecast: Forecast, predictive: Predictive) -> O
         if i is None or bool(forecast.fallback[i]) or steps == 0:
             demand[v.name] = present
             fallback.append(v.name)
+            vm_curves[v.name] = np.full(steps, present, dtype=np.float64)
             if v.host in curves:
                 curves[v.host] += present
             continue
@@ -110,6 +132,7 @@ def outlook(snapshot: Snapshot, forecast: Forecast, predictive: Predictive) -> O
         peak = float(upper[k])
         demand[v.name] = round(min(max((1 - w) * present + w * peak, 0.0), float(v.vcpus)), 4)
         peak_at[v.name] = forecast.start + timedelta(seconds=k * forecast.step_s)
+        vm_curves[v.name] = upper
         if v.host in curves:
             curves[v.host] += upper
     hosts = []
@@ -133,7 +156,11 @@ def outlook(snapshot: Snapshot, forecast: Forecast, predictive: Predictive) -> O
         demand=demand,
         peak_at=peak_at,
         hosts=tuple(hosts),
+        step_s=forecast.step_s,
+        on_host={v.name: v.host for v in snapshot.vms},
         fallback=tuple(fallback),
+        vm_curves=vm_curves,
+        host_curves=curves,
     )
 
 

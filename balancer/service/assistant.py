@@ -32,13 +32,12 @@ def host_forecast(h: HostOutlook, view: Outlook) -> HostForecastView:
     )
 
 
-def _peak_with(
-    view: Outlook | None, host: str, planned: float | None
-) -> tuple[float | None, datetime | None]:
+def _peak_with(view: Outlook | None, host: str, vm: str) -> tuple[float | None, datetime | None]:
     h = view.host(host) if view is not None else None
-    if h is None or planned is None or not h.cpu_cores:
+    peak = view.peak_with(host, vm) if view is not None else None
+    if h is None or peak is None or not h.cpu_cores:
         return None, None
-    return round((h.peak_cores + planned) / h.cpu_cores, 4), h.peak_at
+    return round(peak[0] / h.cpu_cores, 4), peak[1]
 
 
 def targets(
@@ -51,7 +50,7 @@ def targets(
     current = view.host(result.current) if view is not None else None
     candidates = []
     for c in result.candidates:
-        peak, peak_at = _peak_with(view, c.host, planned)
+        peak, peak_at = _peak_with(view, c.host, vm)
         candidates.append(
             TargetView(
                 host=c.host,

@@ -385,7 +385,7 @@ class TargetView:
     soft_breaks: list[str]
     soft_repairs: list[str]
     #: with a predictive policy: the host's expected CPU peak within the horizon with the VM on
-    #: it (the host's own peak plus the VM's planning demand: an upper bound) and when it comes
+    #: it (both upper-quantile curves added step by step) and when it comes
     forecast_peak_load: float | None = None
     forecast_peak_at: datetime | None = None
 

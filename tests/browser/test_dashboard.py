@@ -100,6 +100,19 @@ def test_dashboard_shows_hosts_and_approves_a_recommendation(tmp_path: Path) -> 
             # the token survives a reload (localStorage)
             page.reload()
             expect(page.locator("#whoami")).to_have_text("bob (operator)")
+            # the migration assistant: choose a VM, see its ranked targets, move it to the first
+            status = svc.get("/status")
+            vm = sorted(v["name"] for v in status["vms"])[0]
+            ranked = svc.get(f"/vms/{vm}/targets")
+            best = ranked["candidates"][0]["host"]
+            page.select_option("#assist-vm", vm)
+            rows = page.locator("#targets tbody tr.candidate")
+            expect(rows).to_have_count(len(ranked["candidates"]))
+            expect(rows.first).to_have_attribute("data-host", best)
+            current = page.locator(f'#assist .out[data-host="{ranked["current"]}"]')
+            expect(current).to_contain_text("current_host")
+            rows.first.locator("button.migrate").click()
+            expect(page.locator("#banner")).to_contain_text(f"of {vm} to {best} queued")
 
         approved = [r for r in svc.get("/recommendations", params={"state": "approved"})]
         assert [(r["id"], r["decided_by"]) for r in approved] == [(rid, "bob")]
@@ -108,6 +121,18 @@ def test_dashboard_shows_hosts_and_approves_a_recommendation(tmp_path: Path) -> 
             "the approved migration",
             lambda: any(
                 m["id"] == mid and m["state"] == "succeeded" for m in svc.get("/migrations")
+            ),
+            timeout_s=60,
+        )
+        # the assistant's move was requested by bob and runs to the host he chose
+        wait_for(
+            "the assistant's migration",
+            lambda: any(
+                m["vm"] == vm
+                and m["target"] == best
+                and m["who"] == "bob"
+                and m["state"] == "succeeded"
+                for m in svc.get("/migrations")
             ),
             timeout_s=60,
         )
@@ -166,5 +191,11 @@ def test_dashboard_shows_each_hosts_forecast_peak(tmp_path: Path, monkeypatch: A
             expect(h1).to_have_count(1)
             expect(h1).to_contain_text("forecast 95% at 08:00Z")
             expect(page.locator('#hosts .host[data-host="h2"] .bar.forecast')).to_have_count(1)
+            # the assistant shows where p1 would peak; a viewer gets no "Migrate here"
+            page.select_option("#assist-vm", "p1")
+            h2 = page.locator('#targets tr.candidate[data-host="h2"] td.forecast')
+            expect(h2).to_contain_text(" at 08:00Z")
+            expect(page.locator("#assist")).to_contain_text("h1 peaks at 95% at 08:00Z")
+            expect(page.locator("#targets button.migrate")).to_have_count(0)
     finally:
         rt.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 
 from balancer.forecast import Forecast
 from balancer.model import Snapshot
@@ -130,3 +131,20 @@ def test_the_horizon_limits_the_peak_seen() -> None:
     short = Predictive(horizon_minutes=15, quantile=0.9, weight=1.0)
     view = outlook(snap, fc(snap, {"a": peak_at(6, low=0.2, high=3.8)}), short)
     assert view.demand["a"] == 0.2  # the 08:00 peak is beyond 15 minutes
+
+
+def test_a_hosts_peak_with_a_vm_adds_the_curves_step_by_step() -> None:
+    snap = cluster()
+    # c on h2 peaks at 07:45 (k = 3) and is low again from 07:50; a peaks at 08:00 (k = 6)
+    c = [0.4, 0.4, 0.4, 3.0, 0.4] + [0.4] * (H - 5)
+    view = outlook(snap, fc(snap, {"a": peak_at(6, low=0.2, high=3.8), "c": c}), POLICY.predictive)
+    h2 = view.host("h2")
+    assert h2 is not None and h2.peak_cores == 3.4 and h2.peak_at == NOW + timedelta(minutes=15)
+    # a on h2: h2's 0.8 cores at 08:00 plus a's 3.8, not h2's 07:45 peak plus a's peak
+    with_a = view.peak_with("h2", "a")
+    assert with_a is not None
+    assert with_a[0] == pytest.approx(4.6) and with_a[1] == NOW + timedelta(minutes=30)
+    # on its own host a VM is already in the host's curve
+    own = view.peak_with("h1", "a")
+    assert own is not None and own[0] == pytest.approx(3.8 + 0.2)  # a and b (flat)
+    assert view.peak_with("h2", "nope") is None and view.peak_with("h9", "a") is None

@@ -133,9 +133,10 @@ def test_the_service_moves_before_the_daily_peak_and_shows_its_forecast(
             [h2] = targets["candidates"]
             h2_peak = next(h for h in fc["hosts"] if h["host"] == "h2")["peak_cores"]
             assert h2["host"] == "h2" and h2["cpu_load"] < 0.5
-            expect = round((h2_peak + targets["planned_cores"]) / 4, 4)
-            assert h2["forecast_peak_load"] == pytest.approx(expect, abs=1e-3)
-            assert h2["forecast_peak_load"] > h2["cpu_load"]
+            # p1's curve on h2's, step by step: its 08:00 peak, at most both peaks added
+            bound = (h2_peak + targets["planned_cores"]) / 4
+            assert h2["cpu_load"] + 0.4 < h2["forecast_peak_load"] <= bound + 1e-3
+            assert h2["forecast_peak_at"].startswith(before.strftime("%Y-%m-%dT08:"))
             assert [(r["host"], r["reason"]) for r in targets["ruled_out"]] == [
                 ("h1", "current_host")
             ]

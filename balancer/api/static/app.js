@@ -178,6 +178,69 @@ function renderChart(points) {
     el("span", { text: new Date(t1).toLocaleTimeString() }));
 }
 
+// The migration assistant (GET /vms/{vm}/targets): the hosts the chosen VM could move to now,
+// best first, with the loads each would have and, under a predictive policy, its forecast
+// peak; every other host with the reason it is ruled out. Operators get "Migrate here".
+function renderAssistVMs(s) {
+  const sel = document.getElementById("assist-vm");
+  const chosen = sel.value;
+  const names = s.vms.map(v => v.name).sort();
+  if (sel.options.length - 1 !== names.length || names.some((n, i) => sel.options[i + 1].value !== n)) {
+    sel.replaceChildren(el("option", { value: "", text: "choose a VM…" }),
+      ...names.map(n => el("option", { value: n, text: n })));
+    sel.value = names.includes(chosen) ? chosen : "";
+  }
+}
+
+function hhmm(at) { return at ? new Date(at).toISOString().slice(11, 16) + "Z" : ""; }
+
+async function renderAssist() {
+  const box = document.getElementById("assist");
+  const vm = document.getElementById("assist-vm").value;
+  if (!vm) { box.replaceChildren(); return; }
+  let t;
+  try {
+    t = await api(`/vms/${encodeURIComponent(vm)}/targets`);
+  } catch (e) {
+    box.replaceChildren(el("div", { class: "stuck", text: `${vm}: ${e.message}` }));
+    return;
+  }
+  if (document.getElementById("assist-vm").value !== vm) return;  // chosen again meanwhile
+  const may = role === "operator" || role === "admin";
+  const forecast = t.candidates.some(c => c.forecast_peak_load != null);
+  const head = ["host", "CPU", "memory", "imbalance"].concat(forecast ? ["forecast peak"] : [], ["soft rules", ""]);
+  const rows = t.candidates.map(c => {
+    const soft = [].concat(c.soft_breaks.length ? ["breaks " + c.soft_breaks.join(", ")] : [],
+      c.soft_repairs.length ? ["repairs " + c.soft_repairs.join(", ")] : []).join("; ");
+    const action = el("td");
+    if (may) action.append(el("button", { class: "migrate", "data-host": c.host, text: "Migrate here",
+      onclick: () => migrateHere(t.vm, c.host) }));
+    return el("tr", { class: "candidate", "data-host": c.host },
+      el("td", { text: c.host }), el("td", { text: pct(c.cpu_load) }), el("td", { text: pct(c.memory_load) }),
+      el("td", { text: c.imbalance.toFixed(4) }),
+      ...(forecast ? [el("td", { class: "forecast", text: c.forecast_peak_load == null ? "-" : `${pct(c.forecast_peak_load)} at ${hhmm(c.forecast_peak_at)}` })] : []),
+      el("td", { text: soft }), action);
+  });
+  const here = t.current_forecast;
+  box.replaceChildren(
+    el("div", { class: "muted", text: `${t.vm} on ${t.current} · imbalance if it stays ${t.imbalance.toFixed(4)}` +
+      (here ? ` · ${t.current} peaks at ${pct(here.peak_load)} at ${hhmm(here.peak_at)}` : "") }),
+    t.blocked_reason ? el("div", { class: "stuck", text: `blocked: ${t.blocked_reason} ${t.blocked_detail || ""}` }) : "",
+    el("table", { id: "targets" }, el("thead", {}, el("tr", {}, ...head.map(h => el("th", { text: h })))),
+      el("tbody", {}, ...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: head.length, class: "muted", text: "no host can take it now" }))]))),
+    ...t.ruled_out.map(r => el("div", { class: "out", "data-host": r.host, text: `${r.host}: ${r.reason}${r.detail ? " · " + r.detail : ""}` })));
+}
+
+async function migrateHere(vm, host) {
+  try {
+    const m = await api("/migrations", { method: "POST", body: JSON.stringify({ vm, target: host }) });
+    banner(`migration ${m.id} of ${vm} to ${host} queued`, false);
+  } catch (e) {
+    banner(`migrate ${vm} to ${host}: ${e.message}`, true);
+  }
+  refresh();
+}
+
 async function decide(id, what) {
   try {
     await api(`/recommendations/${id}/${what}`, { method: "POST", body: "{}" });
@@ -206,7 +269,8 @@ async function refresh() {
       api("/status"), api("/migrations?active=true&limit=50"), api("/recommendations?state=pending"),
       api("/maintenance?active=true"), api("/audit?limit=15"), api("/history?hours=6")]);
     renderStatus(s); renderMigrations(ms); renderRecommendations(rs);
-    renderMaintenance(mt); renderAudit(au); renderChart(hi);
+    renderMaintenance(mt); renderAudit(au); renderChart(hi); renderAssistVMs(s);
+    await renderAssist();
     document.body.dataset.loaded = "true";
   } catch (e) {
     banner("cannot load: " + e.message, true);
@@ -220,6 +284,7 @@ document.getElementById("login").addEventListener("submit", ev => {
   document.getElementById("token").value = "";
   refresh();
 });
+document.getElementById("assist-vm").addEventListener("change", renderAssist);
 document.getElementById("logout").addEventListener("click", () => {
   localStorage.removeItem(KEY);
   refresh();
