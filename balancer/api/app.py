@@ -64,6 +64,7 @@ from balancer.service.views import (
     TaskView,
     ValidationView,
 )
+from balancer.snapshot_io import snapshot_to_dict
 from collectors.agent import host_sample_from_doc
 from policies.model import Automation
 
@@ -457,6 +458,13 @@ def create_app(rt: Runtime) -> FastAPI:
     )
     def status(_p: Viewer) -> StatusView:
         return svc.status()
+
+    @app.get(f"{v1}/snapshot", response_model=dict[str, Any], tags=["status"])
+    def snapshot(_p: Viewer) -> dict[str, Any]:
+        """The snapshot the service decides on (format v1): the last collect cycle's demand
+        (the collectors' window) with the administrative host states applied. ``balancer plan
+        --snapshot``, ``assist`` and ``policy check`` take it as a file."""
+        return snapshot_to_dict(svc.snapshot())
 
     @app.get(f"{v1}/forecast", response_model=ForecastView, tags=["status"])
     def forecast(_p: Viewer) -> ForecastView:

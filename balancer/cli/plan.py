@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 import urllib.parse
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from balancer.cli.common import SEED, finite, handle_errors, json_option, print_json, print_table
+from balancer.cli.live import live_cluster, live_options
 from balancer.cli.service import Client, _client_options
 from balancer.errors import InputError
 from balancer.optimizer import assist as assist_vm
@@ -20,29 +22,33 @@ from balancer.planner import make_plan
 from balancer.snapshot_io import load_snapshot
 from policies.loader import load_policy
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 #: exit code of ``plan`` when the hard rules conflict (the plan JSON is still printed)
 EXIT_INFEASIBLE = 3
 
-_snapshot_option = click.option(
-    "--snapshot",
-    "snapshot_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Snapshot file (JSON, format v1).",
-)
-_policy_option = click.option(
-    "--policy",
-    "policy_paths",
-    required=True,
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Policy file or directory (repeatable).",
-)
+
+def _snapshot_option(help: str) -> Callable[[F], F]:
+    """``--snapshot FILE`` (optional: the commands also work on the live cluster)."""
+    return click.option(
+        "--snapshot",
+        "snapshot_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=help,
+    )
+
+
+def _policy_option(help: str) -> Callable[[F], F]:
+    return click.option(
+        "--policy", "policy_paths", multiple=True, type=click.Path(path_type=Path), help=help
+    )
 
 
 @click.command()
-@_snapshot_option
-@_policy_option
+@_snapshot_option("Snapshot file (JSON, format v1); or --config for the live cluster.")
+@_policy_option("Policy file or directory (repeatable); with --config default: the settings'.")
+@live_options
 @json_option
 @click.option(
     "--time-limit",
@@ -55,15 +61,27 @@ _policy_option = click.option(
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Solver random seed.")
 @handle_errors
 def plan(
-    snapshot_path: Path,
+    snapshot_path: Path | None,
     policy_paths: tuple[Path, ...],
+    config_path: Path | None,
+    sample_s: float,
     as_json: bool,
     time_limit: float,
     seed: int,
 ) -> None:
-    """Plan the moves that balance the cluster: ordered steps, reasons, blocked VMs."""
-    snap = load_snapshot(snapshot_path)
-    pol = load_policy(policy_paths)
+    """Plan the moves that balance the cluster: ordered steps, reasons, blocked VMs. A dry run:
+    nothing moves. --config plans on the live cluster of the settings' backend."""
+    if (snapshot_path is None) == (config_path is None):
+        raise InputError("give --snapshot FILE or --config FILE (the live cluster), one of them")
+    if config_path is not None:
+        snap, settings = live_cluster(config_path, sample_s)
+        pol = load_policy(policy_paths or (Path(settings.policy),))
+    else:
+        assert snapshot_path is not None
+        if not policy_paths:
+            raise InputError("--snapshot needs --policy (the rules and headroom to plan under)")
+        snap = load_snapshot(snapshot_path)
+        pol = load_policy(policy_paths)
     result = make_plan(snap, pol, time_limit_s=time_limit, seed=seed)
     if as_json:
         print_json(plan_to_dict(result))
@@ -126,20 +144,8 @@ def _print_plan(result: Plan) -> None:
 
 @click.command()
 @click.argument("vm")
-@click.option(
-    "--snapshot",
-    "snapshot_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Rank on this snapshot file (with --policy) instead of asking the running service.",
-)
-@click.option(
-    "--policy",
-    "policy_paths",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="Policy file(s) or directory, with --snapshot.",
-)
+@_snapshot_option("Rank on this snapshot file (with --policy) instead of asking the service.")
+@_policy_option("Policy file(s) or directory, with --snapshot.")
 @_client_options
 @json_option
 @handle_errors

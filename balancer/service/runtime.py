@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from balancer.errors import BalancerError, LabError
+from balancer.errors import BalancerError, InputError, LabError
 from balancer.executor import MigrationResult
 from balancer.port import Clock, HypervisorPort
 from balancer.service.adapters import ExecutorAdapter, IsolatedPlanner, OverlayPort, StoreAudit
@@ -35,9 +35,11 @@ log = logging.getLogger("balancer.service")
 
 
 def make_port(
-    settings: Settings, *, lab: bool = False
+    settings: Settings, *, lab: bool = False, start_lab: bool = True
 ) -> tuple[HypervisorPort, str, Callable[[], None]]:
-    """The hypervisor port of the configured backend, its name and how to close it."""
+    """The hypervisor port of the configured backend, its name and how to close it. A lab
+    backend with no lab running starts one (and stops it at close) unless ``start_lab`` is
+    false: then it is an :class:`InputError` (a one-shot command never starts a lab)."""
     backend = settings.backend
     if lab or isinstance(backend, LabBackend):
         from balancer.lab import Lab
@@ -45,6 +47,8 @@ def make_port(
         state_dir = backend.state_dir if isinstance(backend, LabBackend) else None
         lab_ = Lab(state_dir)
         started = False
+        if not lab_.exists() and not start_lab:
+            raise InputError("backend lab: no lab is running (start one: balancer lab up)")
         if not lab_.exists():
             log.info("starting the libvirt lab (3 hosts, 6 guests)")
             lab_ = Lab.up(hosts=3, vms=6, busy=3, state_dir=state_dir)
@@ -65,7 +69,7 @@ def make_port(
         port_ = Backend(
             [HostConfig(name=h.name, uri=h.uri, timeout_s=h.timeout_s) for h in backend.hosts]
         )
-        return port_, "libvirt", lambda: None
+        return port_, "libvirt", port_.close
     assert isinstance(backend, SimulatedBackend)
     from balancer.sim.cluster import SimulatedCluster
     from balancer.sim.generator import GeneratorSpec, generate

@@ -307,6 +307,8 @@ CLIENT_CALLS = [
     ["pause", "--reason", "x"],
     ["resume"],
     ["forecast", "show"],
+    ["assist", "vm1"],
+    ["snapshot"],
 ]
 
 

@@ -89,3 +89,39 @@ def test_busy_guest_uses_about_one_core(lab: Lab, busy_vm: str) -> None:
         assert reported >= 0.8, f"busy guest used {reported:.2f} cores"
     idle = [v.cpu_used_cores for v in snap.vms if v.name.startswith("idle-")]
     assert idle and all(c < 0.25 for c in idle), f"idle guests used {idle} cores"
+
+
+def test_snapshot_config_writes_the_live_lab_with_measured_demand(
+    lab: Lab, busy_vm: str, tmp_path: Path
+) -> None:
+    """``balancer snapshot --config`` on a lab backend: the lab's hosts and guests as libvirt
+    has them, the busy guest's demand measured over the sampling (about one core)."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from balancer.cli import cli
+    from balancer.snapshot_io import load_snapshot
+
+    cfg = tmp_path / "balancer.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "backend": {"kind": "lab", "state_dir": str(lab.state_dir)},
+                "policy": str(Path(__file__).resolve().parents[2] / "config" / "policies"),
+                "database": f"sqlite:///{tmp_path / 'none.db'}",
+                "state_dir": str(tmp_path / "state"),
+                "collectors": {"window_s": 60, "sample_interval_s": 1, "stale_after_s": 30},
+            }
+        )
+    )
+    out = tmp_path / "live.json"
+    args = ["snapshot", "--config", str(cfg), "--sample-s", "3", "-o", str(out), "--json"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["hosts"] == len(lab.hosts)
+    snap = load_snapshot(out)
+    assert [h.name for h in snap.hosts] == lab.host_names()
+    assert 0.6 <= snap.vm(busy_vm).cpu_used_cores <= 1.2, snap.vm(busy_vm)
+    assert not (tmp_path / "none.db").exists(), "a one-shot snapshot never creates the database"

@@ -1,0 +1,116 @@
+"""The live cluster as a snapshot: ``GET /api/v1/snapshot``, ``balancer snapshot --config|--url``,
+``balancer plan --config`` (a dry run) and ``balancer policy check --config``, against a running
+service on the simulated cluster (its state file is the live cluster both read) with a host in
+maintenance (the administrative state comes from the service's database)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from balancer.cli import cli
+from balancer.snapshot_io import load_snapshot, snapshot_from_dict
+from tests.service.running import TOKENS, running, wait_for, write_settings
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(cli, list(args), env={"BALANCER_TOKEN": TOKENS["vic"]})
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_the_live_cluster_is_a_snapshot_to_plan_and_lint_on(tmp_path: Path) -> None:
+    cfg = write_settings(tmp_path, hosts=4, vms=24, policy={"automation": "manual"})
+    with running(cfg) as svc:
+        wait_for("a first collect", lambda: svc.get("/status")["hosts"])
+        svc.post("/maintenance/h02/enter", user="bob", json={"force": True})
+        wait_for(
+            "h02 in maintenance",
+            lambda: svc.get("/snapshot")["hosts"][1]["state"] != "active",
+        )
+        # the API: the snapshot the service decides on, format v1
+        doc = svc.get("/snapshot", user="vic")
+        served = snapshot_from_dict(doc)
+        assert served.host("h02").state.value in {"entering_maintenance", "maintenance"}
+        assert {v["name"] for v in svc.sim_state()["snapshot"]["vms"]} == {
+            v.name for v in served.vms
+        }
+
+        # --url: the same view through the CLI
+        via_url = tmp_path / "url.json"
+        code, out, err = _run("snapshot", "--url", svc.url, "-o", str(via_url))
+        assert code == 0, err
+        assert load_snapshot(via_url).host("h02").state == served.host("h02").state
+
+        # --config: the backend read directly, demand measured, the host state from the db
+        live = tmp_path / "live.json"
+        code, out, err = _run("snapshot", "--config", str(cfg), "--sample-s", "1", "-o", str(live))
+        assert code == 0, err
+        # one reading per sample interval (0.5 s here) over --sample-s, two at least
+        assert err.splitlines()[-1] == "measuring the live cluster: reading 3 of 3", err
+        snap = load_snapshot(live)
+        assert {h.name for h in snap.hosts} == {h.name for h in served.hosts}
+        assert {v.name for v in snap.vms} == {v.name for v in served.vms}
+        assert snap.host("h02").state == served.host("h02").state
+        assert all(v.cpu_used_cores >= 0 for v in snap.vms)
+
+        # plan --config: a dry run on the live cluster under the settings' policy
+        before = svc.sim_state()
+        code, out, err = _run("plan", "--config", str(cfg), "--sample-s", "1", "--json")
+        assert code == 0, err
+        plan = json.loads(out)
+        assert all(m["target"] != "h02" for m in plan["moves"]), plan["moves"]
+        # every VM on the evacuating host is moved off or blocked with its reason
+        on_h02 = {v.name for v in snap.vms if v.host == "h02"}
+        handled = {m["vm"] for m in plan["moves"] if m["source"] == "h02"}
+        handled |= {b["vm"] for b in plan["blocked"]}
+        assert on_h02 and on_h02 <= handled, (on_h02, plan)
+        after = svc.sim_state()
+        place = {v["name"]: v["host"] for v in before["snapshot"]["vms"]}
+        moved = {v["name"] for v in after["snapshot"]["vms"] if place[v["name"]] != v["host"]}
+        by_service = {m["vm"] for m in svc.get("/migrations")}
+        assert moved <= by_service, f"plan --config moved {moved - by_service}"
+
+        # policy check --config: the rules linted against the live cluster
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(
+            yaml.safe_dump(
+                {"rules": [{"name": "apart", "kind": "anti_affinity", "vms": ["vm001", "ghost"]}]}
+            )
+        )
+        policy_dir = Path(yaml.safe_load(cfg.read_text())["policy"])
+        code, out, err = _run(
+            "policy", "check", str(policy_dir), str(rules), "--config", str(cfg), "--sample-s", "1"
+        )
+        assert code == 2 and "unknown VM(s) ghost" in err, (out, err)
+        code, out, err = _run(
+            "policy", "check", str(policy_dir), "--config", str(cfg), "--sample-s", "1", "--json"
+        )
+        assert code == 0 and json.loads(out)["ok"], err
+
+
+def test_live_commands_refuse_ambiguous_or_missing_input(tmp_path: Path) -> None:
+    cfg = write_settings(tmp_path)
+    code, _, err = _run("plan")
+    assert code == 2 and "give --snapshot FILE or --config FILE" in err
+    code, _, err = _run("plan", "--snapshot", "x.json")
+    assert code == 2 and "--snapshot needs --policy" in err
+    code, _, err = _run("snapshot", "--config", str(cfg), "--hosts", "3")
+    assert code == 2 and "--hosts" in err and "not with --config" in err
+    code, _, err = _run("snapshot", "--config", str(cfg), "--url", "http://127.0.0.1:1")
+    assert code == 2 and "give one" in err
+    code, _, err = _run("policy", "check", "p", "--snapshot", "s.json", "--config", str(cfg))
+    assert code == 2 and "give one cluster" in err
+    lab = tmp_path / "lab.yaml"
+    doc = yaml.safe_load(cfg.read_text())
+    doc["backend"] = {"kind": "lab", "state_dir": str(tmp_path / "no-lab")}
+    lab.write_text(yaml.safe_dump(doc))
+    code, _, err = _run("snapshot", "--config", str(lab), "--sample-s", "1")
+    assert code == 2 and "no lab is running" in err, err
+    for code_err in (err,):
+        assert "Traceback" not in code_err
