@@ -40,20 +40,81 @@ class SimulatedBackend(_Strict):
     link_mib_s: float = Field(default=1100.0, gt=0, le=1_000_000.0)
 
 
+LabelKey = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_./-]+$")]
+LabelValue = Annotated[str, Field(max_length=253)]
+
+
+class LibvirtDefaults(_Strict):
+    """Cluster-wide values of every libvirt host; a host's own entry overrides them (its labels
+    are merged over these, key by key)."""
+
+    timeout_s: float = Field(default=5.0, gt=0, le=HOUR_S)
+    #: host labels, for the policy's label selectors (``hosts: {labels: {rack: r1}}``)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+    #: the hosts' QEMU have migration TLS certificates (for ``migration: {tls: ...}``)
+    migration_tls: bool = False
+    #: guest type the hosts' CPU models are read for: kvm, or qemu (plain emulation)
+    virt_type: Literal["kvm", "qemu"] = "kvm"
+    #: disk paths under these prefixes are on storage every host shares (no storage copy)
+    shared_storage: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list, max_length=64
+    )
+    #: count the host's own CPU and memory use (outside its VMs) against its capacity
+    measure_host_overhead: bool = True
+
+
 class LibvirtHost(_Strict):
     name: str = Field(min_length=1)
     uri: str = Field(pattern=r"^qemu(\+(ssh|tls|tcp|unix))?://")
-    timeout_s: float = Field(default=5.0, gt=0, le=HOUR_S)
+    timeout_s: float | None = Field(default=None, gt=0, le=HOUR_S)
     #: the host's address on a dedicated migration network (migration traffic leaves the
     #: management network): VIR_MIGRATE_PARAM_URI tcp://ADDRESS and the listen address
     migration_address: str | None = Field(default=None, min_length=1, max_length=255)
     #: the host's QEMU has migration TLS certificates (for migration: {tls: ...})
-    migration_tls: bool = False
+    migration_tls: bool | None = None
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+    virt_type: Literal["kvm", "qemu"] | None = None
+    shared_storage: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
+        default=None, max_length=64
+    )
+    measure_host_overhead: bool | None = None
 
 
 class LibvirtBackend(_Strict):
     kind: Literal["libvirt"]
+    defaults: LibvirtDefaults = Field(default_factory=LibvirtDefaults)
     hosts: list[LibvirtHost] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> LibvirtBackend:
+        names = [h.name for h in self.hosts]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"hosts: {', '.join(twice)} given more than once")
+        return self
+
+    def resolved_hosts(self) -> list[LibvirtHost]:
+        """Every host with the defaults filled in (no field left None but the address)."""
+        d = self.defaults
+
+        def pick(own: object, default: object) -> object:
+            return default if own is None else own
+
+        return [
+            h.model_copy(
+                update={
+                    "timeout_s": pick(h.timeout_s, d.timeout_s),
+                    "migration_tls": pick(h.migration_tls, d.migration_tls),
+                    "labels": {**d.labels, **h.labels},
+                    "virt_type": h.virt_type or d.virt_type,
+                    "shared_storage": list(
+                        d.shared_storage if h.shared_storage is None else h.shared_storage
+                    ),
+                    "measure_host_overhead": pick(h.measure_host_overhead, d.measure_host_overhead),
+                }
+            )
+            for h in self.hosts
+        ]
 
 
 class LabBackend(_Strict):

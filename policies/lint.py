@@ -15,6 +15,8 @@ analysis the optimizer uses to explain an infeasible plan, so that ``policy chec
 
 * ``unknown_vm`` / ``unknown_host``: a rule naming VMs or hosts that do not exist,
 * ``vm_host_conflict``: a VM that must and must not run on the same host,
+* ``selector_matches_nothing`` (warning): a rule's label selector that no VM (or host) of the
+  cluster matches, so the rule applies to nothing,
 * ``affinity_group_frozen`` (warning): a hard affinity group larger than one step can move
   (``limits.concurrent_per_host``), which the optimizer therefore never moves,
 * ``soft_rule_never_met`` (warning): a soft (``should``) affinity or anti_affinity rule that
@@ -140,6 +142,25 @@ def lint(policy: Policy, snapshot: Snapshot | None = None) -> list[Finding]:
                     rules=(r.name,),
                 )
             )
+
+    # label selectors that select nothing here (e.g. rack rules on hosts that carry no labels)
+    for r in policy.rules:
+        sides = [("VM", r.vms, [(v.name, v.labels) for v in snapshot.vms])]
+        if r.kind is RuleKind.VM_HOST:
+            sides.append(("host", r.hosts, [(h.name, h.labels) for h in snapshot.hosts]))
+        for what, sel, items in sides:
+            if sel.labels and not any(sel.matches(n, lab) for n, lab in items):
+                wanted = ",".join(f"{k}={v}" for k, v in sorted(sel.labels.items()))
+                findings.append(
+                    Finding(
+                        severity=Severity.WARNING,
+                        code="selector_matches_nothing",
+                        message=f"rule {r.name!r}{_where(r)}: no {what} in the cluster has the "
+                        f"labels {wanted}, so the rule applies to nothing (give the {what}s "
+                        "labels: the libvirt backend's hosts take them in the settings)",
+                        rules=(r.name,),
+                    )
+                )
 
     # must and must_not on the same host for the same VM
     hard = [r for r in policy.rules if r.kind is RuleKind.VM_HOST and r.mode.hard]

@@ -293,6 +293,12 @@ class LibvirtBackend:
                 )
             )
         with contextlib.suppress(libvirt.libvirtError):
+            ids.append(
+                conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata, host
+                )
+            )
+        with contextlib.suppress(libvirt.libvirtError):
             conn.registerCloseCallback(self._on_close, host)
         with self._lock:
             recovered = st.unreachable_since is not None
@@ -401,6 +407,15 @@ class LibvirtBackend:
             raise err from exc
 
     # -- events ------------------------------------------------------------------------------
+    def _on_metadata(
+        self, _conn: libvirt.virConnect, dom: libvirt.virDomain, _kind: int, _ns: str, host: str
+    ) -> None:
+        """A domain's metadata changed (its labels, say): read its XML again next time."""
+        uuid = dom.UUIDString()
+        with self._lock:
+            for key in [k for k in self._dominfo if k[0] == host and k[1] == uuid]:
+                del self._dominfo[key]
+
     def _on_lifecycle(
         self,
         _conn: libvirt.virConnect,
@@ -545,6 +560,7 @@ class LibvirtBackend:
                         cpu_used_cores=round(cores or 0.0, 4),
                         memory_used_mib=stats.memory_used_mib(st_),
                         cpu_features=features,
+                        labels=dict(dinfo.labels),
                         dirty_rate_mib_s=stats.dirty_rate_mib_s(st_),
                     )
                 )
@@ -1146,24 +1162,31 @@ class HostSettings(Protocol):
     def uri(self) -> str: ...
 
     @property
-    def timeout_s(self) -> float: ...
+    def timeout_s(self) -> float | None: ...
 
 
 def backend_from_settings(hosts: Iterable[HostSettings], **kwargs: Any) -> LibvirtBackend:
-    """A backend for the hosts of the settings file's ``backend: {kind: libvirt, hosts: [...]}``."""
+    """A backend for the hosts of the settings file's ``backend: {kind: libvirt, hosts: [...]}``
+    (``LibvirtBackend.resolved_hosts()``: the cluster-wide defaults already filled in)."""
     configs = []
     for h in hosts:
         address = getattr(h, "migration_address", None)
+        timeout = getattr(h, "timeout_s", None)
+        overhead = getattr(h, "measure_host_overhead", None)
         configs.append(
             HostConfig(
                 name=h.name,
                 uri=h.uri,
-                timeout_s=h.timeout_s,
+                timeout_s=5.0 if timeout is None else float(timeout),
+                labels=dict(getattr(h, "labels", None) or {}),
                 migration_uri=(f"tcp://[{address}]" if ":" in address else f"tcp://{address}")
                 if address
                 else None,
                 listen_address=address,
                 migration_tls=bool(getattr(h, "migration_tls", False)),
+                virt_type=getattr(h, "virt_type", None) or "kvm",
+                shared_storage_prefixes=tuple(getattr(h, "shared_storage", None) or ()),
+                measure_host_overhead=True if overhead is None else bool(overhead),
             )
         )
     return LibvirtBackend(configs, **kwargs)

@@ -69,6 +69,8 @@ class DomainInfo:
     cpu_model: str | None
     required_features: frozenset[str]
     disks: tuple[DiskInfo, ...]
+    #: the balancer's labels from the domain's ``<metadata>`` (see :func:`parse_labels`)
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 def _text(el: ET.Element | None, default: str = "") -> str:
@@ -129,6 +131,39 @@ def parse_cpu(cpu: ET.Element | None) -> tuple[CpuMode, str | None, str | None, 
     return mode, cpu_definition(model, kept, _text(cpu.find("vendor")) or None), model, required
 
 
+#: the XML namespace of the balancer's labels in a domain's ``<metadata>``
+LABELS_NS = "urn:kvm-balancer:labels:1"
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def parse_labels(metadata: ET.Element | None) -> tuple[tuple[str, str], ...]:
+    """A VM's labels (for the policy's label selectors) from its domain ``<metadata>``::
+
+        <metadata>
+          <balancer:labels xmlns:balancer="urn:kvm-balancer:labels:1">
+            <label key="app">cache</label>
+          </balancer:labels>
+        </metadata>
+
+    (``virsh metadata DOM --uri urn:kvm-balancer:labels:1 --key balancer --live --config
+    --set '<labels><label key="app">cache</label></labels>'``). A ``label`` without a key is
+    ignored; a key given twice keeps its last value."""
+    if metadata is None:
+        return ()
+    out: dict[str, str] = {}
+    for block in metadata:
+        if block.tag != f"{{{LABELS_NS}}}labels":
+            continue
+        for el in block:
+            key = (el.get("key") or "").strip()
+            if _local(el.tag) == "label" and key:
+                out[key] = (el.text or "").strip()
+    return tuple(sorted(out.items()))
+
+
 def parse_domain(xml: str) -> DomainInfo:
     root = ET.fromstring(xml)
     os_type = root.find("os/type")
@@ -170,6 +205,7 @@ def parse_domain(xml: str) -> DomainInfo:
         cpu_model=model,
         required_features=required,
         disks=tuple(disks),
+        labels=parse_labels(root.find("metadata")),
     )
 
 

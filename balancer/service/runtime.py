@@ -63,12 +63,9 @@ def make_port(
 
         return port, "lab", close_lab
     if isinstance(backend, LibvirtBackend):
-        from balancer.libvirt import HostConfig
-        from balancer.libvirt import LibvirtBackend as Backend
+        from balancer.libvirt.backend import backend_from_settings
 
-        port_ = Backend(
-            [HostConfig(name=h.name, uri=h.uri, timeout_s=h.timeout_s) for h in backend.hosts]
-        )
+        port_ = backend_from_settings(backend.resolved_hosts())
         return port_, "libvirt", port_.close
     assert isinstance(backend, SimulatedBackend)
     from balancer.sim.cluster import SimulatedCluster

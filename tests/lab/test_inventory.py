@@ -125,3 +125,106 @@ def test_snapshot_config_writes_the_live_lab_with_measured_demand(
     assert [h.name for h in snap.hosts] == lab.host_names()
     assert 0.6 <= snap.vm(busy_vm).cpu_used_cores <= 1.2, snap.vm(busy_vm)
     assert not (tmp_path / "none.db").exists(), "a one-shot snapshot never creates the database"
+
+
+def test_label_rules_work_on_libvirt_hosts_and_guests(lab: Lab, tmp_path: Path) -> None:
+    """A libvirt backend (the lab's hosts, as ops would configure theirs): host labels from the
+    settings (cluster-wide defaults merged with each host's), a guest's labels from its domain
+    metadata; ``policy check --config`` finds every label selector matched and ``plan --config``
+    repairs a ``must_not`` rule written only with labels."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from balancer.cli import cli
+    from balancer.libvirt.domxml import LABELS_NS
+
+    be = lab.backend()
+    try:
+        snap = be.snapshot()
+    finally:
+        be.close()
+    first = lab.host_names()[0]
+    guest = sorted(v.name for v in snap.vms if v.host == first)[0]
+    hosts = [
+        {
+            "name": h,
+            "uri": lab.uri_for(h),
+            "migration_address": "127.0.0.1",
+            **({"labels": {"rack": "r1"}} if h == first else {}),
+        }
+        for h in lab.host_names()
+    ]
+    backend = {
+        "kind": "libvirt",
+        "defaults": {
+            "labels": {"rack": "r2", "site": "lab"},
+            "virt_type": lab.domain_type,
+            "shared_storage": [str(lab.state_dir / "disks")],
+            "measure_host_overhead": False,
+        },
+        "hosts": hosts,
+    }
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "policy.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "automation": "manual",
+                "threshold": 1,
+                "exclude": [],
+                "rules": [
+                    {
+                        "name": "cache-not-on-r1",
+                        "kind": "vm_host",
+                        "mode": "must_not",
+                        "vms": {"labels": {"app": "cache"}},
+                        "hosts": {"labels": {"rack": "r1"}},
+                    }
+                ],
+            }
+        )
+    )
+    cfg = tmp_path / "balancer.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "backend": backend,
+                "policy": str(policies),
+                "database": f"sqlite:///{tmp_path / 'none.db'}",
+                "state_dir": str(tmp_path / "state"),
+                "collectors": {"window_s": 60, "sample_interval_s": 1, "stale_after_s": 30},
+            }
+        )
+    )
+    conn = libvirt.open(lab.uri_for(first))
+    dom = conn.lookupByName(guest)
+    xml = '<labels><label key="app">cache</label></labels>'
+    dom.setMetadata(
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, "balancer", LABELS_NS,
+        libvirt.VIR_DOMAIN_AFFECT_LIVE,
+    )  # fmt: skip
+    try:
+        runner = CliRunner()
+        args = ["policy", "check", str(policies), "--config", str(cfg), "--sample-s", "1"]
+        checked = runner.invoke(cli, [*args, "--json"])
+        assert checked.exit_code == 0, checked.output
+        codes = [f["code"] for f in json.loads(checked.stdout)["findings"]]
+        assert "selector_matches_nothing" not in codes, checked.stdout
+        planned = runner.invoke(cli, ["plan", "--config", str(cfg), "--sample-s", "1", "--json"])
+        assert planned.exit_code == 0, planned.output
+        moves = json.loads(planned.stdout)["moves"]
+        assert [(m["vm"], m["source"]) for m in moves] == [(guest, first)], moves
+        assert moves[0]["reason"].startswith("rule:cache-not-on-r1"), moves
+        assert moves[0]["target"] != first
+    finally:
+        dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, None, None, LABELS_NS,
+            libvirt.VIR_DOMAIN_AFFECT_LIVE,
+        )  # fmt: skip
+        conn.close()
+    # without the guest's label the rule selects no VM any more, and lint says so
+    again = CliRunner().invoke(cli, [*args, "--json"])
+    codes = [f["code"] for f in json.loads(again.stdout)["findings"]]
+    assert codes == ["selector_matches_nothing"], again.stdout

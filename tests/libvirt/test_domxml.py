@@ -110,3 +110,21 @@ def test_host_model_cpu_becomes_a_custom_definition() -> None:
     model, feats = cpu_model_and_features(cpu)
     assert model == "EPYC-Milan" and feats == frozenset({"x2apic"})
     assert host_model_cpu("<domainCapabilities><cpu/></domainCapabilities>") is None
+
+
+def test_labels_come_from_the_domains_metadata() -> None:
+    from balancer.libvirt.domxml import LABELS_NS, parse_domain
+
+    xml = f"""<domain type='kvm'><name>web</name><uuid>u</uuid><memory unit='KiB'>1024</memory>
+      <metadata>
+        <other:x xmlns:other="urn:else"><label key="app">wrong</label></other:x>
+        <balancer:labels xmlns:balancer="{LABELS_NS}">
+          <label key="app">cache</label>
+          <balancer:label key="tier"> front </balancer:label>
+          <label>no key</label>
+          <label key="app">web</label>
+        </balancer:labels>
+      </metadata></domain>"""
+    assert parse_domain(xml).labels == (("app", "web"), ("tier", "front"))
+    plain = "<domain><name>x</name><memory unit='KiB'>1024</memory></domain>"
+    assert parse_domain(plain).labels == ()

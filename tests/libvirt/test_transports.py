@@ -3,6 +3,8 @@ TLS decision, the audit note, settings' migration_address."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from balancer.errors import MigrationError
@@ -111,6 +113,62 @@ def test_settings_migration_address_reaches_the_backend() -> None:
         be.close()
 
 
+def test_cluster_wide_defaults_and_host_labels_reach_the_backend() -> None:
+    from balancer.settings import LibvirtBackend
+
+    settings = LibvirtBackend.model_validate(
+        {
+            "kind": "libvirt",
+            "defaults": {
+                "timeout_s": 9.0,
+                "labels": {"site": "par", "rack": "r0"},
+                "shared_storage": ["/srv/nfs"],
+                "virt_type": "qemu",
+            },
+            "hosts": [
+                {"name": "a", "uri": "qemu+tls://a/system", "labels": {"rack": "r1"}},
+                {
+                    "name": "b",
+                    "uri": "qemu+tls://b/system",
+                    "timeout_s": 2.0,
+                    "shared_storage": [],
+                    "migration_tls": True,
+                },
+            ],
+        }
+    )
+    be = backend_from_settings(settings.resolved_hosts())
+    try:
+        a, b = (be._state(h).config for h in ("a", "b"))
+        assert dict(a.labels) == {"site": "par", "rack": "r1"} and a.timeout_s == 9.0
+        assert dict(b.labels) == {"site": "par", "rack": "r0"} and b.timeout_s == 2.0
+        assert a.shared_storage_prefixes == ("/srv/nfs",) and b.shared_storage_prefixes == ()
+        assert a.virt_type == b.virt_type == "qemu"
+        assert b.migration_tls and not a.migration_tls
+    finally:
+        be.close()
+
+
+def test_a_host_given_twice_or_a_bad_label_is_refused(tmp_path: Path) -> None:
+    import yaml
+
+    from balancer.errors import SettingsError
+    from balancer.settings import load_settings
+
+    base = {"policy": "p", "database": "sqlite://", "state_dir": str(tmp_path)}
+    twice = {"kind": "libvirt", "hosts": [{"name": "a", "uri": "qemu:///system"}] * 2}
+    bad = {
+        "kind": "libvirt",
+        "hosts": [{"name": "a", "uri": "qemu:///system", "labels": {"no spaces": "x"}}],
+    }
+    for backend, words in ((twice, "a given more than once"), (bad, "labels")):
+        f = tmp_path / "balancer.yaml"
+        f.write_text(yaml.safe_dump({**base, "backend": backend}))
+        with pytest.raises(SettingsError) as err:
+            load_settings(f)
+        assert words in str(err.value) and "balancer.yaml" in str(err.value), err.value
+
+
 def test_lab_down_kills_only_processes_of_its_own_state_dir() -> None:
     from balancer.lab.lab import _mentions
 
@@ -121,3 +179,19 @@ def test_lab_down_kills_only_processes_of_its_own_state_dir() -> None:
     assert _mentions(b"tool\0/tmp/lg/lab", root)
     assert not _mentions(b"python\0/tmp/lg/lab.py\0", root)
     assert not _mentions(b"qemu\0/tmp/lg/lab2/disks/a.img\0", root)
+
+
+def test_the_example_libvirt_settings_load_and_reach_the_backend() -> None:
+    from balancer.settings import LibvirtBackend, load_settings
+
+    repo = Path(__file__).resolve().parents[2]
+    settings = load_settings(repo / "config" / "examples" / "libvirt.yaml")
+    assert isinstance(settings.backend, LibvirtBackend)
+    be = backend_from_settings(settings.backend.resolved_hosts())
+    try:
+        kvm01 = be._state("kvm01").config
+        assert dict(kvm01.labels) == {"site": "par1", "rack": "r1"}
+        assert kvm01.migration_uri == "tcp://10.20.0.11" and kvm01.migration_tls
+        assert kvm01.shared_storage_prefixes == ("/var/lib/libvirt/images/shared",)
+    finally:
+        be.close()
