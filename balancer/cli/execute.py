@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -217,7 +218,11 @@ def audit() -> None:
 @click.option("--vm", help="Only records of this VM.")
 @click.option("--host", help="Only records with this host as source or target.")
 @click.option("--user", help="Only records of this user (`balancer` for automatic moves).")
-@click.option("--kind", type=click.Choice(["plan", "request", "outcome"]), help="Record kind.")
+@click.option(
+    "--kind",
+    help="Record kind: plan, request, outcome (the executor's), service, policy, maintenance, "
+    "pause, breaker, recommendation, task, external_migration, ...",
+)
 @db_option
 @json_option
 @handle_errors
@@ -232,6 +237,8 @@ def audit_list(
     as_json: bool,
 ) -> None:
     """List audit records (oldest first)."""
+    if kind is not None and not re.fullmatch(r"[a-z_]{1,20}", kind):
+        raise InputError(f"--kind {kind!r}: a record kind, e.g. outcome or external_migration")
     q = AuditQuery(
         since=_time(since, "--since"),
         until=_time(until, "--until"),

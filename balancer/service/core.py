@@ -41,6 +41,7 @@ from balancer.service import decisions as D
 from balancer.service.assistant import host_forecast
 from balancer.service.assistant import targets as assistant_targets
 from balancer.service.errors import ConflictError, NotFoundError, UnavailableError
+from balancer.service.events import EventWatch
 from balancer.service.forecasting import ForecastSource
 from balancer.service.health import BreakerWatch
 from balancer.service.logs import fields, log
@@ -257,6 +258,8 @@ class Service:
         self._raw: Snapshot | None = None
         self._base: Snapshot | None = None  # with the demand figures, before the overlay
         self._snap: Snapshot | None = None
+        #: collects at once on the backend's lifecycle events (libvirt), see service/events.py
+        self.event_watch = EventWatch(port, self.collect)
         self._stale_detail: str | None = None
         self._last_collect: datetime | None = None
         self._collect_error: str | None = None
@@ -298,6 +301,7 @@ class Service:
             self.collect()
         except BalancerError as exc:
             log.warning("first collect failed: %s", exc)
+        self.event_watch.start()
 
     @property
     def stopping(self) -> bool:
@@ -337,6 +341,7 @@ class Service:
         self.executor.abort_all(reason=reason)
 
     def close(self) -> None:
+        self.event_watch.stop()
         self.audit.record(at=self.clock.now(), kind="service", who=SYSTEM, result="stopped")
         self.executor.close()
         self.demand.close()  # the last InfluxDB flush
@@ -599,6 +604,17 @@ class Service:
         )
         for vm, src, dst in moved:
             log.info("%s moved %s -> %s", vm, src, dst, extra=fields(vm=vm))
+            if (vm, src, dst) not in reasons:
+                self.audit.record(
+                    at=now,
+                    kind="external_migration",
+                    who="external",
+                    result="seen",
+                    vm=vm,
+                    source=src,
+                    target=dst,
+                    detail="moved outside the balancer (not by any of its requests)",
+                )
 
     def _refresh_overlay(self) -> None:
         """Apply changed administrative host states to the current snapshot at once."""

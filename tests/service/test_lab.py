@@ -6,6 +6,7 @@ Marked ``lab``: skipped without the prerequisites, failed instead with BALANCER_
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -80,5 +81,65 @@ def test_maintenance_on_the_lab_empties_a_host_by_live_migration(lab: Lab, tmp_p
     finally:
         rt.begin_stop("test")
         rt.drain()
+        rt.close()
+        backend.close()
+
+
+def test_a_migration_outside_the_balancer_is_seen_at_once_and_audited(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The service subscribes to libvirt's lifecycle events: a guest migrated by someone else
+    (here another libvirt client) shows on its new host long before the next collect (every
+    300 s here) and is audited as an external migration with both hosts."""
+    from balancer.service.ports import AuditFilter
+
+    cfg = write_settings(
+        tmp_path,
+        policy={"automation": "manual", "threshold": 1, "exclude": []},
+        intervals={"collect_s": 300, "balance_s": 300, "policy_reload_s": 300},
+    )
+    (tmp_path / "policies" / "rules.yaml").write_text("rules: []\n")
+    backend, other = lab.backend(), lab.backend()
+    rt = Runtime.build(load_settings(cfg), port=backend)
+    try:
+        rt.start()
+        svc = rt.service
+        assert svc.event_watch.active
+        snap = svc.snapshot()
+        vm = sorted(v.name for v in snap.vms if v.name != "busy-1")[0]
+        src = snap.vm(vm).host
+        dst = next(h for h in lab.host_names() if h != src and other.can_run(vm, h))
+        other.migrate(vm, src, dst)
+        wait_for(
+            f"the service to see {vm} on {dst}",
+            lambda: svc.snapshot().vm(vm).host == dst,
+            timeout_s=30,
+            every_s=0.2,
+        )
+        records = wait_for(
+            "the external migration in the audit",
+            lambda: svc.audit.query(AuditFilter(vm=vm, kind="external_migration")),
+            timeout_s=10,
+            every_s=0.2,
+        )
+        assert [(r.source, r.target, r.who) for r in records] == [(src, dst, "external")]
+        assert svc.event_watch.events >= 1 and svc.event_watch.collects >= 1
+        # and through the CLI, filtered by its kind
+        from click.testing import CliRunner
+
+        from balancer.cli import cli
+
+        db = f"sqlite:///{tmp_path / 'balancer.db'}"
+        listed = CliRunner().invoke(
+            cli, ["audit", "list", "--db", db, "--kind", "external_migration", "--json"]
+        )
+        assert listed.exit_code == 0, listed.output
+        assert [(r["vm"], r["source"], r["target"]) for r in json.loads(listed.stdout)] == [
+            (vm, src, dst)
+        ]
+        other.migrate(vm, dst, src)  # put the lab back as it was
+        wait_for(f"{vm} back", lambda: svc.snapshot().vm(vm).host == src, timeout_s=30)
+    finally:
+        other.close()
         rt.close()
         backend.close()
