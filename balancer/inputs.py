@@ -110,6 +110,7 @@ SNAPSHOT = Kind(
 PLAN = Kind(name="plan", syntax="JSON", max_bytes=64 * MIB, error=_plain_error)
 TRACE = Kind(name="trace file", syntax="CSV", max_bytes=64 * MIB, error=_plain_error)
 VM_SIZES = Kind(name="VM sizes file", syntax="CSV", max_bytes=16 * MIB, error=_plain_error)
+DOMAIN_XML = Kind(name="domain XML", syntax="XML", max_bytes=512 * 1024, error=_plain_error)
 
 _TYPES = (
     (stat.S_ISDIR, "a directory"),

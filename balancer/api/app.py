@@ -44,6 +44,7 @@ from balancer.api.auth import ANONYMOUS, Principal, Role, TokenBook
 from balancer.api.guard import Guard
 from balancer.api.metrics import ServiceMetrics
 from balancer.errors import BalancerError, HypervisorError, InputError, StorageError
+from balancer.optimizer.placement import NewVM
 from balancer.service.core import Service
 from balancer.service.errors import ConflictError, NotFoundError, UnavailableError
 from balancer.service.ports import AuditFilter, AuditItem
@@ -54,6 +55,7 @@ from balancer.service.views import (
     HistoryView,
     MaintenanceView,
     MigrationView,
+    PlacementView,
     PlanView,
     PolicyView,
     PreflightView,
@@ -133,6 +135,30 @@ class MigrationBody(_Body):
     vm: str = Field(min_length=1, max_length=200)
     target: str = Field(min_length=1, max_length=200)
     priority: Literal["high", "normal", "low"] = "normal"
+
+
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./-]{1,63}$")]
+Feature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class PlacementBody(_Body):
+    vm: str = Field(min_length=1, max_length=200, description="the new VM's name")
+    vcpus: int = Field(ge=1, le=4096, strict=True)
+    memory_mib: int = Field(ge=1, le=64 * 1024 * 1024, strict=True)
+    cpu_demand_cores: float | None = Field(
+        default=None, ge=0, le=4096, allow_inf_nan=False, description="default: all its vCPUs"
+    )
+    features: list[Feature] = Field(default_factory=list, max_length=512)
+    labels: dict[LabelKey, Annotated[str, StringConstraints(max_length=253)]] = Field(
+        default_factory=dict, max_length=64
+    )
+    define: str | None = Field(
+        default=None, min_length=1, max_length=512 * 1024, description="domain XML to define"
+    )
+    start: StrictBool = Field(default=False, description="start the defined domain")
+    host: str | None = Field(
+        default=None, min_length=1, max_length=200, description="default: the best host"
+    )
 
 
 class RejectBody(_Body):
@@ -576,6 +602,29 @@ def create_app(rt: Runtime) -> FastAPI:
         each would have (and its forecast peak under a predictive policy), and why every
         other host is ruled out. ``POST /api/v1/migrations`` moves it to one of them."""
         return svc.vm_targets(vm)
+
+    @app.post(f"{v1}/placements", response_model=PlacementView, tags=["migrations"])
+    def placement(p: Viewer, body: PlacementBody) -> PlacementView:
+        """Initial placement: the hosts a new VM could start on now under the policy (rules,
+        headroom, CPU features), ranked, and why every other host is ruled out. With
+        ``define`` (operators): the domain is defined on ``host`` (default: the best) and, with
+        ``start``, started there; audited as ``placement``."""
+        if body.define is None and (body.start or body.host):
+            what = "start" if body.start else "host"
+            raise InputError(f"{what}: needs define (the domain XML)", subject=what)
+        if body.define is not None and p.role < Role.OPERATOR:
+            raise HTTPException(
+                403, f"{p.user} ({p.role.label}) may not define VMs: the operator role is needed"
+            )
+        new = NewVM(
+            name=body.vm,
+            vcpus=body.vcpus,
+            memory_mib=body.memory_mib,
+            cpu_demand_cores=body.cpu_demand_cores,
+            cpu_features=frozenset(body.features),
+            labels=dict(body.labels),
+        )
+        return svc.place(new, who=p.user, define_xml=body.define, start=body.start, host=body.host)
 
     @app.post(
         f"{v1}/migrations/{{mid}}/cancel",

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "balancer.cli.simulate",  # simulate           (trace-driven simulation)
     "balancer.cli.ha",  # ha status                  (high availability)
     "balancer.cli.forecast",  # forecast backtest   (demand forecasting)
+    "balancer.cli.place",  # place                  (initial placement, a client)
 )
 
 

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
@@ -31,6 +32,7 @@ import libvirt
 from balancer.errors import (
     HostUnreachableError,
     HypervisorError,
+    InputError,
     MigrationError,
     VMNotFoundError,
 )
@@ -738,6 +740,36 @@ class LibvirtBackend:
             self._compat[key] = ok
         return ok
 
+    def define_vm(self, host: str, xml: str, *, start: bool) -> str:
+        """Define the domain ``xml`` on ``host`` (persistently) and, with ``start``, start it
+        there; its name. A domain of that name anywhere in the cluster is refused first."""
+        try:
+            name = domxml.parse_domain(xml).name
+        except ET.ParseError as exc:
+            raise InputError(f"the domain XML does not parse: {exc}", subject="xml") from exc
+        if not name:
+            raise InputError("the domain XML has no <name>", subject="xml")
+        for other in self._hosts:
+            try:
+                there = self._call(other, lambda c: name in _domain_names(c), "list domains")
+            except HypervisorError:
+                continue  # an unreachable host: the target's own define refuses a duplicate
+            if there:
+                raise InputError(f"a domain named {name!r} exists on {other}", subject=name)
+
+        def define(conn: libvirt.virConnect) -> None:
+            dom = conn.defineXML(xml)
+            if start:
+                try:
+                    dom.create()
+                except libvirt.libvirtError:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.undefine()  # nothing half done is left behind
+                    raise
+
+        self._call(host, define, f"define {name}")
+        return name
+
     def can_run(self, vm: str, host: str) -> bool:
         self._state(host)
         source, info = self._vm_cpu(vm)
@@ -1197,3 +1229,7 @@ def backend_for_uris(uris: Iterable[str], **kwargs: Any) -> LibvirtBackend:
     return LibvirtBackend(
         [HostConfig(name=f"h{i}", uri=u) for i, u in enumerate(uris, start=1)], **kwargs
     )
+
+
+def _domain_names(conn: libvirt.virConnect) -> set[str]:
+    return {d.name() for d in conn.listAllDomains(0)}

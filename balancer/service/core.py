@@ -10,6 +10,7 @@ Pure decisions live in :mod:`balancer.service.decisions`; plans come from the op
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import tempfile
@@ -33,12 +34,14 @@ from balancer.errors import (
 )
 from balancer.inputs import POLICY, read_bytes
 from balancer.model import HostState, Snapshot, stddev
+from balancer.optimizer.placement import NewVM
 from balancer.plan import Blocked, Move, MoveReason, Plan, PlanStatus, parse_reason_label
 from balancer.plan_io import plan_to_dict
 from balancer.port import Clock, HypervisorPort
 from balancer.predictive import Outlook
 from balancer.service import decisions as D
 from balancer.service.assistant import host_forecast
+from balancer.service.assistant import placement as place_new
 from balancer.service.assistant import targets as assistant_targets
 from balancer.service.errors import ConflictError, NotFoundError, UnavailableError
 from balancer.service.events import EventWatch
@@ -83,6 +86,7 @@ from balancer.service.views import (
     HostView,
     MaintenanceView,
     MigrationView,
+    PlacementView,
     PlannedMove,
     PlanView,
     PolicyView,
@@ -909,6 +913,53 @@ class Service:
         if view is not None and not policy.predictive.enabled:
             view = None
         return assistant_targets(snap, policy, vm, view, at=at)
+
+    def place(
+        self,
+        new: NewVM,
+        *,
+        who: str,
+        define_xml: str | None = None,
+        start: bool = False,
+        host: str | None = None,
+    ) -> PlacementView:
+        """Rank the hosts a new VM could start on (``POST /api/v1/placements``); with
+        ``define_xml`` define it on ``host`` (default: the best) and, with ``start``, start it
+        there, audited as ``placement``. A host the ranking rules out is refused (409)."""
+        snap = self.snapshot()
+        policy = self._pol.policy
+        if policy is None:
+            raise UnavailableError("no policy loaded yet")
+        view = place_new(snap, policy, new)
+        if define_xml is None:
+            return view
+        define = getattr(self.port, "define_vm", None)
+        if define is None:
+            raise ConflictError(f"the {self.backend_name} backend cannot define VMs")
+        ranked = [c.host for c in view.candidates]
+        target = host or (ranked[0] if ranked else None)
+        if target is None or target not in ranked:
+            why = next((r for r in view.ruled_out if r.host == target), None)
+            raise ConflictError(
+                f"{new.name} cannot start on {target or 'any host'}"
+                + (f": {why.reason} {why.detail}".rstrip() if why else ": no host can take it")
+            )
+        name = define(target, define_xml, start=start)
+        if name != new.name:
+            log.warning("placement of %s: the domain XML names %s", new.name, name)
+        self.audit.record(
+            at=self.clock.now(),
+            kind="placement",
+            who=who,
+            result="started" if start else "defined",
+            vm=name,
+            target=target,
+            detail=f"{new.vcpus} vCPUs, {new.memory_mib} MiB; ranked first: "
+            + (ranked[0] if ranked else "-"),
+        )
+        with contextlib.suppress(BalancerError):
+            self.collect()
+        return replace(view, placed_on=target, started=start)
 
     def _record_empty(
         self,

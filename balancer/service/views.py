@@ -419,3 +419,17 @@ class TargetsView:
     current_forecast: HostForecastView | None = None
     #: the CPU demand the last predictive cycle planned the VM against (None: reactive)
     planned_cores: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementView:
+    """Where a new VM should start (``POST /api/v1/placements``), best first; with a domain
+    definition also where it was defined (and started)."""
+
+    vm: str
+    #: the CPU demand the ranking planned the VM with (cores)
+    cpu_demand_cores: float
+    candidates: list[TargetView]
+    ruled_out: list[RuledOutView]
+    placed_on: str | None = None
+    started: bool = False

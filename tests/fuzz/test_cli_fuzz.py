@@ -308,6 +308,7 @@ CLIENT_CALLS = [
     ["resume"],
     ["forecast", "show"],
     ["assist", "vm1"],
+    ["place", "--name", "n", "--vcpus", "1", "--memory-mib", "64"],
     ["snapshot"],
 ]
 

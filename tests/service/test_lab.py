@@ -6,6 +6,7 @@ Marked ``lab``: skipped without the prerequisites, failed instead with BALANCER_
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from balancer.lab import Lab
 from balancer.lab.testing import lab_fixture
 from balancer.service.runtime import Runtime
 from balancer.settings import load_settings
-from tests.service.running import wait_for, write_settings
+from tests.service.running import TOKENS, wait_for, write_settings
 
 lab = lab_fixture()
 
@@ -141,5 +142,80 @@ def test_a_migration_outside_the_balancer_is_seen_at_once_and_audited(
         wait_for(f"{vm} back", lambda: svc.snapshot().vm(vm).host == src, timeout_s=30)
     finally:
         other.close()
+        rt.close()
+        backend.close()
+
+
+def test_a_new_vm_is_placed_defined_and_started_on_the_best_lab_host(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``balancer place --define FILE.xml --start`` through a running service on the lab: the
+    domain is defined and started on the host the ranking put first, audited as a placement,
+    and the service's view has it at once."""
+    import uuid
+
+    import libvirt
+    from click.testing import CliRunner
+
+    from balancer.cli import cli
+    from balancer.lab.bootsector import GuestKind
+    from balancer.lab.config import domain_xml
+    from balancer.service.ports import AuditFilter
+    from tests.service.test_predictive import serving
+
+    for u, t in TOKENS.items():
+        monkeypatch.setenv(f"TEST_TOKEN_{u.upper()}", t)
+    name = "placed-1"
+    xml = domain_xml(
+        name=name,
+        uuid=str(uuid.uuid4()),
+        kind=GuestKind.IDLE,
+        disk_path=str(lab.state_dir / "disks" / "idle.img"),
+        memory_mib=64,
+        domain_type=lab.domain_type,
+    )
+    (tmp_path / "new.xml").write_text(xml)
+    cfg = write_settings(
+        tmp_path,
+        policy={"automation": "manual", "threshold": 1, "exclude": []},
+        intervals={"collect_s": 300, "balance_s": 300, "policy_reload_s": 300},
+    )
+    (tmp_path / "policies" / "rules.yaml").write_text("rules: []\n")
+    backend = lab.backend()
+    rt = Runtime.build(load_settings(cfg), port=backend)
+    placed: str | None = None
+    try:
+        rt.start()
+        svc = rt.service
+        with serving(rt) as url:
+            env = {"BALANCER_TOKEN": "t-operator"}
+            size = ["--name", name, "--vcpus", "1", "--memory-mib", "64"]
+            ranked = CliRunner().invoke(cli, ["place", *size, "--url", url, "--json"], env=env)
+            assert ranked.exit_code == 0, ranked.output
+            best = json.loads(ranked.stdout)["candidates"][0]["host"]
+            define = ["--define", str(tmp_path / "new.xml"), "--start"]
+            r = CliRunner().invoke(cli, ["place", *define, "--url", url, "--json"], env=env)
+            assert r.exit_code == 0, r.output
+            doc = json.loads(r.stdout)
+            placed = doc["placed_on"]
+            assert placed == best == doc["candidates"][0]["host"] and doc["started"]
+        conn = libvirt.open(lab.uri_for(placed))
+        try:
+            assert conn.lookupByName(name).isActive()
+        finally:
+            conn.close()
+        assert svc.snapshot().vm(name).host == placed
+        [rec] = svc.audit.query(AuditFilter(vm=name, kind="placement"))
+        assert (rec.target, rec.result, rec.who) == (placed, "started", "bob")
+    finally:
+        if placed is not None:
+            conn = libvirt.open(lab.uri_for(placed))
+            try:
+                dom = conn.lookupByName(name)
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+                dom.undefine()
+            finally:
+                conn.close()
         rt.close()
         backend.close()

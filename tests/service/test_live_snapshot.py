@@ -114,3 +114,44 @@ def test_live_commands_refuse_ambiguous_or_missing_input(tmp_path: Path) -> None
     assert code == 2 and "no lab is running" in err, err
     for code_err in (err,):
         assert "Traceback" not in code_err
+
+
+def test_placement_of_a_new_vm_through_the_api_and_the_cli(tmp_path: Path) -> None:
+    cfg = write_settings(tmp_path, hosts=4, vms=12, policy={"automation": "manual"})
+    with running(cfg) as svc:
+        wait_for("a first collect", lambda: svc.get("/status")["hosts"])
+        body = {"vm": "new01", "vcpus": 2, "memory_mib": 2048, "labels": {"app": "web"}}
+        ranked = svc.post("/placements", user="vic", json=body)
+        hosts = {h["name"] for h in svc.get("/status")["hosts"]}
+        assert ranked["vm"] == "new01" and ranked["cpu_demand_cores"] == 2
+        listed = {c["host"] for c in ranked["candidates"]} | {
+            r["host"] for r in ranked["ruled_out"]
+        }
+        assert listed == hosts and ranked["placed_on"] is None
+        loads = [c["imbalance"] for c in ranked["candidates"]]
+        assert loads == sorted(loads)
+        with svc.client("vic") as c:
+            refused = c.post("/placements", json={**body, "define": "<domain/>"})
+        assert refused.status_code == 403 and "operator" in refused.json()["error"]
+        with svc.client("bob") as c:
+            no_define = c.post("/placements", json={**body, "define": "<domain/>"})
+            taken = c.post("/placements", json={**body, "vm": "vm001"})
+            lone_start = c.post("/placements", json={**body, "start": True})
+        assert no_define.status_code == 409 and "cannot define VMs" in no_define.json()["error"]
+        assert taken.status_code in (400, 422) and "exists already" in taken.json()["error"]
+        assert lone_start.status_code in (400, 422) and "needs define" in lone_start.json()["error"]
+
+        url = ["--url", svc.url]
+        code, out, err = _run("place", "--name", "new01", "--vcpus", "2", "--memory-mib", "2048",
+                              "--label", "app=web", *url, "--json")  # fmt: skip
+        assert code == 0, err
+        assert [c["host"] for c in json.loads(out)["candidates"]] == [
+            c["host"] for c in ranked["candidates"]
+        ]
+        code, out, err = _run("place", "--vcpus", "2", "--memory-mib", "2048", *url)
+        assert code == 2 and "give --name" in err
+        code, out, err = _run("place", "--name", "x", "--vcpus", "1", "--memory-mib", "1",
+                              "--start", *url)  # fmt: skip
+        assert code == 2 and "--start goes with --define" in err
+        code, out, err = _run("place", "--name", "x", "--vcpus", "1", "--memory-mib", "64", *url)
+        assert code == 0 and "candidates (best first)" in out, err
