@@ -161,6 +161,10 @@ class PlacementBody(_Body):
     )
 
 
+class QuarantineBody(_Body):
+    reason: str = Field(default="", max_length=2000, description="why: shown and audited")
+
+
 class RejectBody(_Body):
     note: str = Field(default="", max_length=2000)
 
@@ -636,6 +640,16 @@ def create_app(rt: Runtime) -> FastAPI:
         p: Operator, mid: Annotated[int, PathParam(ge=1, le=2**31 - 1)]
     ) -> MigrationView:
         return svc.cancel_migration(mid, who=p.user)
+
+    @app.post(f"{v1}/hosts/{{host}}/quarantine", response_model=StatusView, tags=["maintenance"])
+    def quarantine(p: Operator, host: Name, body: QuarantineBody | None = None) -> StatusView:
+        """Quarantine a failing or underperforming host: it takes no VM and its VMs leave it
+        (mandatory moves, planned at once). ``.../release`` undoes it."""
+        return svc.quarantine(host, who=p.user, reason=body.reason if body else "")
+
+    @app.post(f"{v1}/hosts/{{host}}/release", response_model=StatusView, tags=["maintenance"])
+    def release(p: Operator, host: Name) -> StatusView:
+        return svc.release_quarantine(host, who=p.user)
 
     # -- maintenance -------------------------------------------------------------------------
     @app.get(f"{v1}/maintenance", response_model=list[MaintenanceView], tags=["maintenance"])

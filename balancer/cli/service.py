@@ -522,6 +522,50 @@ def register(cli: click.Group) -> None:
         else:
             click.echo(doc["detail"])
 
+    @cli.group()
+    def host() -> None:
+        """Hosts: quarantine a failing one (its VMs leave it), release it."""
+
+    def _show_host(doc: dict[str, Any], name: str, as_json: bool) -> None:
+        h = next((x for x in doc["hosts"] if x["name"] == name), None)
+        if as_json:
+            print_json(h)
+        elif h is not None:
+            click.echo(f"{h['name']}: {h['state']}, {h['vm_count']} VMs")
+
+    @host.command("quarantine")
+    @click.argument("name")
+    @click.option("--reason", default="", help="Why (shown and audited).")
+    @_client_options
+    @json_option
+    @handle_errors
+    def host_quarantine(
+        name: str,
+        reason: str,
+        url: str | None,
+        token: str | None,
+        config_path: str | None,
+        as_json: bool,
+    ) -> None:
+        """Quarantine a failing or underperforming host: it takes no VM and its VMs move off
+        (mandatory moves, planned at once)."""
+        doc = Client(url, token, config_path).call(
+            "POST", f"/hosts/{_seg(name, 'HOST')}/quarantine", json={"reason": reason}
+        )
+        _show_host(doc, name, as_json)
+
+    @host.command("release")
+    @click.argument("name")
+    @_client_options
+    @json_option
+    @handle_errors
+    def host_release(
+        name: str, url: str | None, token: str | None, config_path: str | None, as_json: bool
+    ) -> None:
+        """Release a quarantined host: it takes VMs again."""
+        doc = Client(url, token, config_path).call("POST", f"/hosts/{_seg(name, 'HOST')}/release")
+        _show_host(doc, name, as_json)
+
     @cli.command()
     @click.option("--reason", default="", help="Why (shown in the API and the audit trail).")
     @click.option(

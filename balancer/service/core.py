@@ -1441,6 +1441,46 @@ class Service:
             self._advance_maintenance(self.snapshot(), now)
         return self.maintenance_status(host)
 
+    def quarantine(self, host: str, *, who: str, reason: str) -> StatusView:
+        """Mark ``host`` failing or underperforming: it takes no VM and its VMs leave it as
+        mandatory moves (run under ``partial`` and ``full`` automation, recommended under
+        ``manual``), planned at once. Refused for a host in maintenance or unknown."""
+        if self._stopping:
+            raise UnavailableError("the service is stopping")
+        with self._lock:
+            snap = self.snapshot()
+            if host not in snap.host_map():
+                raise NotFoundError(f"host: no host {host!r} in the cluster")
+            if self.store.active_maintenance(host) is not None:
+                raise ConflictError(f"host: {host} is in maintenance; exit it first")
+            now = self.clock.now()
+            self.store.set_host_state(host, HostState.QUARANTINED.value, who=who, at=now)
+            vms = len(snap.vms_on(host))
+            self.audit.record(
+                at=now,
+                kind="quarantine",
+                who=who,
+                result="quarantined",
+                source=host,
+                detail=f"{reason or 'no reason given'}; {vms} VMs to move off",
+            )
+            log.warning("%s quarantined by %s: %s", host, who, reason, extra=fields(host=host))
+            self._refresh_overlay()
+        with contextlib.suppress(UnavailableError):
+            self.balance(who=who)
+        return self.status()
+
+    def release_quarantine(self, host: str, *, who: str) -> StatusView:
+        """``host`` takes VMs again (nothing moves back by itself: balancing may use it)."""
+        with self._lock:
+            if self.store.host_states().get(host) != HostState.QUARANTINED.value:
+                raise ConflictError(f"host: {host} is not quarantined")
+            now = self.clock.now()
+            self.store.set_host_state(host, None, who=who, at=now)
+            self.audit.record(at=now, kind="quarantine", who=who, result="released", source=host)
+            self._refresh_overlay()
+        return self.status()
+
     def exit_maintenance(self, host: str, *, who: str, move_back: bool = False) -> MaintenanceView:
         with self._lock:
             req = self.store.active_maintenance(host)

@@ -308,6 +308,8 @@ CLIENT_CALLS = [
     ["resume"],
     ["forecast", "show"],
     ["assist", "vm1"],
+    ["host", "quarantine", "h1", "--reason", "x"],
+    ["host", "release", "h1"],
     ["place", "--name", "n", "--vcpus", "1", "--memory-mib", "64"],
     ["snapshot"],
 ]
@@ -316,7 +318,7 @@ CLIENT_CALLS = [
 def test_client_commands_list_is_complete() -> None:
     clients = {leaf.name for leaf in LEAVES if leaf.client}
     assert clients == {
-        " ".join(c[: 2 if c[0] in ("maintenance", "schedule", "forecast") else 1])
+        " ".join(c[: 2 if c[0] in ("maintenance", "schedule", "forecast", "host") else 1])
         for c in CLIENT_CALLS
     }
 
