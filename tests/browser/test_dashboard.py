@@ -113,6 +113,16 @@ def test_dashboard_shows_hosts_and_approves_a_recommendation(tmp_path: Path) -> 
             expect(current).to_contain_text("current_host")
             rows.first.locator("button.migrate").click()
             expect(page.locator("#banner")).to_contain_text(f"of {vm} to {best} queued")
+            # quarantine a host from its card (the reason asked in a prompt), then release it
+            other = next(h for h in hosts if h not in (best, ranked["current"]))
+            page.once("dialog", lambda d: d.accept("disk errors"))
+            page.locator(f'#hosts .host[data-host="{other}"] button.quarantine').click()
+            expect(page.locator("#banner")).to_contain_text(f"{other} quarantined")
+            card = page.locator(f'#hosts .host[data-host="{other}"]')
+            expect(card).to_have_attribute("data-state", "quarantined")
+            card.locator("button.release").click()
+            expect(page.locator("#banner")).to_contain_text(f"{other} released")
+            expect(card).to_have_attribute("data-state", "active")
 
         approved = [r for r in svc.get("/recommendations", params={"state": "approved"})]
         assert [(r["id"], r["decided_by"]) for r in approved] == [(rid, "bob")]
@@ -124,6 +134,12 @@ def test_dashboard_shows_hosts_and_approves_a_recommendation(tmp_path: Path) -> 
             ),
             timeout_s=60,
         )
+        quarantined = svc.get("/audit", params={"kind": "quarantine"})
+        assert [(a["result"], a["who"]) for a in reversed(quarantined)] == [
+            ("quarantined", "bob"),
+            ("released", "bob"),
+        ]
+        assert "disk errors" in quarantined[-1]["detail"]
         # the assistant's move was requested by bob and runs to the host he chose
         wait_for(
             "the assistant's migration",

@@ -55,6 +55,29 @@ function forecastBar(h) {
     el("i", { text: `forecast ${pct(f.peak_load)} at ${at}` }))];
 }
 
+// Operators: quarantine a failing host (its VMs move off) or release it.
+function hostActions(h) {
+  if (role !== "operator" && role !== "admin") return [];
+  if (h.state === "quarantined") {
+    return [el("button", { class: "release", "data-host": h.name, text: "Release", onclick: () => hostAction(h.name, "release") })];
+  }
+  if (h.state !== "active") return [];
+  return [el("button", { class: "quarantine", "data-host": h.name, text: "Quarantine", onclick: () => {
+    const reason = prompt(`Quarantine ${h.name}: its VMs move off. Why?`, "");
+    if (reason !== null) hostAction(h.name, "quarantine", reason);
+  } })];
+}
+
+async function hostAction(host, what, reason) {
+  try {
+    await api(`/hosts/${encodeURIComponent(host)}/${what}`, { method: "POST", body: JSON.stringify(what === "quarantine" ? { reason } : {}) });
+    banner(`${host} ${what === "quarantine" ? "quarantined: its VMs move off" : "released"}`, false);
+  } catch (e) {
+    banner(`${what} ${host}: ${e.message}`, true);
+  }
+  refresh();
+}
+
 function banner(text, bad) {
   const b = document.getElementById("banner");
   if (!text) { b.hidden = true; return; }
@@ -85,7 +108,8 @@ function renderStatus(s) {
         el("span", { class: "muted", text: `  ${h.vm_count} VMs` })),
       bar("cpu", h.cpu_load, "CPU " + pct(h.cpu_load)),
       ...forecastBar(h),
-      bar("mem", h.memory_load, "memory " + pct(h.memory_load)))));
+      bar("mem", h.memory_load, "memory " + pct(h.memory_load)),
+      ...hostActions(h))));
   renderViolations(s);
 }
 
