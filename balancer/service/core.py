@@ -930,6 +930,8 @@ class Service:
         policy = self._pol.policy
         if policy is None:
             raise UnavailableError("no policy loaded yet")
+        if new.name in snap.vm_map():
+            raise ConflictError(f"vm: a VM named {new.name!r} exists already")
         view = place_new(snap, policy, new)
         if define_xml is None:
             return view

@@ -138,7 +138,7 @@ def test_placement_of_a_new_vm_through_the_api_and_the_cli(tmp_path: Path) -> No
             taken = c.post("/placements", json={**body, "vm": "vm001"})
             lone_start = c.post("/placements", json={**body, "start": True})
         assert no_define.status_code == 409 and "cannot define VMs" in no_define.json()["error"]
-        assert taken.status_code in (400, 422) and "exists already" in taken.json()["error"]
+        assert taken.status_code == 409 and "exists already" in taken.json()["error"]
         assert lone_start.status_code in (400, 422) and "needs define" in lone_start.json()["error"]
 
         url = ["--url", svc.url]
