@@ -80,9 +80,19 @@ class LibvirtHost(_Strict):
     measure_host_overhead: bool | None = None
 
 
+class DirtyRate(_Strict):
+    """libvirt's dirty-rate measurement (one second of page sampling per VM), which feeds the
+    migration cost the optimizer weighs: never on a host while a migration involves it."""
+
+    enabled: bool = True
+    #: measurements started per host and collect (the least recently measured VMs first)
+    per_host: int = Field(default=2, ge=0, le=1000)
+
+
 class LibvirtBackend(_Strict):
     kind: Literal["libvirt"]
     defaults: LibvirtDefaults = Field(default_factory=LibvirtDefaults)
+    dirty_rate: DirtyRate = Field(default_factory=DirtyRate)
     hosts: list[LibvirtHost] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -198,6 +198,28 @@ def _with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
     return fut.result(timeout=timeout_s)
 
 
+#: dirty-rate measurements started per host and collect, by default (each samples the guest's
+#: pages for one second; the least recently measured VMs go first)
+DIRTY_RATE_PER_HOST = 2
+
+
+def pick_for_dirty_rate(
+    running: Sequence[str],
+    measured_at: Mapping[str, float],
+    budget: int,
+    *,
+    migrating: bool,
+) -> list[str]:
+    """Which running VMs of a host get a dirty-rate measurement this collect: none while a
+    migration involves the host (the measurement would compete with it for the guest's pages
+    and the link), else the ``budget`` least recently measured (never measured first, then by
+    name)."""
+    if migrating or budget <= 0:
+        return []
+    order = sorted(running, key=lambda n: (measured_at.get(n, -1.0), n))
+    return order[:budget]
+
+
 def _start_dirty_rate_calc(doms: Sequence[libvirt.virDomain]) -> None:
     """Start a one-second dirty-rate measurement on each VM (read by the next snapshot)."""
     for dom in doms:
@@ -214,6 +236,7 @@ class LibvirtBackend:
         *,
         warmup_s: float = 0.5,
         measure_dirty_rate: bool = False,
+        dirty_rate_per_host: int = DIRTY_RATE_PER_HOST,
         event_history: int = 1000,
     ) -> None:
         if not hosts:
@@ -239,6 +262,11 @@ class LibvirtBackend:
         self._listeners: list[Callable[[VMEvent], None]] = []
         self._warmup_s = warmup_s
         self._measure_dirty_rate = measure_dirty_rate
+        self._dirty_per_host = dirty_rate_per_host
+        #: when each VM's last dirty-rate measurement started (monotonic), per (host, VM)
+        self._dirty_at: dict[tuple[str, str], float] = {}
+        #: dirty-rate measurements started so far (``GET /metrics``)
+        self.dirty_rate_measurements = 0
         self._closed = False
 
     # -- connections -------------------------------------------------------------------------
@@ -567,6 +595,22 @@ class LibvirtBackend:
                     )
                 )
             if calc:
+                with self._lock:
+                    migrating = any(
+                        not j.done.is_set() and host in (j.source, j.target)
+                        for j in self._jobs.values()
+                    )
+                    last = {n: t for (h, n), t in self._dirty_at.items() if h == host}
+                by_name = {d.name(): d for d in calc}
+                chosen = pick_for_dirty_rate(
+                    list(by_name), last, self._dirty_per_host, migrating=migrating
+                )
+                calc = [by_name[n] for n in chosen]
+                with self._lock:
+                    for n in chosen:
+                        self._dirty_at[(host, n)] = now
+                    self.dirty_rate_measurements += len(chosen)
+            if calc:
                 # starting a measurement needs a job: a VM busy migrating would make us wait
                 threading.Thread(
                     target=_start_dirty_rate_calc,
@@ -580,6 +624,8 @@ class LibvirtBackend:
                     del self._samples[k]
                 for k2 in [k for k in self._running if k[0] == host and k[1] not in names]:
                     del self._running[k2]
+                for k3 in [k for k in self._dirty_at if k[0] == host and k[1] not in names]:
+                    del self._dirty_at[k3]
             overhead_cpu = 0.0
             overhead_mem = 0
             if cfg.measure_host_overhead:

@@ -65,7 +65,11 @@ def make_port(
     if isinstance(backend, LibvirtBackend):
         from balancer.libvirt.backend import backend_from_settings
 
-        port_ = backend_from_settings(backend.resolved_hosts())
+        port_ = backend_from_settings(
+            backend.resolved_hosts(),
+            measure_dirty_rate=backend.dirty_rate.enabled,
+            dirty_rate_per_host=backend.dirty_rate.per_host,
+        )
         return port_, "libvirt", port_.close
     assert isinstance(backend, SimulatedBackend)
     from balancer.sim.cluster import SimulatedCluster

@@ -59,7 +59,7 @@ def test_busy_guest_uses_about_one_core(lab: Lab, busy_vm: str) -> None:
     it is still "one core of demand", so the check is run + run-queue wait = one core, and the
     backend's figure = the CPU time the kernel accounted to the QEMU process."""
     pid = lab.qemu_pid(busy_vm)
-    backend = lab.backend(measure_dirty_rate=True)
+    backend = lab.backend(measure_dirty_rate=True, dirty_rate_per_host=100)
     try:
         run0, wait0 = _sched(pid)
         t0 = time.monotonic()
@@ -224,6 +224,17 @@ def test_label_rules_work_on_libvirt_hosts_and_guests(lab: Lab, tmp_path: Path) 
             libvirt.VIR_DOMAIN_AFFECT_LIVE,
         )  # fmt: skip
         conn.close()
+    # libvirt's dirty-rate measurement is on by default for a libvirt backend (two VMs per
+    # host and collect): measured over a few readings, the guests have a dirty rate
+    live = tmp_path / "live.json"
+    shot = CliRunner().invoke(
+        cli, ["snapshot", "--config", str(cfg), "--sample-s", "3", "-o", str(live)]
+    )
+    assert shot.exit_code == 0, shot.output
+    from balancer.snapshot_io import load_snapshot
+
+    rates = [v.dirty_rate_mib_s for v in load_snapshot(live).vms]
+    assert any(r is not None for r in rates), rates
     # without the guest's label the rule selects no VM any more, and lint says so
     again = CliRunner().invoke(cli, [*args, "--json"])
     codes = [f["code"] for f in json.loads(again.stdout)["findings"]]

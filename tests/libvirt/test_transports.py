@@ -195,3 +195,49 @@ def test_the_example_libvirt_settings_load_and_reach_the_backend() -> None:
         assert kvm01.shared_storage_prefixes == ("/var/lib/libvirt/images/shared",)
     finally:
         be.close()
+
+
+def test_dirty_rate_measurements_take_turns_and_never_compete_with_a_migration() -> None:
+    from balancer.libvirt.backend import pick_for_dirty_rate
+
+    running = ["c", "a", "b", "d"]
+    assert pick_for_dirty_rate(running, {}, 2, migrating=False) == ["a", "b"]
+    # the least recently measured go first: never measured, then the oldest
+    assert pick_for_dirty_rate(running, {"a": 5.0, "b": 6.0}, 2, migrating=False) == ["c", "d"]
+    assert pick_for_dirty_rate(running, {"a": 5.0, "b": 1.0, "c": 7.0, "d": 9.0}, 3,
+                               migrating=False) == ["b", "a", "c"]  # fmt: skip
+    assert pick_for_dirty_rate(running, {}, 2, migrating=True) == []
+    assert pick_for_dirty_rate(running, {}, 0, migrating=False) == []
+
+
+def test_the_dirty_rate_settings_reach_the_backend(tmp_path: Path) -> None:
+    import yaml
+
+    from balancer.service.runtime import make_port
+    from balancer.settings import load_settings
+
+    f = tmp_path / "balancer.yaml"
+    doc = {
+        "backend": {
+            "kind": "libvirt",
+            "dirty_rate": {"per_host": 5},
+            "hosts": [{"name": "a", "uri": "qemu+tcp://127.0.0.1:1/system"}],
+        },
+        "policy": "p",
+        "database": "sqlite://",
+        "state_dir": str(tmp_path),
+    }
+    f.write_text(yaml.safe_dump(doc))
+    port, name, close = make_port(load_settings(f))
+    try:
+        assert name == "libvirt" and isinstance(port, LibvirtBackend)
+        assert port._measure_dirty_rate and port._dirty_per_host == 5
+    finally:
+        close()
+    doc["backend"]["dirty_rate"] = {"enabled": False}  # type: ignore[index]
+    f.write_text(yaml.safe_dump(doc))
+    port, _, close = make_port(load_settings(f))
+    try:
+        assert isinstance(port, LibvirtBackend) and not port._measure_dirty_rate
+    finally:
+        close()
