@@ -76,6 +76,9 @@ class VM:
     cpu_features: frozenset[str] = frozenset()
     labels: Mapping[str, str] = field(default_factory=dict)
     dirty_rate_mib_s: float | None = None
+    #: learned from this VM's past migrations: GiB really copied / GiB the model expected
+    #: (1: nothing learned yet); see balancer.service.copycost
+    copy_factor: float = 1.0
 
     @property
     def memory_used(self) -> int:
@@ -213,6 +216,8 @@ MAX_VCPUS = 65_536
 MAX_MEMORY_MIB = 2**30
 #: 1 TiB/s
 MAX_DIRTY_RATE_MIB_S = 1_048_576.0
+#: a VM's learned copy factor stays within this (a migration copies at most a few times memory)
+MIN_COPY_FACTOR, MAX_COPY_FACTOR = 0.05, 8.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,6 +288,8 @@ def state_problems(snapshot: Snapshot) -> list[StateProblem]:
             )
         if v.dirty_rate_mib_s is not None and _bad_number(v.dirty_rate_mib_s, MAX_DIRTY_RATE_MIB_S):
             vm("dirty_rate_mib_s", f"{v.dirty_rate_mib_s} is outside 0..{MAX_DIRTY_RATE_MIB_S:g}")
+        if not MIN_COPY_FACTOR <= v.copy_factor <= MAX_COPY_FACTOR:
+            vm("copy_factor", f"{v.copy_factor} is outside {MIN_COPY_FACTOR}..{MAX_COPY_FACTOR}")
         on = hosts.get(v.host)
         if on is None:
             vm("host", f"unknown host {v.host!r}")

@@ -11,8 +11,10 @@ benchmarks and tests.
 ```
 
 Optional: ``state``, ``cpu_features``, ``labels``, ``memory_used_mib`` (defaults to
-``memory_mib``), ``dirty_rate_mib_s``; on hosts also ``overhead_cpu_cores`` and
-``overhead_memory_mib`` (unmanaged load), written only when not zero. Every rejection names the
+``memory_mib``), ``dirty_rate_mib_s``, ``copy_factor`` (GiB really copied / GiB expected,
+learned from the VM's past migrations; 1 when absent, written only when not 1); on hosts also
+``overhead_cpu_cores`` and ``overhead_memory_mib`` (unmanaged load), written only when not
+zero. Every rejection names the
 item (``vms[3] 'vm004'``) and the field.
 
 Bounds (:mod:`balancer.model`): a host has 1..65536 cores and 1..2^30 MiB; a VM 1..65536 vCPUs
@@ -36,6 +38,7 @@ from typing import Any
 from balancer.errors import SnapshotError
 from balancer.inputs import SNAPSHOT, HugeNumber, load_json, printable
 from balancer.model import (
+    MAX_COPY_FACTOR,
     MAX_DIRTY_RATE_MIB_S,
     MAX_HOST_CPU_CORES,
     MAX_MEMORY_MIB,
@@ -54,7 +57,7 @@ MAX_NAME = 253
 _HOST_REQUIRED = ("name", "cpu_cores", "memory_mib")
 _HOST_OPTIONAL = ("state", "cpu_features", "labels", "overhead_cpu_cores", "overhead_memory_mib")
 _VM_REQUIRED = ("name", "host", "vcpus", "memory_mib", "cpu_used_cores")
-_VM_OPTIONAL = ("memory_used_mib", "cpu_features", "labels", "dirty_rate_mib_s")
+_VM_OPTIONAL = ("memory_used_mib", "cpu_features", "labels", "dirty_rate_mib_s", "copy_factor")
 
 
 class _Reader:
@@ -237,6 +240,8 @@ def snapshot_from_dict(doc: Any, *, path: str | None = None) -> Snapshot:
                 dirty_rate_mib_s=r.number(
                     v, "dirty_rate_mib_s", item, default=None, maximum=MAX_DIRTY_RATE_MIB_S
                 ),
+                copy_factor=r.number(v, "copy_factor", item, default=1.0, maximum=MAX_COPY_FACTOR)
+                or 1.0,
             )
         )
     snap = Snapshot(hosts=tuple(hosts), vms=tuple(vms), version=SNAPSHOT_VERSION)
@@ -277,6 +282,8 @@ def snapshot_to_dict(snapshot: Snapshot) -> dict[str, Any]:
         }
         if v.dirty_rate_mib_s is not None:
             dv["dirty_rate_mib_s"] = v.dirty_rate_mib_s
+        if v.copy_factor != 1.0:
+            dv["copy_factor"] = v.copy_factor
         vms.append(dv)
     return {"version": SNAPSHOT_VERSION, "hosts": hosts, "vms": vms}
 

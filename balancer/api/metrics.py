@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from balancer.executor import MigrationResult
@@ -45,6 +45,22 @@ class _StateCollector(Collector):
             "balancer_imbalance",
             "Weighted standard deviation of the active hosts' loads",
             value=st.imbalance or 0.0,
+        )
+        cc = self.svc.copy_cost.stats()
+        yield CounterMetricFamily(
+            "balancer_migration_copy_expected_gib",
+            "GiB the cost model expected the succeeded migrations to copy",
+            value=cc.expected_gib,
+        )
+        yield CounterMetricFamily(
+            "balancer_migration_copy_copied_gib",
+            "GiB libvirt reports the succeeded migrations copied",
+            value=cc.copied_gib,
+        )
+        yield GaugeMetricFamily(
+            "balancer_migration_copy_error_ratio",
+            "Mean |copied - expected| / copied over the succeeded migrations",
+            value=cc.mean_abs_error,
         )
         yield GaugeMetricFamily(
             "balancer_paused", "1 when automation is paused (any breaker)", value=int(st.paused)

@@ -79,12 +79,13 @@ def copied_gib(vm: VM, bandwidth_mib_s: int) -> float:
     """Expected GiB copied by a live migration: memory, raised by the dirty rate.
 
     Pre-copy re-sends dirtied pages; with link bandwidth B and dirty rate D the total is about
-    ``memory / (1 - D/B)`` (capped at 4x memory when D nears B).
+    ``memory / (1 - D/B)`` (capped at 4x memory when D nears B), times the VM's
+    ``copy_factor``: what its past migrations really copied against this model's figure.
     """
     bandwidth = bandwidth_mib_s or REFERENCE_BANDWIDTH_MIB_S
     dirty = vm.dirty_rate_mib_s or 0.0
     factor = 1.0 / max(0.25, 1.0 - dirty / bandwidth)
-    return vm.memory_mib * factor / 1024.0
+    return vm.memory_mib * factor * vm.copy_factor / 1024.0
 
 
 def balance_move_cost(rule: ThresholdRule, vm: VM, bandwidth_mib_s: int) -> float:

@@ -32,6 +32,7 @@ from balancer.errors import (
     PlanningError,
     PolicyError,
 )
+from balancer.executor.types import MigrationResult, Result
 from balancer.inputs import POLICY, read_bytes
 from balancer.model import HostState, Snapshot, stddev
 from balancer.optimizer.placement import NewVM
@@ -43,6 +44,7 @@ from balancer.service import decisions as D
 from balancer.service.assistant import host_forecast
 from balancer.service.assistant import placement as place_new
 from balancer.service.assistant import targets as assistant_targets
+from balancer.service.copycost import CopyCostModel
 from balancer.service.errors import ConflictError, NotFoundError, UnavailableError
 from balancer.service.events import EventWatch
 from balancer.service.forecasting import ForecastSource
@@ -264,6 +266,8 @@ class Service:
         self._snap: Snapshot | None = None
         #: collects at once on the backend's lifecycle events (libvirt), see service/events.py
         self.event_watch = EventWatch(port, self.collect)
+        #: per VM copy factors learned from finished migrations, see service/copycost.py
+        self.copy_cost = CopyCostModel()
         self._stale_detail: str | None = None
         self._last_collect: datetime | None = None
         self._collect_error: str | None = None
@@ -794,7 +798,7 @@ class Service:
                 pass  # still plan: mandatory moves may continue, the rest is held and shown
             outlook = self._outlook(snap, policy, now)
             plan = self.planner.plan(
-                snap,
+                self.copy_cost.apply(snap),
                 policy,
                 held=frozenset(holds),
                 seed=self.settings.service.plan_seed,
@@ -850,6 +854,28 @@ class Service:
         view = self.plan(plan_id)
         assert view is not None
         return view
+
+    def on_migration_result(self, r: MigrationResult) -> None:
+        """A finished migration (the executor's hook): a succeeded one teaches the copy-cost
+        model what the VM really copies (libvirt's figure against the model's)."""
+        if r.result is not Result.SUCCEEDED or not r.data_copied_mib:
+            return
+        snap, policy = self._snap, self._pol.policy
+        if snap is None or policy is None:
+            return
+        vm = snap.vm_map().get(r.vm)
+        if vm is None:
+            return
+        error = self.copy_cost.learn(vm, r.data_copied_mib, policy.migration.bandwidth_mib_s)
+        if error is not None:
+            log.info(
+                "%s copied %.2f GiB; the cost model's error %.0f%%, its copy factor now %.2f",
+                r.vm,
+                r.data_copied_mib / 1024,
+                100 * error,
+                self.copy_cost.factor(r.vm),
+                extra=fields(vm=r.vm),
+            )
 
     def _outlook(self, snap: Snapshot, policy: Policy, now: datetime) -> Outlook | None:
         """The forecast the cycle plans against (None: reactive, or no history kept)."""

@@ -196,6 +196,7 @@ class Runtime:
             forecasts=_forecasts(settings, store),
         )
         svc.policy_listeners.append(executor.set_policy)
+        hooks.append(svc.on_migration_result)
         sched = Scheduler(
             svc,
             store.engine,

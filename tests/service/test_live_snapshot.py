@@ -181,6 +181,18 @@ def test_a_quarantined_host_is_emptied_and_released(tmp_path: Path) -> None:
         assert all(m["state"] in ("succeeded", "superseded") for m in moved), moved
         done = {m["vm"] for m in moved if m["state"] == "succeeded"}
         assert done == {m["vm"] for m in moved}, moved
+        # each succeeded migration taught the copy-cost model (expected against copied GiB)
+        import httpx
+
+        text = httpx.get(f"{svc.url}/metrics").text
+        got = {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("balancer_migration_copy_")
+        }
+        assert got["balancer_migration_copy_copied_gib_total"] > 0, got
+        assert got["balancer_migration_copy_expected_gib_total"] > 0, got
+        assert 0 <= got["balancer_migration_copy_error_ratio"] < 10, got
         audit = svc.get("/audit", params={"kind": "quarantine"})
         assert [(a["result"], a["source"]) for a in audit] == [("quarantined", h)]
         assert "ECC errors" in audit[0]["detail"]
