@@ -69,6 +69,10 @@ def test_maintenance_on_the_lab_empties_a_host_by_live_migration(lab: Lab, tmp_p
         migs = [x for x in svc.migrations() if x.vm in leaving]
         assert migs and all(x.state == "succeeded" for x in migs)
         assert all(x.priority == "evacuation" and x.who == "lab-test" for x in migs)
+        # libvirt's copied figures taught the copy-cost model about each moved guest
+        learned = svc.copy_cost.stats()
+        assert learned.migrations >= len(leaving) and learned.copied_gib > 0, learned
+        assert all(svc.copy_cost.factor(vm) != 1.0 for vm in leaving), svc.copy_cost.factors()
 
         # put the lab back as it was (other tests share it)
         svc.exit_maintenance(host, who="lab-test", move_back=True)
