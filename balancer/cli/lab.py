@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from balancer.cli.common import handle_errors, json_option, print_json, print_table
+from balancer.errors import InputError
 
 state_dir_option = click.option(
     "--state-dir",
@@ -127,6 +129,10 @@ def down(state_dir: Path | None) -> None:
     click.echo(f"lab in {where} is down")
 
 
+if TYPE_CHECKING:
+    from balancer.libvirt.backend import CpuReport
+
+
 @click.group()
 def cpu() -> None:
     """CPU compatibility across hosts ("EVC for libvirt")."""
@@ -140,19 +146,49 @@ def cpu() -> None:
     help="A host's libvirt URI (repeat); default: the lab's hosts.",
 )
 @state_dir_option
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Settings file: the hosts of its libvirt (or lab) backend.",
+)
 @json_option
 @handle_errors
-def report(uris: tuple[str, ...], state_dir: Path | None, as_json: bool) -> None:
+def report(
+    uris: tuple[str, ...], state_dir: Path | None, config_path: Path | None, as_json: bool
+) -> None:
     """The cluster CPU baseline, the hosts that hold it down, the VMs that cannot go
     everywhere."""
     from balancer.lab import Lab
-    from balancer.libvirt import backend_for_uris
+    from balancer.libvirt import LibvirtBackend, backend_for_uris
 
+    if config_path is not None:
+        if uris:
+            raise InputError("--uri and --config: give the hosts one way")
+        from balancer.service.runtime import make_port
+        from balancer.settings import load_settings
+
+        settings = load_settings(config_path)
+        if settings.backend.kind == "simulated":
+            raise InputError(f"{config_path}: a simulated backend has no CPUs to report on")
+        port, _, close = make_port(settings, start_lab=False)
+        assert isinstance(port, LibvirtBackend)
+        try:
+            rep = port.cpu_report()
+        finally:
+            close()
+        _print_report(rep, as_json)
+        return
     backend = backend_for_uris(uris) if uris else Lab(state_dir).backend()
     try:
         rep = backend.cpu_report()
     finally:
         backend.close()
+    _print_report(rep, as_json)
+
+
+def _print_report(rep: CpuReport, as_json: bool) -> None:
     if as_json:
         print_json(
             {

@@ -224,6 +224,11 @@ def test_label_rules_work_on_libvirt_hosts_and_guests(lab: Lab, tmp_path: Path) 
             libvirt.VIR_DOMAIN_AFFECT_LIVE,
         )  # fmt: skip
         conn.close()
+    # cpu report --config: the settings' hosts, h3 below the baseline as the lab makes it
+    rep = CliRunner().invoke(cli, ["cpu", "report", "--config", str(cfg), "--json"])
+    assert rep.exit_code == 0, rep.output
+    report = json.loads(rep.stdout)
+    assert [h["name"] for h in report["hosts"]] == lab.host_names()
     # libvirt's dirty-rate measurement is on by default for a libvirt backend (two VMs per
     # host and collect): measured over a few readings, the guests have a dirty rate
     live = tmp_path / "live.json"

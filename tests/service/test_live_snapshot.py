@@ -106,6 +106,8 @@ def test_live_commands_refuse_ambiguous_or_missing_input(tmp_path: Path) -> None
     assert code == 2 and "give one" in err
     code, _, err = _run("policy", "check", "p", "--snapshot", "s.json", "--config", str(cfg))
     assert code == 2 and "give one cluster" in err
+    code, _, err = _run("cpu", "report", "--config", str(cfg))
+    assert code == 2 and "simulated backend has no CPUs" in err
     lab = tmp_path / "lab.yaml"
     doc = yaml.safe_load(cfg.read_text())
     doc["backend"] = {"kind": "lab", "state_dir": str(tmp_path / "no-lab")}
