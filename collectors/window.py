@@ -445,8 +445,12 @@ def _demand_view(window: Window, snapshot: Snapshot, now: datetime) -> DemandVie
         vms.append(
             replace(
                 v,
-                cpu_used_cores=round(float(vm_cpu[col]), 4),
-                memory_used_mib=v.memory_used_mib if np.isnan(mem) else round(float(mem)),
+                # a VM uses at most its vCPUs and its memory: a sample above them is timing
+                # jitter of the counters (measured on the lab: 1.006 cores of a 1-vCPU guest)
+                cpu_used_cores=round(min(float(vm_cpu[col]), float(v.vcpus)), 4),
+                memory_used_mib=v.memory_used_mib
+                if np.isnan(mem)
+                else min(round(float(mem)), v.memory_mib),
             )
         )
     hosts = []

@@ -581,14 +581,19 @@ class LibvirtBackend:
                 features: frozenset[str] = frozenset()
                 if dinfo.cpu_xml is not None:
                     features = self._expand(conn, dinfo.domain_type, dinfo.cpu_xml)
+                vcpus = stats.vcpus(st_) or dinfo.vcpus
+                memory = stats.memory_mib(st_) or dinfo.memory_mib
+                used = stats.memory_used_mib(st_)
                 vms.append(
                     VM(
                         name=dinfo.name,
                         host=host,
-                        vcpus=stats.vcpus(st_) or dinfo.vcpus,
-                        memory_mib=stats.memory_mib(st_) or dinfo.memory_mib,
-                        cpu_used_cores=round(cores or 0.0, 4),
-                        memory_used_mib=stats.memory_used_mib(st_),
+                        vcpus=vcpus,
+                        memory_mib=memory,
+                        # at most its vCPUs and its memory (a snapshot file refuses more): above
+                        # is the jitter of two CPU-time readings, or QEMU's own RSS
+                        cpu_used_cores=round(min(cores or 0.0, float(vcpus)), 4),
+                        memory_used_mib=None if used is None else min(used, memory),
                         cpu_features=features,
                         labels=dict(dinfo.labels),
                         dirty_rate_mib_s=stats.dirty_rate_mib_s(st_),

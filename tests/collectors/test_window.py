@@ -176,3 +176,15 @@ def test_agent_host_samples_win_over_the_port_while_fresh() -> None:
     assert w.ingest(SampleBatch(time=at(100), hosts=(later,))).hosts == (later,)
     frame = w.frame(EntityKind.HOST, "cpu_used_cores", at(100))
     assert frame["h1"].dropna().tolist() == [3.0, 1.0]
+
+
+def test_demand_never_exceeds_the_vms_size_so_its_snapshot_file_loads() -> None:
+    """Two CPU-time readings a little apart can make a 1-vCPU guest look like 1.006 cores (seen
+    on the lab): the demand is capped at the VM's vCPUs, and the snapshot written from it loads."""
+    from balancer.snapshot_io import snapshot_from_dict, snapshot_to_dict
+
+    w = Window(settings())
+    feed(w, 0, 600, 4.03)  # v1 has 4 vCPUs
+    view = demand_view(w, snapshot_one_vm(), at(590))
+    assert view.snapshot.vm("v1").cpu_used_cores == 4.0
+    assert snapshot_from_dict(snapshot_to_dict(view.snapshot)).vm("v1").cpu_used_cores == 4.0
