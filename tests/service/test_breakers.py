@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 def _cluster() -> SimulatedCluster:
     hosts = [make_host(f"h{i}", cpu_cores=32, memory_mib=131072) for i in (1, 2, 3)]
     # skewed: h1 carries most of the load, so a balance plan has moves
-    vms = [make_vm(f"a{j}", "h1", cpu_used_cores=4.0, memory_mib=2048) for j in range(6)]
+    vms = [make_vm(f"a{j}", "h1", vcpus=4, cpu_used_cores=4.0, memory_mib=2048) for j in range(6)]
     vms += [make_vm(f"b{j}", "h2", cpu_used_cores=0.5, memory_mib=2048) for j in range(2)]
     vms += [make_vm(f"c{j}", "h3", cpu_used_cores=0.5, memory_mib=2048) for j in range(2)]
     return SimulatedCluster(make_snapshot(hosts, vms), clock=RealClock(), link_mib_s=20000.0)

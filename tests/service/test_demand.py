@@ -31,7 +31,7 @@ HOT_CORES = 7.0
 def _cluster(clock: ManualClock) -> SimulatedCluster:
     hosts = [make_host(f"h{i}", cpu_cores=32, memory_mib=131072) for i in (1, 2, 3)]
     vms = [
-        make_vm(f"vm{h}{j}", f"h{h}", cpu_used_cores=BASE_CORES, memory_mib=2048)
+        make_vm(f"vm{h}{j}", f"h{h}", vcpus=8, cpu_used_cores=BASE_CORES, memory_mib=2048)
         for h in (1, 2, 3)
         for j in range(4)
     ]
