@@ -20,6 +20,7 @@ import contextlib
 import functools
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from balancer.errors import LabError
 from balancer.lab.bootsector import COUNTER_GPA, GuestKind, boot_sector, parse_xp_word
 from balancer.lab.config import (
+    BRIDGE_PREFIX,
     MAX_HOSTS,
     MAX_SLOTS,
     NET_PREFIX_LEN,
@@ -45,6 +47,7 @@ from balancer.lab.config import (
     TLS_PORT_OFFSET,
     DiskSource,
     HostPlan,
+    NetPlan,
     domain_xml,
     guest_address,
     guest_mac,
@@ -85,6 +88,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/balancer-lab")
 STATE_DIR_ENV = "BALANCER_LAB_DIR"
 ACCEL_ENV = "BALANCER_LAB_ACCEL"
 STATE_FILE = "lab.json"
+_log = logging.getLogger(__name__)
 DISK_SIZE = 1024 * 1024  # SeaBIOS does not boot from a disk of one sector
 #: (directory inside the host's namespace, sub-directory of the host dir bound onto it)
 BIND_MOUNTS: tuple[tuple[str, str], ...] = (
@@ -168,9 +172,14 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return res
 
 
-def _make_bridge(bridge: str, subnet: str, host_address: str) -> None:
-    """Create the lab's bridge with the machine's address on it; refuse when the subnet is
-    already routed here (never touch a network the lab did not make)."""
+#: a lab bridge's alias: this prefix and the lab's state dir. A later lab tells its own leftovers
+#: (a bridge of a lab killed before its down, whose state dir is gone) from a network someone
+#: else made, which it never touches.
+BRIDGE_ALIAS_PREFIX = "balancer-lab "
+
+
+def _subnet_routed(subnet: str) -> str | None:
+    """The route line that overlaps ``subnet`` here (None: the subnet is free)."""
     net = ipaddress.ip_network(subnet)
     for line in _ip("-4", "route", "show").stdout.splitlines():
         dest = line.split()[0] if line.split() else "default"
@@ -178,12 +187,66 @@ def _make_bridge(bridge: str, subnet: str, host_address: str) -> None:
             continue
         with contextlib.suppress(ValueError):
             if ipaddress.ip_network(dest, strict=False).overlaps(net):
-                raise LabError(f"the lab subnet {subnet} is already in use here: {line.strip()}")
-    if _ip("link", "show", bridge, check=False).returncode == 0:
-        raise LabError(f"network device {bridge} exists already (a lab not taken down?)")
+                return line.strip()
+    return None
+
+
+def _link_exists(name: str) -> bool:
+    return _ip("link", "show", name, check=False).returncode == 0
+
+
+def _slot_network_free(slot: int) -> bool:
+    """Neither the slot's bridge nor its subnet exist here."""
+    plan = net_plan(slot)
+    return not _link_exists(plan.bridge) and _subnet_routed(plan.subnet) is None
+
+
+def _lab_bridges() -> list[tuple[str, str]]:
+    """(name, alias) of every bridge here named like a lab bridge."""
+    res = _ip("-j", "link", "show", "type", "bridge", check=False)
+    if res.returncode != 0:
+        return []
+    try:
+        links = json.loads(res.stdout or "[]")
+    except ValueError:
+        return []
+    return [
+        (str(link.get("ifname", "")), str(link.get("ifalias", "")))
+        for link in links
+        if str(link.get("ifname", "")).startswith(BRIDGE_PREFIX)
+    ]
+
+
+def _reclaim_stale_bridges() -> list[str]:
+    """Remove the bridges of labs whose state dir is gone (killed before their down); return
+    their names. A bridge without the lab's alias, or whose lab still exists, is left alone."""
+    removed = []
+    for name, alias in _lab_bridges():
+        if not alias.startswith(BRIDGE_ALIAS_PREFIX):
+            continue
+        owner = Path(alias[len(BRIDGE_ALIAS_PREFIX) :])
+        if (owner / STATE_FILE).exists():
+            continue
+        _remove_bridge(name)
+        _log.warning("removed the bridge %s of a lab that is gone (%s)", name, owner)
+        removed.append(name)
+    return removed
+
+
+def _make_bridge(plan: NetPlan, owner: Path) -> None:
+    """Create the lab's bridge with the machine's address on it, named after the lab that owns
+    it; refuse when the subnet is already routed here (never touch a network the lab did not
+    make)."""
+    used = _subnet_routed(plan.subnet)
+    if used is not None:
+        raise LabError(f"the lab subnet {plan.subnet} is already in use here: {used}")
+    if _link_exists(plan.bridge):
+        raise LabError(f"network device {plan.bridge} exists already (a lab not taken down?)")
+    bridge = plan.bridge
     _ip("link", "add", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0")
     try:
-        _ip("addr", "add", f"{host_address}/{NET_PREFIX_LEN}", "dev", bridge)
+        _ip("link", "set", "dev", bridge, "alias", f"{BRIDGE_ALIAS_PREFIX}{owner}")
+        _ip("addr", "add", f"{plan.host_address}/{NET_PREFIX_LEN}", "dev", bridge)
         _ip("link", "set", bridge, "up")
     except BaseException:
         _remove_bridge(bridge)
@@ -191,7 +254,7 @@ def _make_bridge(bridge: str, subnet: str, host_address: str) -> None:
 
 
 def _remove_bridge(bridge: str) -> None:
-    if _ip("link", "show", bridge, check=False).returncode == 0:
+    if _link_exists(bridge):
         _ip("link", "del", bridge, check=False)
 
 
@@ -385,7 +448,7 @@ def _pick_slot(n_hosts: int) -> int:
         ports = [p for i in range(1, n_hosts + 1) for p in port_plan(slot, i)[:2]]
         ports += [p + off for p in ports[::2] for off in (TLS_PORT_OFFSET, SSH_PORT_OFFSET)]
         ports += [iscsi_port(slot), control_port(slot)]
-        if all(_port_free(p) for p in ports):
+        if all(_port_free(p) for p in ports) and _slot_network_free(slot):
             return slot
     raise LabError("no free loopback port range for the lab (all lab slots are in use)")
 
@@ -537,6 +600,7 @@ class Lab:
         domain_type = choose_accel(accel)
         root.mkdir(parents=True, exist_ok=True)
         try:
+            _reclaim_stale_bridges()
             slot = _pick_slot(hosts)
             plans = []
             for i in range(1, hosts + 1):
@@ -1331,7 +1395,7 @@ class Lab:
             self._save()
         if state.bridge is None:
             plan = net_plan(state.slot)
-            _make_bridge(plan.bridge, plan.subnet, plan.host_address)
+            _make_bridge(plan, self.state_dir)
             state.bridge = plan.bridge
             self._save()
 

@@ -11,6 +11,16 @@ from pathlib import Path
 import pytest
 
 from balancer.lab import Lab
+from balancer.lab.config import MAX_SLOTS, net_plan
+from balancer.lab.lab import (
+    BRIDGE_ALIAS_PREFIX,
+    _ip,
+    _lab_bridges,
+    _link_exists,
+    _pick_slot,
+    _remove_bridge,
+    _slot_network_free,
+)
 from balancer.lab.testing import require_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
@@ -88,3 +98,41 @@ def test_up_without_root_says_what_is_missing(tmp_path: Path) -> None:
     assert "missing: root" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_killed_labs_bridge_is_reclaimed_and_a_foreign_one_is_never_touched(
+    tmp_path: Path,
+) -> None:
+    """A lab killed before its down leaves its bridge behind (the CI run that found ``blab0``
+    on the machine and refused every Linux guest). The next lab removes a bridge whose lab is
+    gone, and steps over a network it did not make instead of failing on it."""
+    require_lab()
+    first = _pick_slot(1)  # the slot the next lab would take
+    second = next(s for s in range(first + 1, MAX_SLOTS) if _slot_network_free(s))
+    foreign, stale = net_plan(first).bridge, net_plan(second).bridge
+    _ip("link", "add", foreign, "type", "bridge")
+    _ip("link", "add", stale, "type", "bridge")
+    gone = f"{BRIDGE_ALIAS_PREFIX}{tmp_path / 'gone'}"
+    _ip("link", "set", "dev", stale, "alias", gone)
+    state = tmp_path / "lab"
+    try:
+        res = _cli(
+            "lab", "up", "--hosts", "1", "--vms", "1", "--busy", "0", "--guest", "linux",
+            "--state-dir", str(state), "--json",
+        )  # fmt: skip
+        try:
+            assert res.returncode == 0, res.stderr
+            bridge = json.loads(res.stdout)["bridge"]
+            assert bridge not in (None, foreign)
+            # the gone lab's bridge is removed (its slot may be the new lab's now)
+            aliases = dict(_lab_bridges())
+            assert aliases.get(stale) != gone, "the bridge of a lab that is gone was kept"
+            assert aliases[bridge] == f"{BRIDGE_ALIAS_PREFIX}{state}"
+            assert _link_exists(foreign), "a bridge the lab did not make was removed"
+        finally:
+            down = _cli("lab", "down", "--state-dir", str(state))
+        assert down.returncode == 0, down.stderr
+        assert not _link_exists(bridge)
+    finally:
+        _remove_bridge(foreign)
+        _remove_bridge(stale)
