@@ -384,6 +384,18 @@ class Executor:
             ]
             return sum(self.cancel(rid, who=who) for rid in ids)
 
+    def supersede_queued(self, plan_id: str, reason: str) -> list[int]:
+        """Finish the plan's requests not started yet as ``superseded`` (its premises broke:
+        e.g. a VM moved outside the balancer); those in flight run on, the planner's pre-start
+        checks still guard them. Returns the superseded request ids."""
+        with self._lock:
+            now = self.clock.now()
+            done = []
+            for w in [w for w in self._queue.values() if w.plan_id == plan_id]:
+                self._finish(w, Outcome(result=Result.SUPERSEDED.value, error=reason), now)
+                done.append(w.request_id)
+            return done
+
     def abort_all(self, *, who: str = "balancer", cancel_queued: bool = True) -> None:
         """Abort every migration in flight (and cancel the queue unless told otherwise)."""
         with self._lock:

@@ -321,6 +321,11 @@ class ExecutorAdapter:
     def cancel(self, migration_id: int, *, who: str) -> bool:
         return self.worker.cancel(migration_id, who=who)
 
+    def supersede_queued(self, plan_id: str, reason: str) -> list[int]:
+        ids = self.executor.supersede_queued(plan_id, reason)
+        self.worker.wake()
+        return ids
+
     def migrations(self, *, active_only: bool = False, limit: int = 200) -> list[Migration]:
         stmt = sa.select(requests).order_by(requests.c.id.desc()).limit(limit)
         if active_only:

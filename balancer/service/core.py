@@ -266,6 +266,8 @@ class Service:
         self._snap: Snapshot | None = None
         #: collects at once on the backend's lifecycle events (libvirt), see service/events.py
         self.event_watch = EventWatch(port, self.collect)
+        #: asks for a balance cycle at once (the runtime's scheduler sets it)
+        self.replan_soon: Callable[[], None] | None = None
         #: per VM copy factors learned from finished migrations, see service/copycost.py
         self.copy_cost = CopyCostModel()
         self._stale_detail: str | None = None
@@ -610,9 +612,11 @@ class Service:
                 for vm, src, dst in moved
             ]
         )
+        outside = []
         for vm, src, dst in moved:
             log.info("%s moved %s -> %s", vm, src, dst, extra=fields(vm=vm))
             if (vm, src, dst) not in reasons:
+                outside.append((vm, src, dst))
                 self.audit.record(
                     at=now,
                     kind="external_migration",
@@ -623,6 +627,47 @@ class Service:
                     target=dst,
                     detail="moved outside the balancer (not by any of its requests)",
                 )
+        if outside:
+            self._supersede_broken_plans(outside, now)
+
+    def _supersede_broken_plans(self, outside: list[tuple[str, str, str]], now: datetime) -> None:
+        """A move made outside the balancer breaks the premises of every plan with work not
+        started yet (queued requests, pending recommendations) on the moved VM or on either of
+        its hosts: such a plan is superseded at once (its queued requests finish
+        ``superseded``, its recommendations expire, both audited) and a new plan is asked for
+        (``replan_soon``) instead of waiting for the next balance cycle."""
+        vms = {vm for vm, _, _ in outside}
+        hosts = {h for _, src, dst in outside for h in (src, dst)}
+        why = "superseded: " + ", ".join(
+            f"{vm} moved {a} -> {b} outside the balancer" for vm, a, b in outside
+        )
+
+        def touches(vm: str, source: str, target: str) -> bool:
+            return vm in vms or source in hosts or target in hosts
+
+        broken = {
+            m.plan_id
+            for m in self.executor.migrations(active_only=True, limit=1000)
+            if m.plan_id and m.state is MigrationState.QUEUED and touches(m.vm, m.source, m.target)
+        }
+        pending = self.store.recommendations(state=PENDING, limit=10000)
+        broken |= {r.plan_id for r in pending if r.plan_id and touches(r.vm, r.source, r.target)}
+        for plan_id in sorted(broken):
+            ids = self.executor.supersede_queued(plan_id, why)
+            recs = [r for r in pending if r.plan_id == plan_id]
+            for r in recs:
+                self.store.decide_recommendation(r.id, state=EXPIRED, at=now, who=None, note=why)
+            self.audit.record(
+                at=now,
+                kind="plan",
+                who=SYSTEM,
+                result="superseded",
+                plan_id=plan_id,
+                detail=f"{why} ({len(ids)} queued moves, {len(recs)} recommendations)",
+            )
+            log.info("plan %s %s", plan_id, why, extra=fields(plan_id=plan_id))
+        if broken and self.replan_soon is not None:
+            self.replan_soon()
 
     def _refresh_overlay(self) -> None:
         """Apply changed administrative host states to the current snapshot at once."""

@@ -154,6 +154,10 @@ class ExecutorPort(Protocol):
         """Cancel queued or running work; False when it was already final."""
         ...
 
+    def supersede_queued(self, plan_id: str, reason: str) -> list[int]:
+        """Finish the plan's requests not started yet as superseded; their ids."""
+        ...
+
     def migrations(self, *, active_only: bool = False, limit: int = 200) -> list[Migration]:
         """Newest first."""
         ...

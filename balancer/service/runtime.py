@@ -8,6 +8,7 @@ path (drain with a limit) and ``abort()`` the second-signal path.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -208,6 +209,8 @@ class Runtime:
             ),
             audit_check=audit_checker(store, anchor),
         )
+        # a plan broken by an outside move is replaced at once, not at the next cycle
+        svc.replan_soon = functools.partial(sched.run_soon, "balance")
         return Runtime(
             settings=settings,
             service=svc,

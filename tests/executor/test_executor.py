@@ -415,6 +415,23 @@ def test_plan_that_ages_in_the_queue_is_superseded_for_the_rest(db_url: str) -> 
     assert results[0] is Result.SUCCEEDED and results[-1] is Result.SUPERSEDED
 
 
+def test_superseding_a_plan_finishes_its_queued_moves_and_lets_the_running_one_finish(
+    db_url: str,
+) -> None:
+    """What the service does when a move outside the balancer breaks a plan's premises."""
+    r = rig(small_cluster(3, 4), db_url, concurrent_total=1)
+    sub = r.ex.submit_plan(make_plan([(f"vm{i}", "h1", "h2") for i in range(1, 4)]))
+    r.ex.tick()  # the first starts, the others wait
+    superseded = r.ex.supersede_queued(sub.plan_id, "superseded: vm4 moved h1 -> h2 outside")
+    assert superseded == list(sub.request_ids[1:])
+    assert r.ex.run()
+    results = [x.result for x in r.ex.results(sub.request_ids)]
+    assert results == [Result.SUCCEEDED, Result.SUPERSEDED, Result.SUPERSEDED]
+    assert "vm4 moved" in (r.store.request(sub.request_ids[1]).error or "")
+    assert r.ex.supersede_queued(sub.plan_id, "again") == []
+    assert_one_outcome_each(r.store)
+
+
 def test_plan_whose_premises_changed_is_superseded(db_url: str) -> None:
     snap = small_cluster(3, 2)
     r = rig(snap, db_url)

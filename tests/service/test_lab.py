@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,31 +91,48 @@ def test_maintenance_on_the_lab_empties_a_host_by_live_migration(lab: Lab, tmp_p
         backend.close()
 
 
-def test_a_migration_outside_the_balancer_is_seen_at_once_and_audited(
+def virsh_migrate(lab: Lab, vm: str, src: str, dst: str) -> None:
+    """``virsh migrate --live``, as an operator would do it behind the balancer's back."""
+    uri = {h.name: h.uri for h in lab.status().hosts}
+    subprocess.run(
+        ["virsh", "-q", "-c", uri[src], "migrate", "--live", vm, uri[dst],
+         "--migrateuri", "tcp://127.0.0.1"],
+        check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_virsh_migrate_behind_the_services_back_is_audited_and_supersedes_the_plan_it_breaks(
     lab: Lab, tmp_path: Path
 ) -> None:
-    """The service subscribes to libvirt's lifecycle events: a guest migrated by someone else
-    (here another libvirt client) shows on its new host long before the next collect (every
-    300 s here) and is audited as an external migration with both hosts."""
+    """The service subscribes to libvirt's lifecycle events: a guest moved with ``virsh
+    migrate`` shows on its new host long before the next collect (every 300 s here), is audited
+    as an external migration with both hosts, and the plan whose recommendation it breaks is
+    superseded and replaced at once (not at the next balance cycle, 300 s here). The time from
+    the end of ``virsh migrate`` to the audit record is measured in benchmarks/lab_events.py."""
     from balancer.service.ports import AuditFilter
 
+    backend = lab.backend()
+    snap = backend.snapshot()
+    vm = sorted(v.name for v in snap.vms if v.name != "busy-1")[0]
+    src = snap.vm(vm).host
+    dst = next(h for h in lab.host_names() if h != src and backend.can_run(vm, h))
     cfg = write_settings(
         tmp_path,
         policy={"automation": "manual", "threshold": 1, "exclude": []},
         intervals={"collect_s": 300, "balance_s": 300, "policy_reload_s": 300},
     )
-    (tmp_path / "policies" / "rules.yaml").write_text("rules: []\n")
-    backend, other = lab.backend(), lab.backend()
+    # a hard rule the guest breaks where it is: the first plan recommends moving it to dst
+    rule = {"name": "pin", "kind": "vm_host", "mode": "must", "vms": [vm], "hosts": [dst]}
+    (tmp_path / "policies" / "rules.yaml").write_text(json.dumps({"rules": [rule]}))
     rt = Runtime.build(load_settings(cfg), port=backend)
     try:
         rt.start()
         svc = rt.service
         assert svc.event_watch.active
-        snap = svc.snapshot()
-        vm = sorted(v.name for v in snap.vms if v.name != "busy-1")[0]
-        src = snap.vm(vm).host
-        dst = next(h for h in lab.host_names() if h != src and other.can_run(vm, h))
-        other.migrate(vm, src, dst)
+        first = svc.balance()
+        (rec,) = svc.recommendations()
+        assert (rec.vm, rec.source, rec.target, rec.plan_id) == (vm, src, dst, first.id)
+        virsh_migrate(lab, vm, src, dst)
         wait_for(
             f"the service to see {vm} on {dst}",
             lambda: svc.snapshot().vm(vm).host == dst,
@@ -129,6 +147,17 @@ def test_a_migration_outside_the_balancer_is_seen_at_once_and_audited(
         )
         assert [(r.source, r.target, r.who) for r in records] == [(src, dst, "external")]
         assert svc.event_watch.events >= 1 and svc.event_watch.collects >= 1
+        # the plan it broke is superseded, its recommendation expired, a new plan made at once
+        superseded = [
+            r for r in svc.audit.query(AuditFilter(kind="plan")) if r.result == "superseded"
+        ]
+        assert [r.plan_id for r in superseded] == [first.id]
+        (gone,) = [r for r in svc.recommendations(state="expired") if r.id == rec.id]
+        assert gone.note.startswith(f"superseded: {vm} moved {src} -> {dst}")
+        replan = wait_for(
+            "a new plan", lambda: next((p for p in svc.plans() if p.id != first.id), None)
+        )
+        assert not [r for r in svc.recommendations() if r.plan_id == replan.id]
         # and through the CLI, filtered by its kind
         from click.testing import CliRunner
 
@@ -142,10 +171,9 @@ def test_a_migration_outside_the_balancer_is_seen_at_once_and_audited(
         assert [(r["vm"], r["source"], r["target"]) for r in json.loads(listed.stdout)] == [
             (vm, src, dst)
         ]
-        other.migrate(vm, dst, src)  # put the lab back as it was
+        virsh_migrate(lab, vm, dst, src)  # put the lab back as it was
         wait_for(f"{vm} back", lambda: svc.snapshot().vm(vm).host == src, timeout_s=30)
     finally:
-        other.close()
         rt.close()
         backend.close()
 
