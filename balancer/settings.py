@@ -42,6 +42,10 @@ class SimulatedBackend(_Strict):
 
 LabelKey = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_./-]+$")]
 LabelValue = Annotated[str, Field(max_length=253)]
+#: one entry of the host's SMBIOS data as libvirt reports it: SECTION.ENTRY (chassis.asset)
+SysinfoField = Annotated[
+    str, Field(pattern=r"^(bios|system|baseBoard|chassis)\.[a-z_]{1,40}$", max_length=60)
+]
 
 
 class LibvirtDefaults(_Strict):
@@ -51,6 +55,9 @@ class LibvirtDefaults(_Strict):
     timeout_s: float = Field(default=5.0, gt=0, le=HOUR_S)
     #: host labels, for the policy's label selectors (``hosts: {labels: {rack: r1}}``)
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+    #: labels read from each host's own SMBIOS data, label key -> SECTION.ENTRY
+    #: (``{rack: chassis.asset}``); its OEM strings ``kvm-balancer:KEY=VALUE`` are labels too
+    labels_from_sysinfo: dict[LabelKey, SysinfoField] = Field(default_factory=dict, max_length=16)
     #: the hosts' QEMU have migration TLS certificates (for ``migration: {tls: ...}``)
     migration_tls: bool = False
     #: guest type the hosts' CPU models are read for: kvm, or qemu (plain emulation)
@@ -73,6 +80,7 @@ class LibvirtHost(_Strict):
     #: the host's QEMU has migration TLS certificates (for migration: {tls: ...})
     migration_tls: bool | None = None
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+    labels_from_sysinfo: dict[LabelKey, SysinfoField] = Field(default_factory=dict, max_length=16)
     virt_type: Literal["kvm", "qemu"] | None = None
     shared_storage: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
         default=None, max_length=64
@@ -116,6 +124,7 @@ class LibvirtBackend(_Strict):
                     "timeout_s": pick(h.timeout_s, d.timeout_s),
                     "migration_tls": pick(h.migration_tls, d.migration_tls),
                     "labels": {**d.labels, **h.labels},
+                    "labels_from_sysinfo": {**d.labels_from_sysinfo, **h.labels_from_sysinfo},
                     "virt_type": h.virt_type or d.virt_type,
                     "shared_storage": list(
                         d.shared_storage if h.shared_storage is None else h.shared_storage

@@ -21,7 +21,7 @@ base_pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev)
 test_pkgs=(libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
            postgresql victoria-metrics chromium iproute2 procps util-linux
            linux-image-cloud-amd64 busybox-static tgt qemu-block-extra gnutls-bin
-           openssh-server)
+           openssh-server dmidecode)
 pkgs=("${base_pkgs[@]}")
 [ "$want_test" = 1 ] && pkgs+=("${test_pkgs[@]}")
 

@@ -237,6 +237,46 @@ def strip_cpu_feature(caps_xml: str, feature: str) -> str:
     return "".join(out)
 
 
+# -- the hosts' own SMBIOS data --------------------------------------------------------------
+
+#: libvirtd reads the host's SMBIOS data (``virsh sysinfo``) from this program; each lab host's
+#: mount namespace has its own in its place
+DMIDECODE = "/usr/sbin/dmidecode"
+
+
+def lab_oem_labels(index: int) -> dict[str, str]:
+    """The labels lab host ``index`` carries itself, as ``kvm-balancer:`` OEM strings: two
+    hosts a rack (h1 and h2 in rack r1, h3 in r2, ...)."""
+    return {"rack": f"r{(index + 1) // 2}"}
+
+
+def lab_asset_tag(slot: int, index: int) -> str:
+    return f"lab-s{slot}-h{index}"
+
+
+def dmidecode_script(plan: HostPlan, slot: int) -> str:
+    """A stand-in for ``dmidecode`` that prints the lab host's SMBIOS data as the real one
+    does: its system, its chassis (asset tag :func:`lab_asset_tag`) and its OEM strings
+    (:func:`lab_oem_labels`); with ``--dump --oem-string N``, string N alone."""
+    strings = [f"kvm-balancer:{k}={v}" for k, v in lab_oem_labels(plan.index).items()]
+    cases = "".join(f"    {i}) printf '%s' '{s}' ;;\n" for i, s in enumerate(strings, 1))
+    listed = "".join(f"\tString {i}: {s}\n" for i, s in enumerate(strings, 1))
+    return (
+        "#!/bin/sh\n"
+        "# balancer lab: this host's SMBIOS data, printed as dmidecode prints it\n"
+        'if [ "$1" = "--dump" ] && [ "$2" = "--oem-string" ]; then\n'
+        f'  case "$3" in\n{cases}  esac\n  exit 0\nfi\n'
+        "cat <<'EOF'\n"
+        "Handle 0x0100, DMI type 1, 27 bytes\nSystem Information\n"
+        "\tManufacturer: balancer lab\n\tProduct Name: lab host\n"
+        f"\tSerial Number: {plan.name}\n\tUUID: {plan.host_uuid}\n\n"
+        "Handle 0x0300, DMI type 3, 22 bytes\nChassis Information\n"
+        f"\tManufacturer: balancer lab\n\tAsset Tag: {lab_asset_tag(slot, plan.index)}\n\n"
+        f"Handle 0x0B00, DMI type 11, 5 bytes\nOEM Strings\n{listed}\n"
+        "EOF\n"
+    )
+
+
 # -- real Linux guests ---------------------------------------------------------------------
 
 #: the lab's bridge is ``BRIDGE_PREFIX + slot``; its subnet ``10.213.SLOT.0/24``

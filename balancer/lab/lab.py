@@ -40,6 +40,7 @@ from balancer.errors import LabError
 from balancer.lab.bootsector import COUNTER_GPA, GuestKind, boot_sector, parse_xp_word
 from balancer.lab.config import (
     BRIDGE_PREFIX,
+    DMIDECODE,
     MAX_HOSTS,
     MAX_SLOTS,
     NET_PREFIX_LEN,
@@ -48,6 +49,7 @@ from balancer.lab.config import (
     DiskSource,
     HostPlan,
     NetPlan,
+    dmidecode_script,
     domain_xml,
     guest_address,
     guest_mac,
@@ -132,6 +134,7 @@ def missing_prerequisites() -> list[str]:
         ("unshare", "util-linux"),
         ("taskset", "util-linux"),
         ("mount", "mount"),
+        ("dmidecode", "dmidecode"),
     ):
         if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
             missing.append(f"{tool} (apt-get install {package})")
@@ -1268,6 +1271,11 @@ class Lab:
         for target, sub in BIND_MOUNTS:
             lines.append(f"mkdir -p {target}")
             lines.append(f"mount --bind '{hdir / sub}' {target}")
+        # the host's own SMBIOS data (labels that live with the host: ``virsh sysinfo``)
+        fake = hdir / "dmidecode"
+        fake.write_text(dmidecode_script(plan, self.state.slot))
+        fake.chmod(0o755)
+        lines.append(f"mount --bind '{fake}' {DMIDECODE}")
         # pinned to one CPU: libvirt keeps its QEMU capabilities cache only while the CPUID it
         # reads at start matches the cache's, and on a virtual machine CPUID differs by CPU
         # (APIC IDs). Unpinned, a host whose daemon starts on another CPU than the first

@@ -44,6 +44,7 @@ from balancer.libvirt.errors import (
     translate_migration_error,
 )
 from balancer.libvirt.events import VMEvent, ensure_event_loop, event_kind
+from balancer.libvirt.sysinfo import sysinfo_labels
 from balancer.model import VM, Host, HostState, Snapshot
 from balancer.port import JobState, MigrationOptions, MigrationProgress
 
@@ -91,6 +92,9 @@ class HostConfig:
     uri: str  # qemu+ssh://, qemu+tls://, qemu+tcp://, qemu:///system
     timeout_s: float = 5.0
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: labels read from the host's SMBIOS data: label key -> SECTION.ENTRY
+    #: (:mod:`balancer.libvirt.sysinfo`); its ``kvm-balancer:`` OEM strings are labels too
+    sysinfo_labels: Mapping[str, str] = field(default_factory=dict)
     #: VIR_MIGRATE_PARAM_URI for migrations *to* this host (e.g. tcp://10.0.0.2); None: libvirt
     migration_uri: str | None = None
     #: VIR_MIGRATE_PARAM_LISTEN_ADDRESS for incoming migrations (e.g. 127.0.0.1)
@@ -160,6 +164,8 @@ class _HostState:
     host_cpu_xml: str | None = None
     host_features: frozenset[str] = frozenset()
     host_model: str | None = None
+    #: the labels the host carries itself (read once a connection, None: not read yet)
+    own_labels: dict[str, str] | None = None
     node_sample: stats.CpuSample | None = None
     callback_ids: list[int] = field(default_factory=list)
 
@@ -340,6 +346,7 @@ class LibvirtBackend:
                 # the host may have been changed while away: forget what we cached about it
                 self._compat = {k: v for k, v in self._compat.items() if k[0] != host}
                 st.host_cpu_xml = None
+            st.own_labels = None  # a new connection: read what the host carries again
         if recovered:
             log.info("host %s is reachable again", host)
 
@@ -539,6 +546,21 @@ class LibvirtBackend:
         st.host_model = domxml.cpu_model_and_features(cpu_xml)[0]
         st.host_features = self._expand(conn, st.config.virt_type, cpu_xml)
 
+    @staticmethod
+    def _own_labels(st: _HostState, conn: libvirt.virConnect) -> dict[str, str]:
+        """The labels the host carries in its SMBIOS data (read once a connection: hardware
+        data does not change while libvirtd runs)."""
+        if st.own_labels is None:
+            try:
+                xml = conn.getSysinfo(0)
+            except libvirt.libvirtError as exc:
+                log.info("%s: no sysinfo (%s): no labels from it", st.config.name, exc)
+                xml = ""
+            st.own_labels = (
+                sysinfo_labels(xml, st.config.sysinfo_labels, host=st.config.name) if xml else {}
+            )
+        return st.own_labels
+
     def _collect(self, host: str) -> tuple[Host, tuple[VM, ...], bool]:
         """One host's inventory and stats; the flag says whether some VM had no prior sample."""
         st = self._state(host)
@@ -658,7 +680,7 @@ class LibvirtBackend:
                 memory_mib=int(info[1]),
                 cpu_features=st.host_features,
                 state=HostState.ACTIVE,
-                labels=dict(cfg.labels),
+                labels={**self._own_labels(st, conn), **cfg.labels},
                 overhead_cpu_cores=round(overhead_cpu, 4),
                 overhead_memory_mib=overhead_mem,
             )
@@ -1262,6 +1284,7 @@ def backend_from_settings(hosts: Iterable[HostSettings], **kwargs: Any) -> Libvi
                 uri=h.uri,
                 timeout_s=5.0 if timeout is None else float(timeout),
                 labels=dict(getattr(h, "labels", None) or {}),
+                sysinfo_labels=dict(getattr(h, "labels_from_sysinfo", None) or {}),
                 migration_uri=(f"tcp://[{address}]" if ":" in address else f"tcp://{address}")
                 if address
                 else None,

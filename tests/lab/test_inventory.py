@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -134,7 +135,6 @@ def test_label_rules_work_on_libvirt_hosts_and_guests(lab: Lab, tmp_path: Path) 
     repairs a ``must_not`` rule written only with labels."""
     import json
 
-    import yaml
     from click.testing import CliRunner
 
     from balancer.cli import cli
@@ -147,56 +147,19 @@ def test_label_rules_work_on_libvirt_hosts_and_guests(lab: Lab, tmp_path: Path) 
         be.close()
     first = lab.host_names()[0]
     guest = sorted(v.name for v in snap.vms if v.host == first)[0]
-    hosts = [
-        {
-            "name": h,
-            "uri": lab.uri_for(h),
-            "migration_address": "127.0.0.1",
-            **({"labels": {"rack": "r1"}} if h == first else {}),
-        }
-        for h in lab.host_names()
-    ]
-    backend = {
-        "kind": "libvirt",
-        "defaults": {
-            "labels": {"rack": "r2", "site": "lab"},
-            "virt_type": lab.domain_type,
-            "shared_storage": [str(lab.state_dir / "disks")],
-            "measure_host_overhead": False,
-        },
-        "hosts": hosts,
+    rule = {
+        "name": "cache-not-on-r1",
+        "kind": "vm_host",
+        "mode": "must_not",
+        "vms": {"labels": {"app": "cache"}},
+        "hosts": {"labels": {"rack": "r1"}},
     }
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "policy.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "automation": "manual",
-                "threshold": 1,
-                "exclude": [],
-                "rules": [
-                    {
-                        "name": "cache-not-on-r1",
-                        "kind": "vm_host",
-                        "mode": "must_not",
-                        "vms": {"labels": {"app": "cache"}},
-                        "hosts": {"labels": {"rack": "r1"}},
-                    }
-                ],
-            }
-        )
-    )
-    cfg = tmp_path / "balancer.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "backend": backend,
-                "policy": str(policies),
-                "database": f"sqlite:///{tmp_path / 'none.db'}",
-                "state_dir": str(tmp_path / "state"),
-                "collectors": {"window_s": 60, "sample_interval_s": 1, "stale_after_s": 30},
-            }
-        )
+    cfg, policies = _libvirt_settings(
+        lab,
+        tmp_path,
+        defaults={"labels": {"rack": "r2", "site": "lab"}},
+        own={first: {"labels": {"rack": "r1"}}},
+        rules=[rule],
     )
     conn = libvirt.open(lab.uri_for(first))
     dom = conn.lookupByName(guest)
@@ -244,3 +207,108 @@ def test_label_rules_work_on_libvirt_hosts_and_guests(lab: Lab, tmp_path: Path) 
     again = CliRunner().invoke(cli, [*args, "--json"])
     codes = [f["code"] for f in json.loads(again.stdout)["findings"]]
     assert codes == ["selector_matches_nothing"], again.stdout
+
+
+def _libvirt_settings(
+    lab: Lab,
+    tmp_path: Path,
+    *,
+    defaults: dict[str, Any],
+    own: dict[str, dict[str, Any]] | None = None,
+    rules: list[dict[str, Any]],
+) -> tuple[Path, Path]:
+    """A settings file with a libvirt backend on the lab's hosts, as ops would write theirs,
+    and its policy directory (manual automation, mandatory moves only, the given rules)."""
+    import yaml
+
+    hosts = [
+        {
+            "name": h,
+            "uri": lab.uri_for(h),
+            "migration_address": "127.0.0.1",
+            **(own or {}).get(h, {}),
+        }
+        for h in lab.host_names()
+    ]
+    backend = {
+        "kind": "libvirt",
+        "defaults": {
+            "virt_type": lab.domain_type,
+            "shared_storage": [str(lab.state_dir / "disks")],
+            "measure_host_overhead": False,
+            **defaults,
+        },
+        "hosts": hosts,
+    }
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "policy.yaml").write_text(
+        yaml.safe_dump({"automation": "manual", "threshold": 1, "exclude": [], "rules": rules})
+    )
+    cfg = tmp_path / "balancer.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "backend": backend,
+                "policy": str(policies),
+                "database": f"sqlite:///{tmp_path / 'none.db'}",
+                "state_dir": str(tmp_path / "state"),
+                "collectors": {"window_s": 60, "sample_interval_s": 1, "stale_after_s": 30},
+            }
+        )
+    )
+    return cfg, policies
+
+
+def test_labels_the_hosts_carry_themselves_drive_a_rack_rule(lab: Lab, tmp_path: Path) -> None:
+    """Labels that live with the host: each lab host's SMBIOS data (``virsh sysinfo``) has an
+    OEM string ``kvm-balancer:rack=rN`` and a chassis asset tag. With no label in the settings,
+    ``snapshot --config`` shows both as labels (the tag through ``labels_from_sysinfo``), and
+    ``plan --config`` repairs a rack rule written against them."""
+    import json
+
+    from click.testing import CliRunner
+
+    from balancer.cli import cli
+    from balancer.lab.config import lab_asset_tag, lab_oem_labels
+    from balancer.snapshot_io import load_snapshot
+
+    racks = {p.name: lab_oem_labels(p.index)["rack"] for p in lab.hosts}
+    be = lab.backend()
+    try:
+        # a guest, and another rack with a host it can run on (wherever the guests are now)
+        guest, want = next(
+            (v.name, racks[h])
+            for v in sorted(be.snapshot().vms, key=lambda v: v.name)
+            if v.name != "busy-1"
+            for h in lab.host_names()
+            if racks[h] != racks[v.host] and be.can_run(v.name, h)
+        )
+    finally:
+        be.close()
+    rule = {
+        "name": "in-rack",
+        "kind": "vm_host",
+        "mode": "must",
+        "vms": [guest],
+        "hosts": {"labels": {"rack": want}},
+    }
+    cfg, _ = _libvirt_settings(
+        lab, tmp_path, defaults={"labels_from_sysinfo": {"asset": "chassis.asset"}}, rules=[rule]
+    )
+    runner = CliRunner()
+    live = tmp_path / "live.json"
+    shot = runner.invoke(
+        cli, ["snapshot", "--config", str(cfg), "--sample-s", "1", "-o", str(live)]
+    )
+    assert shot.exit_code == 0, shot.output
+    labels = {h.name: dict(h.labels) for h in load_snapshot(live).hosts}
+    assert labels == {
+        p.name: {"rack": racks[p.name], "asset": lab_asset_tag(lab.state.slot, p.index)}
+        for p in lab.hosts
+    }
+    planned = runner.invoke(cli, ["plan", "--config", str(cfg), "--sample-s", "1", "--json"])
+    assert planned.exit_code == 0, planned.output
+    moves = json.loads(planned.stdout)["moves"]
+    assert [(m["vm"], m["reason"].split(":")[:2]) for m in moves] == [(guest, ["rule", "in-rack"])]
+    assert racks[moves[0]["target"]] == want
