@@ -63,6 +63,12 @@ class _StateCollector(Collector):
             value=cc.mean_abs_error,
         )
         yield GaugeMetricFamily(
+            "balancer_migration_copy_time_error_ratio",
+            "Mean |job time - expected time| / job time over the succeeded migrations "
+            "(expected: the expected GiB at the link's speed)",
+            value=cc.mean_abs_time_error,
+        )
+        yield GaugeMetricFamily(
             "balancer_paused", "1 when automation is paused (any breaker)", value=int(st.paused)
         )
         brk = GaugeMetricFamily(

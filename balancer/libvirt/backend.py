@@ -637,11 +637,12 @@ class LibvirtBackend:
                     for n in chosen:
                         self._dirty_at[(host, n)] = now
                     self.dirty_rate_measurements += len(chosen)
-            if calc:
-                # starting a measurement needs a job: a VM busy migrating would make us wait
+            # starting a measurement needs a job: a VM busy migrating would make us wait, so
+            # each VM's start has its own thread (one VM's migration must not hold the others')
+            for dom in calc:
                 threading.Thread(
                     target=_start_dirty_rate_calc,
-                    args=(calc,),
+                    args=([dom],),
                     name=f"dirtyrate {host}",
                     daemon=True,
                 ).start()

@@ -9,7 +9,10 @@ statistics' processed data). The VM's *copy factor* is the exponentially weighte
 bounds; the balance cycle plans with it, so a VM whose pages churn more than its measured dirty
 rate says costs more, and one mostly made of zero pages costs less. The *prediction error* of
 each migration is ``|copied - expected| / copied`` with the factor in force when it was planned;
-its running mean and the totals are on ``/metrics`` (``balancer_migration_copy_*``).
+its running mean and the totals are on ``/metrics`` (``balancer_migration_copy_*``). The *copy
+time* expected is the expected GiB at the link's speed (the policy's bandwidth limit, else the
+reference link); its error against libvirt's job time is kept the same way
+(``balancer_migration_copy_time_error_ratio``). Measured on the lab: docs/benchmarks/lab.md.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from balancer.model import MAX_COPY_FACTOR, MIN_COPY_FACTOR, VM, Snapshot
-from balancer.optimizer.thresholds import copied_gib
+from balancer.optimizer.thresholds import REFERENCE_BANDWIDTH_MIB_S, copied_gib
 
 #: weight of the newest migration in a VM's copy factor
 ALPHA = 0.5
@@ -34,6 +37,8 @@ class CopyStats:
     copied_gib: float
     #: mean of |copied - expected| / copied over the migrations
     mean_abs_error: float
+    #: mean of |job time - expected time| / job time over the migrations with a job time
+    mean_abs_time_error: float = 0.0
 
 
 class CopyCostModel:
@@ -46,6 +51,8 @@ class CopyCostModel:
         self._expected = 0.0
         self._copied = 0.0
         self._abs_err = 0.0
+        self._timed = 0
+        self._abs_time_err = 0.0
 
     def factor(self, vm: str) -> float:
         with self._lock:
@@ -55,10 +62,12 @@ class CopyCostModel:
         with self._lock:
             return dict(self._factor)
 
-    def learn(self, vm: VM, copied_mib: float, bandwidth_mib_s: int) -> float | None:
+    def learn(
+        self, vm: VM, copied_mib: float, bandwidth_mib_s: int, duration_s: float | None = None
+    ) -> float | None:
         """One succeeded migration of ``vm`` (as it was when planned) that copied
-        ``copied_mib``; the migration's prediction error, or None when there is nothing to
-        learn from (no figure)."""
+        ``copied_mib`` in libvirt's ``duration_s``; the migration's prediction error, or None
+        when there is nothing to learn from (no figure)."""
         if copied_mib <= 0:
             return None
         copied = copied_mib / 1024.0
@@ -79,6 +88,10 @@ class CopyCostModel:
             self._expected += expected
             self._copied += copied
             self._abs_err += error
+            if duration_s is not None and duration_s > 0:
+                link = bandwidth_mib_s or REFERENCE_BANDWIDTH_MIB_S
+                self._timed += 1
+                self._abs_time_err += abs(expected * 1024 / link - duration_s) / duration_s
         return error
 
     def stats(self) -> CopyStats:
@@ -88,6 +101,7 @@ class CopyCostModel:
                 expected_gib=self._expected,
                 copied_gib=self._copied,
                 mean_abs_error=self._abs_err / self._n if self._n else 0.0,
+                mean_abs_time_error=self._abs_time_err / self._timed if self._timed else 0.0,
             )
 
     def apply(self, snap: Snapshot) -> Snapshot:

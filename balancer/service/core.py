@@ -911,7 +911,9 @@ class Service:
         vm = snap.vm_map().get(r.vm)
         if vm is None:
             return
-        error = self.copy_cost.learn(vm, r.data_copied_mib, policy.migration.bandwidth_mib_s)
+        error = self.copy_cost.learn(
+            vm, r.data_copied_mib, policy.migration.bandwidth_mib_s, r.duration_s
+        )
         if error is not None:
             log.info(
                 "%s copied %.2f GiB; the cost model's error %.0f%%, its copy factor now %.2f",

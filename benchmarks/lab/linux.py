@@ -12,8 +12,8 @@ wall time of each migration; downtime is libvirt's (completed job stats /
 ``virsh domjobinfo --completed``). After each case every writing guest's disk must verify
 and its record count must have grown (the guests ran on through every move).
 
-The table it prints is appended (replacing an earlier one) to ``docs/benchmarks/lab.md``
-under the heading "Real Linux guests".
+The table it prints replaces its own marked section of ``docs/benchmarks/lab.md`` (heading
+"Real Linux guests").
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from balancer.lab import Lab
 from balancer.libvirt import LibvirtBackend
 from balancer.port import MigrationOptions
+from benchmarks.doc_sections import write_section
 from benchmarks.lab.run import _virsh_jobinfo, _virsh_migrate
 
 BANDWIDTH_MIB_S = 119
@@ -226,10 +227,7 @@ average 9-12) guests of the 4-concurrent case stopped running on their target af
 (QEMU gone without a log line); the benchmark now checks every guest after each round and
 prints the guests' QEMU logs and consoles when that happens. The cause is not found yet.
 """
-    doc = args.out.read_text() if args.out.exists() else "# Lab migration benchmark\n"
-    if HEADING in doc:
-        doc = doc[: doc.index(HEADING)].rstrip() + "\n"
-    args.out.write_text(doc.rstrip() + "\n\n" + section)
+    write_section(args.out, "lab-linux", section)
     print(f"wrote {args.out}")
     return 0
 

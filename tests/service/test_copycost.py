@@ -49,3 +49,13 @@ def test_the_snapshot_carries_the_factor_only_when_learned() -> None:
     doc["vms"][0]["copy_factor"] = 50
     with pytest.raises(SnapshotError, match="copy_factor"):
         snapshot_from_dict(doc)
+
+
+def test_the_copy_time_error_is_kept_against_libvirts_job_time() -> None:
+    vm = make_vm("a", "h1", memory_mib=1024, dirty_rate_mib_s=0.0)
+    model = CopyCostModel()
+    # 1 GiB expected at 100 MiB/s: 10.24 s; the job took 20.48 s, then exactly 15.36 s
+    model.learn(vm, 1024.0, 100, 20.48)
+    model.learn(vm, 1024.0, 100, None)  # no job time: the GiB are learned, not the time
+    stats = model.stats()
+    assert stats.migrations == 2 and stats.mean_abs_time_error == pytest.approx(0.5)
