@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -155,6 +154,7 @@ def outside_runs(lab: Lab, tmp: Path, times: int) -> list[float]:
     from balancer.service.runtime import Runtime
     from balancer.settings import load_settings
     from tests.service.running import write_settings
+    from tests.service.test_lab import virsh_migrate
 
     cfg = write_settings(
         tmp,
@@ -165,7 +165,6 @@ def outside_runs(lab: Lab, tmp: Path, times: int) -> list[float]:
     backend = lab.backend()
     rt = Runtime.build(load_settings(cfg), port=backend)
     vm = GUESTS[-1][0]
-    uri = {h.name: h.uri for h in lab.status().hosts}
     latencies = []
     try:
         rt.start()
@@ -178,11 +177,7 @@ def outside_runs(lab: Lab, tmp: Path, times: int) -> list[float]:
             src = svc.snapshot().vm(vm).host
             dst = "h2" if src == "h1" else "h1"
             before = len(audited())
-            subprocess.run(
-                ["virsh", "-q", "-c", uri[src], "migrate", "--live", vm, uri[dst],
-                 "--migrateuri", "tcp://127.0.0.1"],
-                check=True, capture_output=True, timeout=300,
-            )  # fmt: skip
+            virsh_migrate(lab, vm, src, dst)
             done = datetime.now(UTC)
             deadline = time.monotonic() + 60
             while len(seen := audited()) <= before:
