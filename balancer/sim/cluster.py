@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from balancer.errors import MigrationError, VMNotFoundError
+from balancer.errors import InputError, MigrationError, VMNotFoundError
 from balancer.inputs import SNAPSHOT, load_json
 from balancer.model import HostState, Snapshot
 from balancer.port import Clock, JobState, MigrationOptions, MigrationProgress
@@ -430,16 +430,21 @@ class SimulatedCluster:
             self._save()
 
     def set_vm_cpu(self, vm: str, cpu_used_cores: float) -> None:
-        with self._synced():
-            self._snap = self._snap.with_vms(
-                replace(v, cpu_used_cores=cpu_used_cores) if v.name == vm else v
-                for v in self._snap.vms
-            )
-            self._save()
+        self.set_cpu_usage({vm: cpu_used_cores})
 
     def set_cpu_usage(self, usage: dict[str, float]) -> None:
-        """Set the measured CPU of many VMs at once (trace replay, demos)."""
+        """Set the measured CPU of many VMs at once (trace replay, demos). A VM cannot use
+        more cores than it has vCPUs (a real hypervisor never reports it, and a snapshot file
+        with it is refused): such a usage is refused, naming the VM, and nothing is set."""
         with self._synced():
+            for v in self._snap.vms:
+                cores = usage.get(v.name)
+                if cores is not None and not 0.0 <= cores <= v.vcpus:
+                    raise InputError(
+                        f"vm {v.name}: cpu_used_cores {cores:g} is outside 0..{v.vcpus} "
+                        f"(its vCPUs)",
+                        subject=v.name,
+                    )
             self._snap = self._snap.with_vms(
                 replace(v, cpu_used_cores=usage[v.name]) if v.name in usage else v
                 for v in self._snap.vms

@@ -139,3 +139,21 @@ def test_generator_is_deterministic_and_valid() -> None:
     for load in a.loads().values():
         assert load.memory_load <= 1.0
     assert len({h.cpu_features for h in a.hosts}) == 3
+
+
+def test_a_cpu_usage_above_a_vms_vcpus_is_refused_and_nothing_is_set() -> None:
+    """The premise two service tests once had (7 cores on a 2-vCPU VM): refused where it is
+    written, not later by a snapshot file's loader."""
+    from balancer.errors import InputError
+
+    snap = make_snapshot(
+        [make_host("h1")], [make_vm("a", "h1", vcpus=2), make_vm("b", "h1", vcpus=4)]
+    )
+    sim = SimulatedCluster(snap, clock=ManualClock())
+    with pytest.raises(InputError, match=r"vm a: cpu_used_cores 7 is outside 0\.\.2"):
+        sim.set_cpu_usage({"b": 3.0, "a": 7.0})
+    with pytest.raises(InputError, match="vm b"):
+        sim.set_vm_cpu("b", -1.0)
+    assert sim.snapshot().vm("b").cpu_used_cores == snap.vm("b").cpu_used_cores
+    sim.set_cpu_usage({"a": 2.0, "b": 4.0})
+    assert [v.cpu_used_cores for v in sim.snapshot().vms] == [2.0, 4.0]
