@@ -61,6 +61,7 @@ from balancer.service.ports import (
     PlannerPort,
     Priority,
 )
+from balancer.service.rolling import RollingMaintenance
 from balancer.service.store import (
     APPROVED,
     EVACUATING,
@@ -289,6 +290,8 @@ class Service:
         self.leading: Callable[[], bool] = lambda: True
         #: high availability: each cluster's leader as this instance sees it (status)
         self.cluster_status: Callable[[], Sequence[Any]] = lambda: ()
+        #: rolling maintenances (service/rolling.py), advanced after each maintenance tick
+        self.rolling = RollingMaintenance(self, self._lock)
 
     # ------------------------------------------------------------------------------------------
     # lifecycle
@@ -577,6 +580,7 @@ class Service:
             )
             self._expire_recommendations(snap, now)
             self._advance_maintenance(snap, now)
+            self.rolling.advance()
         self.watch_breakers()
         self._timed("collect", time.monotonic() - t0)
         return snap
