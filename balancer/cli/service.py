@@ -212,6 +212,8 @@ def register(cli: click.Group) -> None:
         )
         if doc["policy"]["last_error"]:
             click.echo(f"policy refused: {doc['policy']['last_error']}")
+        if doc.get("window"):
+            click.echo(f"balancing held: {doc['window']} (mandatory moves continue)")
         print_table(
             "hosts",
             ["host", "state", "cpu", "memory", "vms"],

@@ -157,6 +157,9 @@ class StatusView:
     last_plan_status: str | None = None
     #: hard rules the last balance plan leaves violated, each with its cause
     violations: list[ViolationView] = field(default_factory=list)
+    #: why balancing moves are held now by the policy's windows ("frozen by X until ..."),
+    #: None when they may run; mandatory moves always run
+    window: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
