@@ -246,10 +246,10 @@ class RollingMaintenance:
                 h for h in rows if h.state == HostStep.AWAITING_GATE and host in (None, h.host)
             ]
             if not waiting:
-                what = host or "no host"
                 raise ConflictError(
-                    f"rolling {rid}: {what} is awaiting its gate"
-                    + (" now" if host is None else " (not awaiting its gate now)")
+                    f"rolling {rid}: no host is awaiting its gate now"
+                    if host is None
+                    else f"host: {host} of rolling {rid} is not awaiting its gate now"
                 )
             for h in waiting:
                 self.svc.store.update_rolling_host(rid, h.host, released_by=who)

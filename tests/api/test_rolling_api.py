@@ -100,6 +100,9 @@ def test_rolling_maintenance_through_the_api_and_the_cli(
         }
         early = api.post(f"{url}/{rid}/continue", headers=OPERATOR, json={})
         assert early.status_code == 409, early.text
+        assert early.json()["error"] == f"rolling {rid}: no host is awaiting its gate now"
+        one = api.post(f"{url}/{rid}/continue", headers=OPERATOR, json={"host": "h3"})
+        assert one.status_code == 409 and one.json()["field"] == "host", one.text
         assert api.get(f"{url}/999", headers=OPERATOR).status_code == 404
 
         # the rest through the CLI
