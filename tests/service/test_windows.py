@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from balancer.cli import cli
 from balancer.service.ports import AuditFilter
 from balancer.service.runtime import Runtime
 from balancer.sim.clock import ManualClock
 from balancer.sim.cluster import SimulatedCluster
 from tests.factories import make_host, make_snapshot, make_vm
-from tests.service.running import write_settings
+from tests.service.running import TOKENS, write_settings
+from tests.service.test_predictive import serving
 from tests.service.test_rolling import service
 
 pytestmark = pytest.mark.timeout(300)
@@ -53,7 +56,11 @@ def window_audits(rt: Runtime) -> list[str]:
     return [a.detail for a in rt.service.audit_records(AuditFilter(kind="window"))]
 
 
-def test_a_freeze_window_holds_balancing_but_not_an_evacuation(tmp_path: Path) -> None:
+def test_a_freeze_window_holds_balancing_but_not_an_evacuation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for user, token in TOKENS.items():
+        monkeypatch.setenv(f"TEST_TOKEN_{user.upper()}", token)
     freeze = {
         "name": "freeze-test",
         "mode": "freeze",
@@ -67,6 +74,13 @@ def test_a_freeze_window_holds_balancing_but_not_an_evacuation(tmp_path: Path) -
         assert set(plan.held) == {m.vm for m in plan.moves}
         assert "frozen by freeze-test until 2026-03-02T12:00+00:00" in plan.note
         assert svc.status().window == "frozen by freeze-test until 2026-03-02T12:00+00:00"
+        with serving(rt) as url:
+            shown = CliRunner().invoke(cli, ["status", "--url", url, "--token", TOKENS["vic"]])
+        assert shown.exit_code == 0, shown.output
+        assert (
+            "balancing held: frozen by freeze-test until 2026-03-02T12:00+00:00 "
+            "(mandatory moves continue)" in shown.stdout
+        )
         tick()
         assert svc.balance().executed == []
         assert len(window_audits(rt)) == 1  # once per window, not per cycle
