@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -29,8 +30,11 @@ from policies.model import (
     RuleMode,
     Selector,
     SoftRules,
+    Window,
+    WindowMode,
 )
 from policies.schema import PolicyDoc, SelectorDoc
+from policies.windows import trigger
 
 SINGLE_KEYS = (
     "automation",
@@ -44,6 +48,7 @@ SINGLE_KEYS = (
     "migration",
     "soft_rules",
     "predictive",
+    "timezone",
 )
 
 
@@ -82,11 +87,11 @@ def _files(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def _rule_lines(node: yaml.Node | None) -> list[int]:
+def _rule_lines(node: yaml.Node | None, key: str = "rules") -> list[int]:
     lines: list[int] = []
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
-            if k.value == "rules" and isinstance(v, yaml.SequenceNode):
+            if k.value == key and isinstance(v, yaml.SequenceNode):
                 lines = [item.start_mark.line + 1 for item in v.value]
     return lines
 
@@ -101,6 +106,8 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
     rules: list[Rule] = []
     exclude: list[Selector] = []
     seen_rules: dict[str, str] = {}
+    windows: list[tuple[Window, str, int | None, int]] = []  # (window, file, line, index)
+    seen_windows: dict[str, str] = {}
     digest = hashlib.sha256()
     for f in files:
         text = read_text(f, POLICY)
@@ -142,6 +149,26 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
                 )
             )
         exclude.extend(_selector(e) for e in doc.exclude)
+        wlines = _rule_lines(node, "windows")
+        for i, w in enumerate(doc.windows):
+            line = wlines[i] if i < len(wlines) else None
+            origin = f"{f}:{line}" if line else str(f)
+            if w.name in seen_windows:
+                raise PolicyError(
+                    f"window name {w.name!r} is already used at {seen_windows[w.name]}",
+                    path=str(f),
+                    line=line,
+                    field=f"windows[{i}].name",
+                )
+            seen_windows[w.name] = origin
+            window = Window(
+                name=w.name,
+                mode=WindowMode(w.mode),
+                cron=w.cron,
+                duration_minutes=w.duration_minutes,
+                origin=origin,
+            )
+            windows.append((window, str(f), line, i))
 
     def pick(key: str) -> Any:
         return given[key][1] if key in given else None
@@ -160,6 +187,26 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
         )
     if cooldown_max is None:  # not given: the default ceiling, or the base when it is above
         cooldown_max = max(base.cooldown_max_minutes, cooldown)
+    timezone = pick("timezone") or base.timezone
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PolicyError(
+            f"unknown time zone {timezone!r} (an IANA name such as Europe/Berlin)",
+            path=given["timezone"][0],
+            line=key_lines.get("timezone"),
+            field="timezone",
+        ) from None
+    for win, path, line, i in windows:
+        try:
+            trigger(win.cron, timezone)
+        except ValueError as exc:
+            raise PolicyError(
+                f"window {win.name!r}: {exc} (a 5-field cron: minute hour day month weekday)",
+                path=path,
+                line=line,
+                field=f"windows[{i}].cron",
+            ) from None
     bal, head, lim, mig = pick("balance"), pick("headroom"), pick("limits"), pick("migration")
     pred = pick("predictive")
     return Policy(
@@ -176,6 +223,8 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
         exclude=tuple(exclude),
         migration=MigrationSettings(**mig.model_dump()) if mig else base.migration,
         predictive=Predictive(**pred.model_dump()) if pred else base.predictive,
+        windows=tuple(w for w, *_ in windows),
+        timezone=timezone,
         digest=digest.hexdigest(),
     )
 

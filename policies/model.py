@@ -94,6 +94,24 @@ class Rule:
         return self.kind is not RuleKind.VM_HOST
 
 
+class WindowMode(StrEnum):
+    ALLOW = "allow"  # balancing only inside (when any allow window exists)
+    FREEZE = "freeze"  # no balancing inside
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Window:
+    """A time window for balancing moves (``windows`` in the policy; see policies/windows.py).
+    Mandatory moves (maintenance, quarantine, hard-rule repair) ignore windows."""
+
+    name: str
+    mode: WindowMode
+    #: when it starts: 5-field cron in the policy's time zone
+    cron: str
+    duration_minutes: int
+    origin: str = ""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Resources:
     cpu: float
@@ -152,6 +170,9 @@ class Policy:
     exclude: tuple[Selector, ...] = ()
     migration: MigrationSettings = field(default_factory=MigrationSettings)
     predictive: Predictive = field(default_factory=Predictive)
+    #: balancing windows and the time zone of their cron expressions
+    windows: tuple[Window, ...] = ()
+    timezone: str = "UTC"
     #: sha256 of the canonical policy content ("" for a policy built in code)
     digest: str = ""
 

@@ -79,6 +79,17 @@ class PredictiveDoc(_Strict):
     weight: float = Field(default=1.0, ge=0.0, le=1.0)
 
 
+class WindowDoc(_Strict):
+    """A time window for balancing moves: ``allow`` (balancing only inside an allow window,
+    when any exists) or ``freeze`` (no balancing inside). ``cron`` is when it starts (5 fields,
+    in the policy's ``timezone``); it lasts ``duration_minutes``."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.:-]+$")
+    mode: Literal["allow", "freeze"]
+    cron: str = Field(min_length=1, max_length=200)
+    duration_minutes: int = Field(ge=1, le=7 * 24 * 60)
+
+
 NamesOrSelector = list[Name] | SelectorDoc
 #: VM-VM rules: hard (must, the default) or soft (should); must_not / should_not are refused
 GROUP_KINDS = ("affinity", "anti_affinity")
@@ -136,6 +147,10 @@ class PolicyDoc(_Strict):
     migration: MigrationDoc | None = None
     #: plan against the demand forecast over a horizon (see balancer.forecast)
     predictive: PredictiveDoc | None = None
+    #: the time zone of the windows' cron expressions (an IANA name; default UTC)
+    timezone: str | None = Field(default=None, min_length=1, max_length=100)
+    #: when balancing moves may run (mandatory moves always run); concatenated like rules
+    windows: list[WindowDoc] = Field(default_factory=list)
     rules: list[RuleDoc] = Field(default_factory=list)
     exclude: list[Name | SelectorDoc] = Field(default_factory=list)
 

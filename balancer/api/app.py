@@ -48,6 +48,7 @@ from balancer.optimizer.placement import NewVM
 from balancer.service.core import Service
 from balancer.service.errors import ConflictError, NotFoundError, UnavailableError
 from balancer.service.ports import AuditFilter, AuditItem
+from balancer.service.rolling import Gate, GateKind
 from balancer.service.runtime import Runtime
 from balancer.service.scheduling import Scheduler, TaskKind
 from balancer.service.views import (
@@ -60,6 +61,7 @@ from balancer.service.views import (
     PolicyView,
     PreflightView,
     RecommendationView,
+    RollingView,
     StatusView,
     TargetsView,
     TaskRunView,
@@ -74,6 +76,7 @@ log = logging.getLogger("balancer.api")
 STATIC = Path(__file__).parent / "static"
 
 Name = Annotated[str, PathParam(min_length=1, max_length=200)]
+RollingId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 
 
 # -- bodies ----------------------------------------------------------------------------------
@@ -171,6 +174,35 @@ class RejectBody(_Body):
 
 class EnterBody(_Body):
     force: StrictBool = Field(default=False, description="enter even when the preflight refuses")
+
+
+HostItem = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class RollingBody(_Body):
+    """A rolling maintenance: at most one of ``until_file`` and ``until_command`` (neither: an
+    operator's continue is the gate). A command gate needs the admin role."""
+
+    hosts: list[HostItem] = Field(min_length=1, max_length=1000, description="in batch order")
+    at_a_time: int = Field(ge=1, le=1000, description="hosts in maintenance at once")
+    until_file: str | None = Field(
+        default=None, min_length=1, max_length=4096, description="gate: this file exists"
+    )
+    until_command: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="gate: this command exits 0 (split into words, run without a shell)",
+    )
+    gate_timeout_s: float | None = Field(
+        default=None, gt=0, le=300, description="a gate command's time limit (default 30 s)"
+    )
+
+
+class ContinueBody(_Body):
+    host: str | None = Field(
+        default=None, min_length=1, max_length=200, description="only this host (default: all)"
+    )
 
 
 class ExitBody(_Body):
@@ -454,6 +486,7 @@ def create_app(rt: Runtime) -> FastAPI:
 
     v1 = "/api/v1"
     same_host = {"host": "$request.path.host"}
+    same_rolling = {"rid": "$response.body#/id"}
 
     # -- ingest ------------------------------------------------------------------------------
     @app.post(
@@ -655,6 +688,66 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.get(f"{v1}/maintenance", response_model=list[MaintenanceView], tags=["maintenance"])
     def maintenance_list(_p: Viewer, active: bool = False) -> list[MaintenanceView]:
         return svc.maintenance_list(active_only=active)
+
+    # -- rolling maintenance (before /maintenance/{host}: a host named "rolling" is shadowed)
+    @app.post(
+        f"{v1}/maintenance/rolling",
+        response_model=RollingView,
+        tags=["maintenance"],
+        operation_id="start_rolling",
+        responses=_links(
+            200,
+            Status=("rolling_status", same_rolling),
+            Continue=("continue_rolling", same_rolling),
+            Cancel=("cancel_rolling", same_rolling),
+        ),
+    )
+    def start_rolling(p: Operator, body: RollingBody) -> RollingView:
+        """Put the hosts into maintenance ``at_a_time`` at a time; each empty host waits for
+        its gate, exits, and the next batch starts."""
+        gate = Gate.make(
+            until_file=body.until_file,
+            until_command=body.until_command,
+            timeout_s=body.gate_timeout_s,
+        )
+        if gate.kind is GateKind.COMMAND and p.role is not Role.ADMIN:
+            raise HTTPException(403, "until_command: a command gate needs the admin role")
+        return svc.rolling.start(body.hosts, at_a_time=body.at_a_time, gate=gate, who=p.user)
+
+    @app.get(f"{v1}/maintenance/rolling", response_model=list[RollingView], tags=["maintenance"])
+    def rolling_list(_p: Viewer) -> list[RollingView]:
+        return svc.rolling.views()
+
+    @app.get(
+        f"{v1}/maintenance/rolling/{{rid}}",
+        response_model=RollingView,
+        tags=["maintenance"],
+        operation_id="rolling_status",
+    )
+    def rolling_status(_p: Viewer, rid: RollingId) -> RollingView:
+        return svc.rolling.view(rid)
+
+    @app.post(
+        f"{v1}/maintenance/rolling/{{rid}}/continue",
+        response_model=RollingView,
+        tags=["maintenance"],
+        operation_id="continue_rolling",
+    )
+    def continue_rolling(
+        p: Operator, rid: RollingId, body: ContinueBody | None = None
+    ) -> RollingView:
+        """The operator's gate: the hosts awaiting it exit maintenance."""
+        return svc.rolling.continue_(rid, who=p.user, host=body.host if body else None)
+
+    @app.post(
+        f"{v1}/maintenance/rolling/{{rid}}/cancel",
+        response_model=RollingView,
+        tags=["maintenance"],
+        operation_id="cancel_rolling",
+    )
+    def cancel_rolling(p: Operator, rid: RollingId) -> RollingView:
+        """Start no further batch; the hosts in maintenance stay there."""
+        return svc.rolling.cancel(rid, who=p.user)
 
     @app.get(
         f"{v1}/maintenance/{{host}}",

@@ -124,7 +124,10 @@ class Client:
         headers = {"Authorization": f"Bearer {check_token(token)}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60.0)
 
-    def call(self, method: str, path: str, **kw: Any) -> Any:
+    def call(
+        self, method: str, path: str, *, bad: frozenset[int] = BAD_INPUT_STATUS, **kw: Any
+    ) -> Any:
+        """One API call; an answer with a status in ``bad`` is bad input (exit 2)."""
         try:
             r = self.http.request(method, f"/api/v1{path}", **kw)
         except httpx.HTTPError as exc:
@@ -138,7 +141,7 @@ class Client:
             except ValueError:
                 msg = r.text.strip() or r.reason_phrase
             text = one_line(f"{r.status_code}: {msg}")
-            if r.status_code in BAD_INPUT_STATUS:  # the request itself was wrong: bad input
+            if r.status_code in bad:  # the request itself was wrong: bad input
                 raise InputError(text)
             raise ServiceError(text)
         try:
@@ -209,6 +212,8 @@ def register(cli: click.Group) -> None:
         )
         if doc["policy"]["last_error"]:
             click.echo(f"policy refused: {doc['policy']['last_error']}")
+        if doc.get("window"):
+            click.echo(f"balancing held: {doc['window']} (mandatory moves continue)")
         print_table(
             "hosts",
             ["host", "state", "cpu", "memory", "vms"],
@@ -327,7 +332,7 @@ def register(cli: click.Group) -> None:
 
     @cli.group()
     def maintenance() -> None:
-        """Maintenance mode: enter (evacuate), exit, status."""
+        """Maintenance mode: enter (evacuate), exit, status; rolling maintenance of many hosts."""
 
     def _show_maint(doc: dict[str, Any]) -> None:
         eta = f", about {doc['eta_s']:.0f} s left" if doc.get("eta_s") is not None else ""
@@ -433,6 +438,140 @@ def register(cli: click.Group) -> None:
             return
         for d in docs:
             _show_maint(d)
+
+    def _show_rolling(doc: dict[str, Any], as_json: bool = False) -> None:
+        if as_json:
+            print_json(doc)
+            return
+        gate = doc["gate"]
+        what = {"file": gate.get("path"), "command": gate.get("command")}.get(gate["kind"])
+        batch = doc["current_batch"]
+        click.echo(
+            f"rolling {doc['id']}: {doc['state']}, {doc['at_a_time']} at a time, gate "
+            f"{gate['kind']}{f' ({what})' if what else ''}"
+            + (f", batch {batch + 1} in progress" if batch is not None else "")
+        )
+        if doc["message"]:
+            click.echo(doc["message"])
+        print_table(
+            None,
+            ["host", "batch", "step", "since", "blocker"],
+            [
+                [h["host"], h["batch"] + 1, h["state"], str(h["since"])[:19], h["blocker"]]
+                for h in doc["hosts"]
+            ],
+        )
+
+    @maintenance.command("rolling")
+    @click.argument("hosts", nargs=-1, required=True)
+    @click.option(
+        "--at-a-time",
+        type=click.IntRange(min=1, max=1000),
+        required=True,
+        help="How many hosts are in maintenance at once.",
+    )
+    @click.option("--until-file", default=None, help="Gate: a host exits once this file exists.")
+    @click.option(
+        "--until-command",
+        default=None,
+        help="Gate: a host exits once this command exits 0 (run without a shell; {host} is "
+        "replaced by the host's name). Needs the admin role.",
+    )
+    @click.option(
+        "--gate-timeout",
+        type=click.FloatRange(min=0, max=300, min_open=True),
+        default=None,
+        help="A gate command's time limit in seconds (default 30).",
+    )
+    @_client_options
+    @json_option
+    @handle_errors
+    def m_rolling(
+        hosts: tuple[str, ...],
+        at_a_time: int,
+        until_file: str | None,
+        until_command: str | None,
+        gate_timeout: float | None,
+        url: str | None,
+        token: str | None,
+        config_path: str | None,
+        as_json: bool,
+    ) -> None:
+        """Rolling maintenance of HOSTS, --at-a-time N at a time: each batch is evacuated,
+        waits for its gate (default: `maintenance continue ID`), exits; then the next."""
+        if until_file is not None and until_command is not None:
+            raise InputError("--until-command: give --until-file or --until-command, not both")
+        body = {
+            "hosts": [check_name(h, f"HOSTS[{i}]") for i, h in enumerate(hosts)],
+            "at_a_time": at_a_time,
+            "until_file": until_file,
+            "until_command": until_command,
+            "gate_timeout_s": gate_timeout,
+        }
+        # an unknown host (404) or one already in maintenance (409) is a wrong argument too
+        doc = Client(url, token, config_path).call(
+            "POST", "/maintenance/rolling", json=body, bad=BAD_INPUT_STATUS | {404, 409}
+        )
+        _show_rolling(doc, as_json)
+
+    @maintenance.command("rollings")
+    @click.argument("rolling_id", type=ID, required=False)
+    @_client_options
+    @json_option
+    @handle_errors
+    def m_rollings(
+        rolling_id: int | None,
+        url: str | None,
+        token: str | None,
+        config_path: str | None,
+        as_json: bool,
+    ) -> None:
+        """Progress of rolling maintenance ROLLING_ID (or of every one)."""
+        c = Client(url, token, config_path)
+        if rolling_id is None:
+            docs = c.call("GET", "/maintenance/rolling")
+        else:
+            docs = [c.call("GET", f"/maintenance/rolling/{rolling_id}")]
+        if as_json:
+            print_json(docs if rolling_id is None else docs[0])
+            return
+        for d in docs:
+            _show_rolling(d)
+
+    @maintenance.command("continue")
+    @click.argument("rolling_id", type=ID)
+    @click.option("--host", default=None, help="Only this host (default: every one awaiting).")
+    @_client_options
+    @json_option
+    @handle_errors
+    def m_continue(
+        rolling_id: int,
+        host: str | None,
+        url: str | None,
+        token: str | None,
+        config_path: str | None,
+        as_json: bool,
+    ) -> None:
+        """The operator's gate: the hosts of ROLLING_ID awaiting it exit maintenance."""
+        body = {"host": None if host is None else check_name(host, "--host")}
+        doc = Client(url, token, config_path).call(
+            "POST", f"/maintenance/rolling/{rolling_id}/continue", json=body
+        )
+        _show_rolling(doc, as_json)
+
+    @maintenance.command("cancel")
+    @click.argument("rolling_id", type=ID)
+    @_client_options
+    @json_option
+    @handle_errors
+    def m_cancel(
+        rolling_id: int, url: str | None, token: str | None, config_path: str | None, as_json: bool
+    ) -> None:
+        """Cancel rolling maintenance ROLLING_ID: no further batch starts."""
+        doc = Client(url, token, config_path).call(
+            "POST", f"/maintenance/rolling/{rolling_id}/cancel"
+        )
+        _show_rolling(doc, as_json)
 
     @cli.group()
     def schedule() -> None:

@@ -61,6 +61,7 @@ from balancer.service.ports import (
     PlannerPort,
     Priority,
 )
+from balancer.service.rolling import RollingMaintenance
 from balancer.service.store import (
     APPROVED,
     EVACUATING,
@@ -108,11 +109,14 @@ from collectors.samples import HostSample
 from policies.lint import Severity, lint
 from policies.loader import load_policy
 from policies.model import Automation, Goal, Policy
+from policies.windows import WindowState, window_state
 
 #: who the service itself is in the audit trail
 SYSTEM = "balancer"
 
 PAUSE_FLAG = "pause"
+#: the balancing window hold last audited (its key): one audit record per hold, not per cycle
+WINDOW_FLAG = "window_hold"
 AUTOMATION_FLAG = "automation"
 
 #: failed migrations of one VM during one evacuation before it is reported as a blocker
@@ -291,6 +295,8 @@ class Service:
         self.leading: Callable[[], bool] = lambda: True
         #: high availability: each cluster's leader as this instance sees it (status)
         self.cluster_status: Callable[[], Sequence[Any]] = lambda: ()
+        #: rolling maintenances (service/rolling.py), advanced after each maintenance tick
+        self.rolling = RollingMaintenance(self, self._lock)
 
     # ------------------------------------------------------------------------------------------
     # lifecycle
@@ -579,6 +585,7 @@ class Service:
             )
             self._expire_recommendations(snap, now)
             self._advance_maintenance(snap, now)
+            self.rolling.advance()
         self.watch_breakers()
         self._timed("collect", time.monotonic() - t0)
         return snap
@@ -854,10 +861,16 @@ class Service:
             # evacuations belong to the maintenance requests; in-flight VMs to the executor
             moves = [m for m in plan.moves if m.vm not in in_flight and m.source not in evacuating]
             parts = D.split_plan(replace(plan, moves=tuple(moves)), automation, brk)
+            window = window_state(policy, now)
+            if window.held:
+                parts = D.hold_balancing(parts)
+                self._note_window(window, now, len(parts[D.Disposition.HOLD]))
+            elif self.store.flag(WINDOW_FLAG) is not None:
+                self.store.set_flag(WINDOW_FLAG, None, who=SYSTEM, at=now)
             execute = parts[D.Disposition.EXECUTE]
             recommend = parts[D.Disposition.RECOMMEND]
             held = parts[D.Disposition.HOLD]
-            note = brk.explain() if brk.open else ""
+            note = "; ".join(n for n in (brk.explain() if brk.open else "", window.detail) if n)
             self._record_plan(
                 plan_id, now, "balance", plan, policy, automation, execute, recommend, held, note
             )
@@ -899,6 +912,22 @@ class Service:
         view = self.plan(plan_id)
         assert view is not None
         return view
+
+    def _note_window(self, window: WindowState, now: datetime, held: int) -> None:
+        """Audit a balancing window's hold once: at the first cycle it holds."""
+        seen = self.store.flag(WINDOW_FLAG)
+        if seen is not None and seen["value"] == window.key:
+            return
+        self.store.set_flag(WINDOW_FLAG, window.key, who=SYSTEM, at=now)
+        self.audit.record(
+            at=now,
+            kind="window",
+            who=SYSTEM,
+            result="held",
+            detail=f"balancing held: {window.detail}; {held} moves held this cycle; "
+            "mandatory moves continue",
+        )
+        log.info("balancing held: %s", window.detail, extra=fields(reason="window"))
 
     def on_migration_result(self, r: MigrationResult) -> None:
         """A finished migration (the executor's hook): a succeeded one teaches the copy-cost
@@ -2043,7 +2072,14 @@ class Service:
             ],
             last_plan_status=last.status if last else None,
             violations=last.violations if last else [],
+            window=self._window_text(now),
         )
+
+    def _window_text(self, now: datetime) -> str | None:
+        """The balancing window's hold now ("frozen by X until ..."), None when balancing may
+        run."""
+        policy = self._pol.policy
+        return (window_state(policy, now).detail or None) if policy is not None else None
 
     def history(self, hours: float) -> list[HistoryView]:
         since = self.clock.now() - timedelta(hours=hours)

@@ -255,10 +255,25 @@ class Disposition(StrEnum):
 
 def dispose(move: Move, automation: Automation, brk: Breakers) -> Disposition:
     """What the service does with one planned move."""
-    mandatory = move.reason.mandatory or move.reason is MoveReason.TEMPORARY
-    if automation is Automation.FULL or (automation is Automation.PARTIAL and mandatory):
+    if automation is Automation.FULL or (automation is Automation.PARTIAL and mandatory(move)):
         return Disposition.EXECUTE if brk.allows(move.reason) else Disposition.HOLD
     return Disposition.RECOMMEND
+
+
+def mandatory(move: Move) -> bool:
+    """A move that runs whatever the windows say (maintenance, quarantine, rule repair, the
+    parking moves that serve them)."""
+    return move.reason.mandatory or move.reason is MoveReason.TEMPORARY
+
+
+def hold_balancing(parts: Mapping[Disposition, list[Move]]) -> dict[Disposition, list[Move]]:
+    """``parts`` with every balancing move (not :func:`mandatory`) held: outside the policy's
+    balancing windows (policies/windows.py)."""
+    out: dict[Disposition, list[Move]] = {d: [] for d in Disposition}
+    for d, moves in parts.items():
+        for m in moves:
+            out[d if mandatory(m) else Disposition.HOLD].append(m)
+    return out
 
 
 def split_plan(plan: Plan, automation: Automation, brk: Breakers) -> dict[Disposition, list[Move]]:

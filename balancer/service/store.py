@@ -2,8 +2,9 @@
 
 Maintenance requests and their per-VM progress, the administrative state of hosts,
 recommendations, plans the service made, the move history (cooldown and ping-pong holds),
-the imbalance history (dashboard), flags (operator pause, automation override) and scheduled
-task runs. Every change is written here before the service acts on it.
+the imbalance history (dashboard), flags (operator pause, automation override), scheduled
+task runs and rolling maintenances with their per-host progress.
+Every change is written here before the service acts on it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 
 from balancer.errors import StorageError
+from balancer.service.views import RollingHostView
 
 
 class UTC_DT(sa.TypeDecorator[datetime]):
@@ -148,6 +150,35 @@ task_runs = sa.Table(
 )
 
 
+rollings = sa.Table(
+    "svc_rolling",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("state", sa.String(40), nullable=False, index=True),
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("created_at", UTC_DT, nullable=False),
+    sa.Column("updated_at", UTC_DT, nullable=False),
+    sa.Column("finished_at", UTC_DT, nullable=True),
+    sa.Column("at_a_time", sa.Integer, nullable=False),
+    sa.Column("gate", sa.JSON, nullable=False),
+    sa.Column("message", sa.Text, nullable=False, default=""),
+)
+
+rolling_hosts = sa.Table(
+    "svc_rolling_host",
+    metadata,
+    sa.Column("rolling_id", sa.Integer, sa.ForeignKey("svc_rolling.id"), primary_key=True),
+    sa.Column("host", sa.String(200), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("batch", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(40), nullable=False),
+    sa.Column("since", UTC_DT, nullable=False),
+    sa.Column("maintenance_id", sa.Integer, nullable=True),
+    sa.Column("released_by", sa.String(200), nullable=True),
+    sa.Column("blocker", sa.Text, nullable=False, default=""),
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MaintenanceRow:
     id: int
@@ -224,6 +255,19 @@ class TaskRun:
     who: str
     result: str
     detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RollingRow:
+    id: int
+    state: str
+    who: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    at_a_time: int
+    gate: dict[str, Any]
+    message: str
 
 
 def _row(cls: Any, row: sa.Row[Any]) -> Any:
@@ -317,6 +361,88 @@ class ServiceStore:
     def active_maintenance(self, host: str) -> MaintenanceRow | None:
         rows = self.maintenance_requests(host=host, active_only=True, limit=1)
         return rows[0] if rows else None
+
+    # -- rolling maintenance -----------------------------------------------------------------
+    def add_rolling(
+        self,
+        *,
+        who: str,
+        at: datetime,
+        at_a_time: int,
+        gate: dict[str, Any],
+        hosts: list[str],
+        state: str,
+        host_state: str,
+    ) -> int:
+        """A rolling maintenance and its hosts (in order, batch by batch), in one transaction."""
+        with self._tx() as c:
+            res = c.execute(
+                sa.insert(rollings).values(
+                    state=state,
+                    who=who,
+                    created_at=at,
+                    updated_at=at,
+                    at_a_time=at_a_time,
+                    gate=gate,
+                    message="",
+                )
+            )
+            pk = res.inserted_primary_key
+            assert pk is not None
+            rid = int(pk[0])
+            c.execute(
+                sa.insert(rolling_hosts),
+                [
+                    {
+                        "rolling_id": rid,
+                        "host": h,
+                        "position": i,
+                        "batch": i // at_a_time,
+                        "state": host_state,
+                        "since": at,
+                        "blocker": "",
+                    }
+                    for i, h in enumerate(hosts)
+                ],
+            )
+            return rid
+
+    def update_rolling(self, rid: int, *, at: datetime, **values: Any) -> None:
+        with self._tx() as c:
+            c.execute(
+                sa.update(rollings).where(rollings.c.id == rid).values(updated_at=at, **values)
+            )
+
+    def update_rolling_host(self, rid: int, host: str, **values: Any) -> None:
+        with self._tx() as c:
+            c.execute(
+                sa.update(rolling_hosts)
+                .where(rolling_hosts.c.rolling_id == rid, rolling_hosts.c.host == host)
+                .values(**values)
+            )
+
+    def rollings(
+        self, *, states: frozenset[str] | None = None, limit: int = 100
+    ) -> list[RollingRow]:
+        stmt = sa.select(rollings).order_by(rollings.c.id.desc()).limit(limit)
+        if states is not None:
+            stmt = stmt.where(rollings.c.state.in_(sorted(states)))
+        with self._tx() as c:
+            return [_row(RollingRow, r) for r in c.execute(stmt)]
+
+    def rolling(self, rid: int) -> RollingRow | None:
+        with self._tx() as c:
+            r = c.execute(sa.select(rollings).where(rollings.c.id == rid)).first()
+        return None if r is None else _row(RollingRow, r)
+
+    def rolling_hosts(self, rid: int) -> list[RollingHostView]:
+        stmt = (
+            sa.select(rolling_hosts)
+            .where(rolling_hosts.c.rolling_id == rid)
+            .order_by(rolling_hosts.c.position)
+        )
+        with self._tx() as c:
+            return [_row(RollingHostView, r) for r in c.execute(stmt)]
 
     # -- recommendations ---------------------------------------------------------------------
     def add_recommendation(self, *, at: datetime, **values: Any) -> int:

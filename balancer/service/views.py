@@ -157,6 +157,9 @@ class StatusView:
     last_plan_status: str | None = None
     #: hard rules the last balance plan leaves violated, each with its cause
     violations: list[ViolationView] = field(default_factory=list)
+    #: why balancing moves are held now by the policy's windows ("frozen by X until ..."),
+    #: None when they may run; mandatory moves always run
+    window: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -433,3 +436,43 @@ class PlacementView:
     ruled_out: list[RuledOutView]
     placed_on: str | None = None
     started: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GateView:
+    """What a host of a rolling maintenance waits for once it is empty."""
+
+    kind: str  # operator | file | command
+    path: str | None = None
+    command: str | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RollingHostView:
+    host: str
+    position: int
+    batch: int
+    #: waiting | evacuating | awaiting_gate | done | failed | cancelled
+    state: str
+    since: datetime
+    maintenance_id: int | None
+    released_by: str | None
+    #: why it does not go on (a stuck evacuation, a refused entry, the gate not met)
+    blocker: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RollingView:
+    id: int
+    state: str  # running | done | failed | cancelled
+    who: str
+    at_a_time: int
+    gate: GateView
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    #: the batch in progress (0-based; None when none is)
+    current_batch: int | None
+    message: str
+    hosts: list[RollingHostView]

@@ -97,6 +97,7 @@ function renderStatus(s) {
   const msgs = [];
   if (s.paused) msgs.push("Automation paused: " + s.pause_reasons.map(b => b.detail).join("; "));
   if (s.policy.last_error) msgs.push("Policy refused (last good kept): " + s.policy.last_error);
+  if (s.window) msgs.push("Balancing held: " + s.window + " (mandatory moves continue)");
   banner(msgs.join(" — "), !!s.policy.last_error);
   document.getElementById("imbalance-now").textContent =
     s.imbalance == null ? "" : "now " + s.imbalance.toFixed(4);
