@@ -33,6 +33,7 @@ from balancer.service.errors import NotFoundError
 from balancer.service.logs import fields
 from balancer.service.views import TaskRunView, TaskView
 from policies.model import Automation
+from policies.windows import trigger as cron_trigger
 
 if TYPE_CHECKING:
     from balancer.model import Snapshot
@@ -350,7 +351,8 @@ class Scheduler:
         else:
             assert cron is not None
             try:
-                trigger = CronTrigger.from_crontab(cron, timezone=UTC)
+                # weekdays numbered as cron does (0 and 7 Sunday), as in the policy's windows
+                trigger = cron_trigger(cron, "UTC")
             except ValueError as exc:
                 raise InputError(f"cron: {exc}") from exc
             schedule = f"cron {cron}"

@@ -47,3 +47,33 @@ def test_each_cluster_runs_its_own_tasks(tmp_path: Path) -> None:
             rt.begin_stop("test")
             rt.drain()
             rt.close()
+
+
+def test_a_recurring_task_numbers_weekdays_as_cron_does(tmp_path: Path) -> None:
+    """``--cron "0 2 * * 1-5"`` runs Monday to Friday (cron's numbering: 0 and 7 are Sunday),
+    not Tuesday to Saturday as the scheduler library's own numbering would have it."""
+    cfg = write_settings(tmp_path, policy={"automation": "manual"})
+    rt = Runtime.build(load_settings(cfg))
+    try:
+        rt.start()
+        for cron, days in (
+            ("0 2 * * 1-5", {0, 1, 2, 3, 4}),
+            ("0 2 * * 0", {6}),
+            ("0 2 * * 6", {5}),
+        ):
+            view = rt.scheduler.add_task(
+                kind=TaskKind.AUTOMATION, args={"level": "manual"}, who="ops", at=None, cron=cron
+            )
+            assert view.next_run is not None and view.next_run.weekday() in days, (cron, view)
+            first = view.next_run
+            # the week's runs fall on those days only
+            job = rt.scheduler.scheduler.get_job(view.id)
+            runs, t = [], first
+            for _ in range(7):
+                runs.append(t.weekday())
+                t = job.trigger.get_next_fire_time(t, t + timedelta(seconds=1))
+            assert set(runs) == days, (cron, runs)
+    finally:
+        rt.begin_stop("test")
+        rt.drain()
+        rt.close()
