@@ -34,12 +34,20 @@ class NewVM:
     labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.name or self.vcpus < 1 or self.memory_mib < 1:
-            raise InputError("a new VM needs a name, at least 1 vCPU and 1 MiB", subject="vm")
+        # each message starts with the field it names (the API's error "field")
+        if not self.name:
+            raise InputError("vm: a new VM needs a name", subject="vm")
+        if self.vcpus < 1:
+            raise InputError(f"vcpus: {self.vcpus}: a new VM needs at least 1", subject="vcpus")
+        if self.memory_mib < 1:
+            raise InputError(
+                f"memory_mib: {self.memory_mib}: a new VM needs at least 1 MiB",
+                subject="memory_mib",
+            )
         demand = self.cpu_demand_cores
         if demand is not None and not 0 <= demand <= self.vcpus:
             raise InputError(
-                f"cpu demand {demand} cores: between 0 and its {self.vcpus} vCPUs",
+                f"cpu_demand_cores: {demand:g} cores, outside 0..{self.vcpus} (its vCPUs)",
                 subject="cpu_demand_cores",
             )
 

@@ -75,5 +75,12 @@ def test_cpu_features_and_headroom_rule_hosts_out(tmp_path: Path) -> None:
 def test_a_name_in_use_or_a_bad_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="exists already"):
         place(_cluster(), _policy(tmp_path, []), NewVM(name="db1", vcpus=1, memory_mib=1))
-    with pytest.raises(InputError, match="between 0 and its 2 vCPUs"):
+    with pytest.raises(InputError, match=r"^cpu_demand_cores: 3 cores, outside 0\.\.2"):
         NewVM(name="x", vcpus=2, memory_mib=1, cpu_demand_cores=3)
+    for bad, field in (
+        ({"name": ""}, "vm"),
+        ({"vcpus": 0}, "vcpus"),
+        ({"memory_mib": 0}, "memory_mib"),
+    ):
+        with pytest.raises(InputError, match=f"^{field}: "):
+            NewVM(**{"name": "x", "vcpus": 2, "memory_mib": 1, **bad})  # type: ignore[arg-type]

@@ -139,6 +139,9 @@ def test_placement_of_a_new_vm_through_the_api_and_the_cli(tmp_path: Path) -> No
             no_define = c.post("/placements", json={**body, "define": "<domain/>"})
             taken = c.post("/placements", json={**body, "vm": "vm001"})
             lone_start = c.post("/placements", json={**body, "start": True})
+            too_busy = c.post("/placements", json={**body, "vcpus": 1, "cpu_demand_cores": 4095})
+        # a cross-field refusal names its field, as every 4xx does
+        assert too_busy.status_code == 422 and too_busy.json()["field"] == "cpu_demand_cores"
         assert no_define.status_code == 409 and "cannot define VMs" in no_define.json()["error"]
         assert taken.status_code == 409 and "exists already" in taken.json()["error"]
         assert lone_start.status_code in (400, 422) and "needs define" in lone_start.json()["error"]
