@@ -19,10 +19,12 @@ from balancer.yamlfile import line_of, validate_yaml
 from policies.model import (
     Automation,
     Goal,
+    Health,
     Limits,
     MigrationSettings,
     Policy,
     Predictive,
+    PsiThresholds,
     Resources,
     Rule,
     RuleKind,
@@ -44,6 +46,7 @@ SINGLE_KEYS = (
     "migration",
     "soft_rules",
     "predictive",
+    "health",
 )
 
 
@@ -162,6 +165,7 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
         cooldown_max = max(base.cooldown_max_minutes, cooldown)
     bal, head, lim, mig = pick("balance"), pick("headroom"), pick("limits"), pick("migration")
     pred = pick("predictive")
+    health = pick("health")
     return Policy(
         automation=Automation(pick("automation") or base.automation),
         threshold=pick("threshold") or base.threshold,
@@ -176,8 +180,15 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
         exclude=tuple(exclude),
         migration=MigrationSettings(**mig.model_dump()) if mig else base.migration,
         predictive=Predictive(**pred.model_dump()) if pred else base.predictive,
+        health=_health(health) if health else base.health,
         digest=digest.hexdigest(),
     )
+
+
+def _health(doc: Any) -> Health:
+    values = doc.model_dump()
+    psi = PsiThresholds(**values.pop("psi_some_avg60"))
+    return Health(**values, psi_some_avg60=psi)
 
 
 __all__ = ["load_policy", "parse_policy_text"]
