@@ -304,6 +304,7 @@ class Scheduler:
     def _breakers(self) -> None:
         try:
             self.svc.watch_breakers()
+            self.svc.watch_health()
         except BalancerError as exc:
             log.warning("breakers: %s", exc)
 
