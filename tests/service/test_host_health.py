@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
+import balancer.cli.service as cli_service
 from balancer.api.app import create_app
+from balancer.cli import cli
 from balancer.service.core import SYSTEM
 from balancer.service.runtime import Runtime
 from balancer.settings import load_settings
@@ -256,3 +259,14 @@ def test_a_rising_edac_count_quarantines_one_host_and_the_cap_holds_the_next(
         assert "at most 1 host quarantined by the service at a time" in held["detail"]
         r.until("h4 emptied", lambda: not r.vms_on("h4"))
         assert r.vms_on("h1")
+
+        # ``balancer status`` lists each raised signal under the hosts
+        def through_the_test_client(self: Any, *_: Any) -> None:
+            self.url, self.http = "http://testserver", r.api
+
+        monkeypatch.setattr(cli_service.Client, "__init__", through_the_test_client)
+        r.api.headers.update(OPERATOR)
+        out = CliRunner().invoke(cli, ["status", "--url", "http://testserver"])
+        assert out.exit_code == 0, out.output
+        assert "health h1: hardware_errors since " in out.output
+        assert "edac_uncorrected rose 0 -> 1" in out.output
