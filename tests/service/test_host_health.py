@@ -270,3 +270,22 @@ def test_a_rising_edac_count_quarantines_one_host_and_the_cap_holds_the_next(
         assert out.exit_code == 0, out.output
         assert "health h1: hardware_errors since " in out.output
         assert "edac_uncorrected rose 0 -> 1" in out.output
+
+
+def test_a_host_that_keeps_dropping_its_connection_is_quarantined_and_emptied_once_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with rig(tmp_path, monkeypatch, connection_failures=3) as r:
+        for n in range(3):  # three short outages, each seen by one collect
+            assert r.state("h1") == "active", n
+            r.sim.set_reachable("h1", False)
+            r.tick()
+            r.sim.set_reachable("h1", True)
+            r.tick()
+        assert r.rt.service.store.host_states().get("h1") == "quarantined"
+        (q,) = [a for a in r.audit("quarantine", "h1") if a["result"] == "quarantined"]
+        assert "connection_failures: 3 failed collects in 10 min (limit 3)" in q["detail"]
+        # quarantined while it did not answer: nothing could leave then; the next balance
+        # cycle (the scheduler's, here the test's) moves its VMs off now that it answers
+        r.rt.service.balance()
+        r.until("h1 emptied", lambda: not r.vms_on("h1"))
