@@ -101,8 +101,17 @@ def test_an_intermittently_hung_libvirtd_gets_its_host_quarantined_and_emptied(
             timeout_s=300,
             every_s=1.0,
         )
-        moved = [m for m in svc.migrations() if m.vm in leaving and m.state == "succeeded"]
-        assert {m.vm for m in moved} == set(leaving)
+        # the guest runs on its target a moment before the executor records the outcome
+        moved = wait_for(
+            "the evacuations recorded as succeeded",
+            lambda: (
+                (ok := [m for m in svc.migrations() if m.vm in leaving and m.state == "succeeded"])
+                and {m.vm for m in ok} == set(leaving)
+                and ok
+            ),
+            timeout_s=60,
+            every_s=0.5,
+        )
         assert all(m.source == host and m.reason == "quarantine" for m in moved)
         # quarantined by the service, released by an operator only (the policy says null)
         assert quarantined()
