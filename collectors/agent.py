@@ -22,7 +22,15 @@ import httpx
 from balancer.errors import InputError
 from collectors.hostagent import HostAgentSampler
 from collectors.influx import InfluxExporter
-from collectors.samples import HostSample, Psi, PsiLine, PsiResource, SampleBatch, SampleSource
+from collectors.samples import (
+    HardwareErrors,
+    HostSample,
+    Psi,
+    PsiLine,
+    PsiResource,
+    SampleBatch,
+    SampleSource,
+)
 
 log = logging.getLogger("balancer.collectors.agent")
 
@@ -37,7 +45,13 @@ DOC_KEYS = (
     "psi",
     "net_rx_bps",
     "net_tx_bps",
+    "hardware",
 )
+#: keys an older agent may leave out
+OPTIONAL_KEYS = frozenset({"hardware"})
+
+
+HW_KEYS = ("edac_corrected", "edac_uncorrected", "mce")
 
 
 def _line_doc(line: PsiLine | None) -> dict[str, float | int] | None:
@@ -75,6 +89,7 @@ def host_sample_doc(s: HostSample) -> dict[str, Any]:
         "psi": _psi_doc(s.psi),
         "net_rx_bps": s.net_rx_bps,
         "net_tx_bps": s.net_tx_bps,
+        "hardware": None if s.hardware is None else s.hardware.counters(),
     }
 
 
@@ -91,7 +106,7 @@ def _line_from(doc: Any) -> PsiLine | None:
 
 def host_sample_from_doc(doc: Mapping[str, Any]) -> HostSample:
     """Parse an ingest document (raises :class:`InputError` naming the field)."""
-    missing = [k for k in DOC_KEYS if k not in doc]
+    missing = [k for k in DOC_KEYS if k not in doc and k not in OPTIONAL_KEYS]
     if missing:
         raise InputError(f"host sample: missing {', '.join(missing)}", subject="host sample")
     field = "time"
@@ -111,6 +126,13 @@ def host_sample_from_doc(doc: Mapping[str, Any]) -> HostSample:
                     PsiResource(some=some, full=_line_from(r.get("full"))) if some else None
                 )
             psi = Psi(cpu=parts["cpu"], memory=parts["memory"], io=parts["io"])
+        field = "hardware"
+        hw_doc = doc.get("hardware")
+        hardware = None
+        if hw_doc is not None:
+            hardware = HardwareErrors(
+                **{k: None if hw_doc.get(k) is None else int(hw_doc[k]) for k in HW_KEYS}
+            )
         field = "numbers"
         return HostSample(
             host=str(doc["host"]),
@@ -123,6 +145,7 @@ def host_sample_from_doc(doc: Mapping[str, Any]) -> HostSample:
             net_rx_bps=None if doc["net_rx_bps"] is None else float(doc["net_rx_bps"]),
             net_tx_bps=None if doc["net_tx_bps"] is None else float(doc["net_tx_bps"]),
             source=SampleSource.AGENT,
+            hardware=hardware,
         )
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InputError(f"host sample: bad {field}: {exc}", subject=str(doc.get("host"))) from exc

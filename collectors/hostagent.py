@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from collectors.samples import (
+    HardwareErrors,
     HostSample,
     Psi,
     PsiLine,
@@ -27,6 +28,10 @@ from collectors.samples import (
 
 MIB = 1024 * 1024
 PRESSURE_DIR = Path("/proc/pressure")
+#: where the hardware error counters are read from (a test passes a fake root)
+SYSTEM_ROOT = Path("/")
+EDAC_MC = "sys/devices/system/edac/mc"
+INTERRUPTS = "proc/interrupts"
 
 
 def parse_psi(text: str) -> PsiResource | None:
@@ -67,6 +72,43 @@ def read_psi(pressure_dir: Path = PRESSURE_DIR) -> Psi | None:
     return Psi(cpu=found["cpu"], memory=found["memory"], io=found["io"])
 
 
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _edac_sum(root: Path, name: str) -> int | None:
+    """``name`` (ce_count, ue_count) summed over the memory controllers; None without any."""
+    values = [_read_int(mc / name) for mc in sorted((root / EDAC_MC).glob("mc[0-9]*"))]
+    found = [v for v in values if v is not None]
+    return sum(found) if found else None
+
+
+def _mce_count(root: Path) -> int | None:
+    """Machine-check exceptions summed over CPUs (the ``MCE:`` line of /proc/interrupts)."""
+    try:
+        text = (root / INTERRUPTS).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "MCE:":
+            return sum(int(p) for p in parts[1:] if p.isdigit())
+    return None
+
+
+def read_hardware(root: Path = SYSTEM_ROOT) -> HardwareErrors | None:
+    """The EDAC and machine-check counters under ``root``; None when the kernel gives none."""
+    hw = HardwareErrors(
+        edac_corrected=_edac_sum(root, "ce_count"),
+        edac_uncorrected=_edac_sum(root, "ue_count"),
+        mce=_mce_count(root),
+    )
+    return hw if hw.counters() else None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Reading:
     time_s: float
@@ -95,10 +137,12 @@ class HostAgentSampler:
         *,
         host: str | None = None,
         pressure_dir: Path = PRESSURE_DIR,
+        system_root: Path = SYSTEM_ROOT,
         exclude_nics: frozenset[str] = frozenset({"lo"}),
     ) -> None:
         self.host = host or socket.gethostname()
         self._pressure_dir = pressure_dir
+        self._system_root = system_root
         self._exclude = exclude_nics
         self._cpu_cores = psutil.cpu_count(logical=True) or 1
         self._prev = self._read(now)
@@ -134,6 +178,7 @@ class HostAgentSampler:
             net_rx_bps=_rate(prev.rx_bytes, cur.rx_bytes, dt),
             net_tx_bps=_rate(prev.tx_bytes, cur.tx_bytes, dt),
             source=SampleSource.AGENT,
+            hardware=read_hardware(self._system_root),
         )
         return SampleBatch(time=now, hosts=(sample,))
 

@@ -69,6 +69,27 @@ class Psi:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HardwareErrors:
+    """The host's hardware error counters since its boot, as the kernel exposes them (a
+    counter is None when it does not): EDAC memory-controller corrected and uncorrected
+    errors (summed over ``mc*``) and machine-check exceptions (``MCE`` in /proc/interrupts,
+    summed over CPUs). A counter that rises between two samples is a health signal."""
+
+    edac_corrected: int | None = None
+    edac_uncorrected: int | None = None
+    mce: int | None = None
+
+    def counters(self) -> dict[str, int]:
+        """The counters the kernel gave, by name."""
+        out = {
+            "edac_corrected": self.edac_corrected,
+            "edac_uncorrected": self.edac_uncorrected,
+            "mce": self.mce,
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostSample:
     host: str
     time: datetime
@@ -82,6 +103,8 @@ class HostSample:
     net_rx_bps: float | None = None
     net_tx_bps: float | None = None
     source: SampleSource = SampleSource.PORT
+    #: None: the agent read none (an older agent, or a kernel without EDAC and MCE counts)
+    hardware: HardwareErrors | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

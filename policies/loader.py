@@ -20,10 +20,12 @@ from balancer.yamlfile import line_of, validate_yaml
 from policies.model import (
     Automation,
     Goal,
+    Health,
     Limits,
     MigrationSettings,
     Policy,
     Predictive,
+    PsiThresholds,
     Resources,
     Rule,
     RuleKind,
@@ -49,6 +51,7 @@ SINGLE_KEYS = (
     "soft_rules",
     "predictive",
     "timezone",
+    "health",
 )
 
 
@@ -209,6 +212,7 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
             ) from None
     bal, head, lim, mig = pick("balance"), pick("headroom"), pick("limits"), pick("migration")
     pred = pick("predictive")
+    health = pick("health")
     return Policy(
         automation=Automation(pick("automation") or base.automation),
         threshold=pick("threshold") or base.threshold,
@@ -225,8 +229,15 @@ def load_policy(paths: Sequence[str | Path]) -> Policy:
         predictive=Predictive(**pred.model_dump()) if pred else base.predictive,
         windows=tuple(w for w, *_ in windows),
         timezone=timezone,
+        health=_health(health) if health else base.health,
         digest=digest.hexdigest(),
     )
+
+
+def _health(doc: Any) -> Health:
+    values = doc.model_dump()
+    psi = PsiThresholds(**values.pop("psi_some_avg60"))
+    return Health(**values, psi_some_avg60=psi)
 
 
 __all__ = ["load_policy", "parse_policy_text"]

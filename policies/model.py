@@ -154,6 +154,40 @@ class Predictive:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PsiThresholds:
+    """Pressure (PSI ``some`` avg60, percent) above which a host is under sustained pressure;
+    None: that resource is not watched."""
+
+    cpu: float | None = 80.0
+    memory: float | None = 40.0
+    io: float | None = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Health:
+    """Host health and proactive evacuation (issue 13; see balancer.service.hostwatch): a host
+    whose health signals cross these limits is quarantined by the service. Off unless the
+    policy has a ``health:`` section (which is on unless it says ``enabled: false``)."""
+
+    enabled: bool = False
+    #: failed collects of the host (no answer, timeout) within ``window_minutes``
+    connection_failures: int = 3
+    #: failed migrations to or from the host within ``window_minutes``
+    migration_failures: int = 3
+    window_minutes: int = 10
+    psi_some_avg60: PsiThresholds = field(default_factory=PsiThresholds)
+    #: how long pressure must stay above its threshold
+    sustained_minutes: int = 5
+    #: a rising EDAC / machine-check error counter is a signal
+    hardware_errors: bool = True
+    #: a host quarantined by the service returns to active after this long without a signal
+    #: (None: only an operator releases it)
+    release_after_healthy_minutes: int | None = 30
+    #: at most this many hosts quarantined by the service at a time (0: signals only)
+    max_quarantined: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:
     automation: Automation = Automation.FULL
     threshold: int = 3
@@ -173,6 +207,7 @@ class Policy:
     #: balancing windows and the time zone of their cron expressions
     windows: tuple[Window, ...] = ()
     timezone: str = "UTC"
+    health: Health = field(default_factory=Health)
     #: sha256 of the canonical policy content ("" for a policy built in code)
     digest: str = ""
 

@@ -90,6 +90,31 @@ class WindowDoc(_Strict):
     duration_minutes: int = Field(ge=1, le=7 * 24 * 60)
 
 
+#: a pressure threshold in percent of time stalled (null: not watched)
+PsiPercent = Annotated[float, Field(gt=0.0, le=100.0)] | None
+
+
+class PsiThresholdsDoc(_Strict):
+    cpu: PsiPercent = 80.0
+    memory: PsiPercent = 40.0
+    io: PsiPercent = 60.0
+
+
+class HealthDoc(_Strict):
+    """Host health signals and the automatic quarantine (balancer.service.hostwatch)."""
+
+    enabled: bool = True
+    connection_failures: int = Field(default=3, ge=1, le=1000)
+    migration_failures: int = Field(default=3, ge=1, le=1000)
+    window_minutes: int = Field(default=10, ge=1, le=7 * 24 * 60)
+    psi_some_avg60: PsiThresholdsDoc = Field(default_factory=PsiThresholdsDoc)
+    sustained_minutes: int = Field(default=5, ge=1, le=7 * 24 * 60)
+    hardware_errors: bool = True
+    #: null: a host quarantined by the service is released by an operator only
+    release_after_healthy_minutes: int | None = Field(default=30, ge=1, le=30 * 24 * 60)
+    max_quarantined: int = Field(default=1, ge=0, le=1000)
+
+
 NamesOrSelector = list[Name] | SelectorDoc
 #: VM-VM rules: hard (must, the default) or soft (should); must_not / should_not are refused
 GROUP_KINDS = ("affinity", "anti_affinity")
@@ -151,6 +176,8 @@ class PolicyDoc(_Strict):
     timezone: str | None = Field(default=None, min_length=1, max_length=100)
     #: when balancing moves may run (mandatory moves always run); concatenated like rules
     windows: list[WindowDoc] = Field(default_factory=list)
+    #: host health signals; a host crossing them is quarantined (off when absent)
+    health: HealthDoc | None = None
     rules: list[RuleDoc] = Field(default_factory=list)
     exclude: list[Name | SelectorDoc] = Field(default_factory=list)
 

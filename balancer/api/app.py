@@ -110,6 +110,12 @@ class PsiBody(_Body):
     io: PsiResourceBody | None = None
 
 
+class HardwareBody(_Body):
+    edac_corrected: int | None = Field(default=None, ge=0, le=2**63)
+    edac_uncorrected: int | None = Field(default=None, ge=0, le=2**63)
+    mce: int | None = Field(default=None, ge=0, le=2**63)
+
+
 class HostSampleBody(_Body):
     """One sample of a host's agent (``balancer agent``; collectors.agent.host_sample_doc)."""
 
@@ -122,6 +128,8 @@ class HostSampleBody(_Body):
     psi: PsiBody | None = None
     net_rx_bps: float | None = Field(default=None, ge=0, le=1e15, allow_inf_nan=False)
     net_tx_bps: float | None = Field(default=None, ge=0, le=1e15, allow_inf_nan=False)
+    #: hardware error counters (newer agents; optional)
+    hardware: HardwareBody | None = None
 
 
 class Ingested(BaseModel):

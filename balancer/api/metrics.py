@@ -77,6 +77,15 @@ class _StateCollector(Collector):
         for b in st.pause_reasons:
             brk.add_metric([b.reason], 1)
         yield brk
+        health = GaugeMetricFamily(
+            "balancer_host_health_signal",
+            "1 per health signal raised on a host (balancer.service.hostwatch)",
+            labels=["host", "signal"],
+        )
+        for h in st.hosts:
+            for sig in h.health:
+                health.add_metric([h.name, sig.signal], 1)
+        yield health
         yield GaugeMetricFamily(
             "balancer_recommendations_pending",
             "Recommendations waiting for approval",

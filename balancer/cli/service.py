@@ -222,6 +222,11 @@ def register(cli: click.Group) -> None:
                 for h in doc["hosts"]
             ],
         )
+        for h in doc["hosts"]:
+            for sig in h.get("health", []):
+                click.echo(
+                    f"health {h['name']}: {sig['signal']} since {sig['since']}: {sig['detail']}"
+                )
         click.echo(
             f"{doc['migrations_active']} migrations active, "
             f"{doc['pending_recommendations']} recommendations pending, "

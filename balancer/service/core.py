@@ -41,6 +41,7 @@ from balancer.plan_io import plan_to_dict
 from balancer.port import Clock, HypervisorPort
 from balancer.predictive import Outlook
 from balancer.service import decisions as D
+from balancer.service import hostwatch as HW
 from balancer.service.assistant import host_forecast
 from balancer.service.assistant import placement as place_new
 from balancer.service.assistant import targets as assistant_targets
@@ -83,6 +84,7 @@ from balancer.service.views import (
     BreakerView,
     ClusterLeaderView,
     ForecastView,
+    HealthSignalView,
     HistoryView,
     HoldView,
     HostForecastView,
@@ -285,6 +287,11 @@ class Service:
         self._evac_idle: dict[int, int] = {}
         self._breaker_watch = BreakerWatch()
         self._breaker_lock = threading.Lock()  # one evaluation at a time: changes stay in order
+        #: host health facts and signals (service/hostwatch.py), evaluated by watch_health
+        self._host_watch = HW.HostWatch(clock.now())
+        self._host_signals: dict[str, tuple[HW.Raised, ...]] = {}
+        self._health_lock = threading.Lock()  # the facts (the executor's thread adds to them)
+        self._health_turn = threading.Lock()  # one evaluation at a time, see watch_health
         #: observers (metrics): called with (name, seconds)
         self.timings: list[Callable[[str, float], None]] = []
         #: called with every newly applied policy (the executor's limits follow it)
@@ -576,6 +583,10 @@ class Service:
                 return snap
             if previous is not None:
                 self._note_moves(previous, raw, now)
+            with self._health_lock:
+                for h in raw.hosts:
+                    if h.state is HostState.UNREACHABLE:
+                        self._host_watch.connection_failed(h.name, now)
             if self.forecasts is not None:
                 self.forecasts.record(raw, now)
             imb, mcpu, mmem = imbalance_of(snap, self._pol.policy)
@@ -587,6 +598,7 @@ class Service:
             self._advance_maintenance(snap, now)
             self.rolling.advance()
         self.watch_breakers()
+        self.watch_health()
         self._timed("collect", time.monotonic() - t0)
         return snap
 
@@ -702,6 +714,8 @@ class Service:
             prev = self._agent.get(sample.host)
             if prev is None or prev.time <= sample.time:
                 self._agent[sample.host] = sample
+        with self._health_lock:
+            self._host_watch.sampled(sample.host, *HW.points_of(sample))
 
     # ------------------------------------------------------------------------------------------
     # holds and breakers
@@ -793,6 +807,99 @@ class Service:
                     result=ch.result,
                     detail=f"{ch.text()} (at {ch.at.isoformat(timespec='milliseconds')})",
                 )
+
+    def watch_health(self) -> None:
+        """Evaluate the hosts' health signals (``balancer.service.hostwatch``): audit each
+        signal raised or cleared, quarantine a host that crosses the policy's limits (within
+        the cap; a held one is audited once), release a host the service quarantined once it
+        has been healthy for the policy's period. After every collect and on the breakers'
+        timer; the leader only. One evaluation at a time: while one runs (and acts), another
+        caller returns at once, so that two never quarantine past the cap."""
+        if not self.leading() or self._stopping:
+            return
+        if not self._health_turn.acquire(blocking=False):
+            return
+        try:
+            self._watch_health()
+        finally:
+            self._health_turn.release()
+
+    def _watch_health(self) -> None:
+        snap, policy = self._snap, self._pol.policy
+        if snap is None or policy is None:
+            return
+        health = policy.health
+        now = self.clock.now()
+        with self._health_lock:
+            signals, changes = self._host_watch.evaluate(
+                [h.name for h in snap.hosts], health, now=now
+            )
+            self._host_signals = signals
+            verdict = HW.decide(
+                self._health_hosts(snap, policy, signals), _demand(snap), health, now=now
+            )
+            held = self._host_watch.newly_held(verdict.held)
+        for ch in changes:
+            self.audit.record(
+                at=now,
+                kind="host_health",
+                who=SYSTEM,
+                result="raised" if ch.raised else "cleared",
+                source=ch.host,
+                reason=ch.signal.value,
+                detail=ch.detail,
+            )
+        for h in held:
+            self.audit.record(
+                at=now,
+                kind="quarantine",
+                who=SYSTEM,
+                result="held",
+                source=h.host,
+                reason=h.signal.signal.value,
+                detail=f"would quarantine on {h.signal.text()}; held: {h.why}",
+            )
+            log.warning("%s not quarantined: %s", h.host, h.why, extra=fields(host=h.host))
+        try:
+            for q in verdict.quarantine:
+                self.quarantine(q.host, who=SYSTEM, reason=q.reason())
+            for r in verdict.release:
+                self.release_quarantine(r.host, who=SYSTEM, reason=r.reason())
+        except BalancerError as exc:  # e.g. the host entered maintenance meanwhile
+            log.warning("health: %s", exc)
+
+    def _health_hosts(
+        self, snap: Snapshot, policy: Policy, signals: Mapping[str, tuple[HW.Raised, ...]]
+    ) -> list[HW.HostInfo]:
+        admin = self.store.host_admin()
+        maintenance = {
+            r.host for r in self.store.maintenance_requests(active_only=True, limit=1000)
+        }
+        out: list[HW.HostInfo] = []
+        for h in snap.hosts:
+            state, who, since = admin.get(h.name, (HostState.ACTIVE.value, "", None))
+            if h.name in maintenance or HostState(state).must_evacuate:
+                cond = HW.HostCondition.MAINTENANCE
+            elif state == HostState.QUARANTINED.value:
+                cond = (
+                    HW.HostCondition.QUARANTINED_BY_HEALTH
+                    if who == SYSTEM
+                    else HW.HostCondition.QUARANTINED
+                )
+            else:
+                cond = HW.HostCondition.ACTIVE
+            out.append(
+                HW.HostInfo(
+                    name=h.name,
+                    condition=cond,
+                    raised=signals.get(h.name, ()),
+                    unhealthy_at=self._host_watch.unhealthy_at(h.name, since),
+                    cpu_cores=h.cpu_cores * (1 - policy.headroom.cpu),
+                    memory_mib=h.memory_mib * (1 - policy.headroom.memory),
+                    accepts_vms=h.state.accepts_vms,
+                )
+            )
+        return out
 
     def pause(self, *, who: str, reason: str, allow_mandatory: bool = True) -> None:
         now = self.clock.now()
@@ -931,7 +1038,13 @@ class Service:
 
     def on_migration_result(self, r: MigrationResult) -> None:
         """A finished migration (the executor's hook): a succeeded one teaches the copy-cost
-        model what the VM really copies (libvirt's figure against the model's)."""
+        model what the VM really copies (libvirt's figure against the model's); a failed one is
+        a health fact of both its hosts."""
+        if r.result is Result.FAILED:
+            with self._health_lock:
+                self._host_watch.migration_failed(
+                    (r.source, r.target), r.ended_at or self.clock.now()
+                )
         if r.result is not Result.SUCCEEDED or not r.data_copied_mib:
             return
         snap, policy = self._snap, self._pol.policy
@@ -1574,14 +1687,19 @@ class Service:
             self.balance(who=who)
         return self.status()
 
-    def release_quarantine(self, host: str, *, who: str) -> StatusView:
-        """``host`` takes VMs again (nothing moves back by itself: balancing may use it)."""
+    def release_quarantine(self, host: str, *, who: str, reason: str = "") -> StatusView:
+        """``host`` takes VMs again (nothing moves back by itself: balancing may use it). Its
+        health facts until now no longer count (service/hostwatch.py)."""
         with self._lock:
             if self.store.host_states().get(host) != HostState.QUARANTINED.value:
                 raise ConflictError(f"host: {host} is not quarantined")
             now = self.clock.now()
             self.store.set_host_state(host, None, who=who, at=now)
-            self.audit.record(at=now, kind="quarantine", who=who, result="released", source=host)
+            self.audit.record(
+                at=now, kind="quarantine", who=who, result="released", source=host, detail=reason
+            )
+            with self._health_lock:
+                self._host_watch.released(host, now)
             self._refresh_overlay()
         return self.status()
 
@@ -2032,6 +2150,10 @@ class Service:
                     labels=dict(h.labels),
                     agent=_agent_view(self._agent.get(h.name)),
                     forecast=_host_forecast_of(h.name, self.forecasts),
+                    health=[
+                        HealthSignalView(signal=r.signal.value, since=r.since, detail=r.detail)
+                        for r in self._host_signals.get(h.name, ())
+                    ],
                 )
                 for h in (snap.hosts if snap else ())
             ],
@@ -2114,6 +2236,13 @@ def _load_policy(path: Path) -> Policy:
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PolicyError(f"cannot read the policy: {first}", path=str(path)) from exc
+
+
+def _demand(snap: Snapshot) -> HW.Demand:
+    return HW.Demand(
+        cpu_cores=sum(v.cpu_used_cores for v in snap.vms),
+        memory_mib=float(sum(v.memory_mib for v in snap.vms)),
+    )
 
 
 def _host_forecast_of(host: str, forecasts: ForecastSource | None) -> HostForecastView | None:

@@ -305,6 +305,7 @@ class Scheduler:
     def _breakers(self) -> None:
         try:
             self.svc.watch_breakers()
+            self.svc.watch_health()
         except BalancerError as exc:
             log.warning("breakers: %s", exc)
 

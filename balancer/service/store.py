@@ -311,6 +311,11 @@ class ServiceStore:
         with self._tx() as c:
             return {r.host: r.state for r in c.execute(sa.select(host_admin))}
 
+    def host_admin(self) -> dict[str, tuple[str, str, datetime]]:
+        """host -> (administrative state, who set it, since when)."""
+        with self._tx() as c:
+            return {r.host: (r.state, r.who, r.since) for r in c.execute(sa.select(host_admin))}
+
     def set_host_state(self, host: str, state: str | None, *, who: str, at: datetime) -> None:
         with self._tx() as c:
             c.execute(sa.delete(host_admin).where(host_admin.c.host == host))

@@ -62,6 +62,15 @@ class ForecastView:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HealthSignalView:
+    """A host health signal raised now (balancer.service.hostwatch)."""
+
+    signal: str
+    since: datetime
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostView:
     name: str
     state: str
@@ -74,6 +83,8 @@ class HostView:
     agent: AgentSampleView | None = None
     #: the expected peak of the last predictive balance cycle (None: reactive)
     forecast: HostForecastView | None = None
+    #: the health signals raised now (empty: healthy, or the policy watches no health)
+    health: list[HealthSignalView] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +215,40 @@ def test_dashboard_shows_each_hosts_forecast_peak(tmp_path: Path, monkeypatch: A
             expect(page.locator("#targets button.migrate")).to_have_count(0)
     finally:
         rt.close()
+
+
+def test_dashboard_shows_a_hosts_health_signal(tmp_path: Path) -> None:
+    expect, sync_playwright = _playwright()
+    cfg = write_settings(tmp_path, policy={"automation": "partial", "health": {}})
+    with running(cfg) as svc:
+        host = svc.get("/status")["hosts"][0]["name"]
+        for ce in (1, 4):  # the agent's EDAC corrected count rises
+            svc.post(
+                "/ingest/host",
+                user="ada",
+                json={
+                    "host": host,
+                    "time": datetime.now(UTC).isoformat(),
+                    "cpu_cores": 1,
+                    "cpu_used_cores": 0.0,
+                    "memory_mib": 1,
+                    "memory_used_mib": 0,
+                    "hardware": {"edac_corrected": ce},
+                },
+            )
+        wait_for(
+            f"{host} quarantined",
+            lambda: any(
+                h["name"] == host and h["state"] == "quarantined"
+                for h in svc.get("/status")["hosts"]
+            ),
+            timeout_s=60,
+        )
+        with _page(sync_playwright, svc.url + "/") as page:
+            page.fill("#token", TOKENS["vic"])
+            page.click("#save-token")
+            card = page.locator(f'#hosts .host[data-host="{host}"]')
+            expect(card).to_have_attribute("data-state", "quarantined")
+            signal = card.locator('.health-signal[data-signal="hardware_errors"]')
+            expect(signal).to_contain_text("hardware errors since")
+            expect(signal).to_contain_text("edac_corrected rose 1 -> 4")

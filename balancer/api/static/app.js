@@ -55,6 +55,12 @@ function forecastBar(h) {
     el("i", { text: `forecast ${pct(f.peak_load)} at ${at}` }))];
 }
 
+// Host health: each signal raised now (which, since when, the figures).
+function healthSignals(h) {
+  return (h.health || []).map(sig => el("div", { class: "health-signal", "data-signal": sig.signal,
+    title: sig.detail, text: `⚠ ${sig.signal.replace(/_/g, " ")} since ${hhmm(sig.since)}: ${sig.detail}` }));
+}
+
 // Operators: quarantine a failing host (its VMs move off) or release it.
 function hostActions(h) {
   if (role !== "operator" && role !== "admin") return [];
@@ -110,6 +116,7 @@ function renderStatus(s) {
       bar("cpu", h.cpu_load, "CPU " + pct(h.cpu_load)),
       ...forecastBar(h),
       bar("mem", h.memory_load, "memory " + pct(h.memory_load)),
+      ...healthSignals(h),
       ...hostActions(h))));
   renderViolations(s);
 }
