@@ -192,7 +192,7 @@ class RollingBody(_Body):
     operator's continue is the gate). A command gate needs the admin role."""
 
     hosts: list[HostItem] = Field(min_length=1, max_length=1000, description="in batch order")
-    at_a_time: int = Field(ge=1, le=1000, description="hosts in maintenance at once")
+    at_a_time: int = Field(default=1, ge=1, le=1000, description="hosts in maintenance at once")
     until_file: str | None = Field(
         default=None, min_length=1, max_length=4096, description="gate: this file exists"
     )

@@ -472,8 +472,9 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--at-a-time",
         type=click.IntRange(min=1, max=1000),
-        required=True,
-        help="How many hosts are in maintenance at once.",
+        default=1,
+        show_default=True,
+        help="How many hosts are in maintenance at once (one by default: the safest).",
     )
     @click.option("--until-file", default=None, help="Gate: a host exits once this file exists.")
     @click.option(
